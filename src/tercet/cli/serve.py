@@ -1,0 +1,104 @@
+"""`tercet serve`: run the Messages API server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from tercet.cli.engine_options import add_engine_arguments, load_engine
+from tercet.engine.bundled import BundledModelMissing
+from tercet.server.app import create_app
+from tercet.server.config import ModelRoute, ServerConfig, default_api_keys, default_data_dir
+from tercet.server.runner import bind, url_of, uvicorn_server
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "serve", help="run the Messages API server", description=__doc__
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks one)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where files, caches and keys live (default $TERCET_DATA_DIR or the user data folder)",
+    )
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        default=None,
+        metavar="KEY",
+        help="accept this key (x-api-key or Bearer); repeatable; also $TERCET_API_KEYS",
+    )
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve without keys on a non-loopback address (not recommended)",
+    )
+    parser.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="PATTERN=MODEL",
+        help="send requested model names matching PATTERN to MODEL (default: claude-* and "
+        "anthropic* go to the served model)",
+    )
+    parser.add_argument(
+        "--max-queue", type=int, default=16, help="requests that may wait (then 529)"
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    add_engine_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings: dict[str, Any] = {"host": args.host, "port": args.port, "max_queue": args.max_queue}
+    settings["data_dir"] = args.data_dir or default_data_dir()
+    settings["api_keys"] = args.api_key or default_api_keys()
+    if args.route:
+        settings["routes"] = [_parse_route(r) for r in args.route]
+    config = ServerConfig(**settings)
+    if not config.is_loopback and not config.api_keys and not args.no_auth:
+        print(
+            f"error: {config.host} is reachable from other machines; pass --api-key KEY "
+            "(or set TERCET_API_KEYS), or --no-auth to serve it open",
+            file=sys.stderr,
+        )
+        return 2
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        sock = bind(config.host, config.port)
+    except OSError as exc:
+        print(f"error: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        engine = load_engine(args)
+    except (BundledModelMissing, ValueError, OSError) as exc:
+        print(f"error: cannot load the model: {exc}", file=sys.stderr)
+        return 1
+    app = create_app(config, [engine])
+    base_url = url_of(sock)
+    key_hint = "one of your --api-key values" if config.api_keys else "anything"
+    print(
+        f"tercet {engine.spec.id} listening on {base_url} (data in {config.data_dir})\n"
+        f"  anthropic SDK: anthropic.Anthropic(base_url={base_url!r}, api_key=...)\n"
+        f"  Claude Code:   ANTHROPIC_BASE_URL={base_url} ANTHROPIC_API_KEY=<{key_hint}> claude\n",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn_server(app, args.log_level).run(sockets=[sock])
+    return 0
+
+
+def _parse_route(text: str) -> ModelRoute:
+    pattern, sep, target = text.partition("=")
+    if not sep or not pattern or not target:
+        raise SystemExit(f"error: --route wants PATTERN=MODEL, got {text!r}")
+    return ModelRoute(pattern=pattern, target=target)

@@ -1,0 +1,1 @@
+"""Engines: what turns a conversation into generated text. The server sees only `Engine`."""

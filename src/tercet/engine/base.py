@@ -1,0 +1,109 @@
+"""The seam between the server and a model: the `Engine` protocol and what flows across it.
+
+The server hands an engine a `Conversation` (validated wire blocks, roles normalised) and gets
+back token counts and a stream of `TextChunk`s ending in one `Finish`. How a conversation becomes
+a prompt (chat templates, tool formats, reasoning markers) is the engine's business alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from tercet.wire.content import ContentBlockParam
+from tercet.wire.requests import ToolParam
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One turn of the conversation, with same-role neighbours already merged."""
+
+    role: Literal["system", "user", "assistant"]
+    blocks: Sequence[ContentBlockParam]
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """Everything that makes up a prompt. A final assistant turn is a prefill to continue."""
+
+    system: str | None
+    turns: Sequence[Turn]
+    tools: Sequence[ToolParam] = ()
+
+    @property
+    def prefill(self) -> Turn | None:
+        return self.turns[-1] if self.turns and self.turns[-1].role == "assistant" else None
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. `None` means the engine's neutral default (no top-p / top-k filtering)."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float | None = None
+    top_k: int | None = None
+    stop_sequences: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """A conversation rendered and tokenised by one engine, ready to generate from."""
+
+    tokens: Sequence[int]
+    text: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    """Newly generated text."""
+
+    text: str
+
+
+FinishReason = Literal["end_turn", "max_tokens", "stop_sequence", "context_window"]
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The end of a generation."""
+
+    reason: FinishReason
+    output_tokens: int
+    stop_sequence: str | None = None
+
+
+GenerationEvent = TextChunk | Finish
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a served model is and what it can take."""
+
+    id: str
+    display_name: str
+    context_window: int
+    max_output_tokens: int
+    parallel: int = 1  # generations the engine runs at once; more wait in line
+
+
+class Engine(Protocol):
+    """A model that can be prompted. Implementations: `LlamaCppEngine` (embedded)."""
+
+    @property
+    def spec(self) -> ModelSpec: ...
+
+    async def prepare(self, conversation: Conversation) -> PreparedPrompt:
+        """Render and tokenise a conversation exactly as `generate` will see it."""
+        ...
+
+    def generate(
+        self, prompt: PreparedPrompt, params: SamplingParams
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        """Stream the reply. Closing the iterator early stops the generation."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the model."""
+        ...

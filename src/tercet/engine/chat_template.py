@@ -1,0 +1,160 @@
+"""Rendering a `Conversation` into prompt text with a model's own Jinja chat template.
+
+This is where wire blocks become the plain messages a chat template understands; the text forms
+chosen here (tool calls, tool results, documents) are the embedded engine's prompt format.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from tercet.engine.base import Conversation, Turn
+from tercet.wire.content import (
+    Base64DocumentSource,
+    ContentBlockParam,
+    ContentDocumentSource,
+    DocumentBlockParam,
+    ImageBlockParam,
+    MCPToolResultBlockParam,
+    MCPToolUseBlockParam,
+    PlainTextSource,
+    SearchResultBlockParam,
+    ServerToolUseBlockParam,
+    TextBlockParam,
+    ToolResultBlockParam,
+    ToolUseBlockParam,
+)
+from tercet.wire.errors import InvalidRequestError
+from tercet.wire.requests import CustomToolParam, ToolParam
+
+# Used when a GGUF carries no template of its own.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _raise_template_error(message: str) -> None:
+    raise TemplateError(message)
+
+
+class ChatTemplate:
+    """A model's chat template, compiled once, that turns conversations into prompt text."""
+
+    def __init__(self, source: str | None, *, model_id: str, bos_token: str, eos_token: str):
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = _raise_template_error
+        self._template = env.from_string(source or CHATML_TEMPLATE)
+        self._model_id = model_id
+        self._bos_token = bos_token
+        self._eos_token = eos_token
+
+    def render(self, conversation: Conversation) -> str:
+        prefill = conversation.prefill
+        turns = conversation.turns[:-1] if prefill else conversation.turns
+        messages: list[dict[str, str]] = []
+        system = _join(conversation.system, _render_tools(conversation.tools))
+        if system:
+            messages.append({"role": "system", "content": system})
+        messages.extend({"role": t.role, "content": self._turn_text(t)} for t in turns)
+        try:
+            text = self._template.render(
+                messages=messages,
+                add_generation_prompt=True,
+                bos_token=self._bos_token,
+                eos_token=self._eos_token,
+            )
+        except TemplateError as exc:
+            raise InvalidRequestError(
+                f"the chat template of {self._model_id} rejected this conversation: {exc}"
+            ) from exc
+        return text + (self._turn_text(prefill) if prefill else "")
+
+    def _turn_text(self, turn: Turn) -> str:
+        return "\n\n".join(p for p in (self._block_text(b) for b in turn.blocks) if p)
+
+    def _block_text(self, block: ContentBlockParam) -> str:
+        if isinstance(block, TextBlockParam):
+            return block.text
+        if isinstance(block, ImageBlockParam):
+            raise InvalidRequestError(
+                f"{self._model_id} does not support image input; send text only"
+            )
+        if isinstance(block, DocumentBlockParam):
+            return self._document_text(block)
+        if isinstance(block, SearchResultBlockParam):
+            body = "\n".join(b.text for b in block.content)
+            return f"[search result: {block.title} ({block.source})]\n{body}"
+        if isinstance(block, ToolUseBlockParam | ServerToolUseBlockParam | MCPToolUseBlockParam):
+            call = {"name": block.name, "arguments": block.input}
+            return f"<tool_call>\n{json.dumps(call, ensure_ascii=False)}\n</tool_call>"
+        if isinstance(block, ToolResultBlockParam | MCPToolResultBlockParam):
+            body = (
+                block.content
+                if isinstance(block.content, str)
+                else "\n\n".join(self._block_text(b) for b in block.content)
+            )
+            marker = " error" if block.is_error else ""
+            return f"<tool_response{marker}>\n{body}\n</tool_response>"
+        # Thinking blocks, server tool results and uploads carry nothing this model reads.
+        return ""
+
+    def _document_text(self, block: DocumentBlockParam) -> str:
+        source = block.source
+        if isinstance(source, PlainTextSource):
+            body = source.data
+        elif isinstance(source, ContentDocumentSource):
+            if isinstance(source.content, str):
+                body = source.content
+            else:
+                body = "\n\n".join(self._block_text(b) for b in source.content)
+        elif isinstance(source, Base64DocumentSource) and source.media_type == "text/plain":
+            try:
+                body = base64.b64decode(source.data, validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError) as exc:
+                raise InvalidRequestError(
+                    "document.source.data is not base64-encoded UTF-8 text"
+                ) from exc
+        else:
+            raise InvalidRequestError(
+                f"document source {source.type!r} ({getattr(source, 'media_type', '')}) "
+                "is not supported yet; send the document as text"
+            )
+        header = "\n".join(
+            line
+            for line in (
+                f"Document: {block.title}" if block.title else "",
+                f"Context: {block.context}" if block.context else "",
+            )
+            if line
+        )
+        return _join(header, body) or ""
+
+
+def _render_tools(tools: Sequence[ToolParam]) -> str | None:
+    described: list[dict[str, Any]] = [
+        {"name": t.name, "description": t.description or "", "parameters": t.input_schema}
+        for t in tools
+        if isinstance(t, CustomToolParam)
+    ]
+    if not described:
+        return None
+    listing = "\n".join(json.dumps(d, ensure_ascii=False) for d in described)
+    return (
+        "# Tools\n\nYou may call one of these tools. To call one, answer with\n"
+        '<tool_call>\n{"name": <tool name>, "arguments": <arguments object>}\n</tool_call>\n\n'
+        f"<tools>\n{listing}\n</tools>"
+    )
+
+
+def _join(*parts: str | None) -> str | None:
+    present = [p for p in parts if p]
+    return "\n\n".join(present) if present else None

@@ -1,0 +1,1 @@
+"""The HTTP server: the Messages API over engines."""

@@ -1,0 +1,231 @@
+"""The HTTP application: routes of the Messages API over the generation loop.
+
+Paths match with or without `?beta=true` (the SDK's beta namespace and Claude Code add it).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import anyio
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
+
+import tercet
+from tercet.engine.base import Engine
+from tercet.server.admission import AdmissionQueue
+from tercet.server.config import ServerConfig
+from tercet.server.conversation import build_conversation
+from tercet.server.errors import install_error_handlers
+from tercet.server.generation import GenerationPlan, complete, plan, stream_events
+from tercet.server.models import ModelRegistry
+from tercet.server.sse import encode, with_pings
+from tercet.wire.errors import (
+    APIError,
+    AuthenticationError,
+    ErrorDetail,
+    InvalidRequestError,
+    RequestTooLargeError,
+)
+from tercet.wire.events import ErrorEvent
+from tercet.wire.requests import CountTokensRequest, MessageCreateRequest
+from tercet.wire.responses import MessageTokensCount, ModelInfo, ModelList
+
+log = logging.getLogger("tercet.server")
+T = TypeVar("T")
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
+    """The ASGI app serving `engines`. The app closes the engines when it shuts down."""
+    registry = ModelRegistry(engines, config.routes)
+    lines = {
+        model_id: AdmissionQueue(max_active=engine.spec.parallel, max_waiting=config.max_queue)
+        for model_id, engine in registry.engines.items()
+    }
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        for engine in registry.engines.values():
+            await engine.aclose()
+
+    app = FastAPI(title="tercet", version=tercet.__version__, lifespan=lifespan)
+    app.state.registry = registry
+    app.state.lines = lines
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def root() -> dict[str, str]:
+        return {"service": "tercet", "version": tercet.__version__}
+
+    api = APIRouter(prefix="/v1", dependencies=[Depends(_authenticator(config))])
+
+    @api.post("/messages", response_model=None)
+    async def create_message(request: Request) -> Response:
+        body = await _read_body(request, MessageCreateRequest, config.max_body_bytes)
+        job = await plan(body, registry, lines)
+        if body.stream:
+            return EventStreamResponse(job, config.ping_interval)
+        try:
+            message = await _until_disconnected(request.receive, complete(job))
+        finally:
+            job.ticket.leave()
+        if message is None:  # the client went away; nobody reads this
+            return Response(status_code=499)
+        return JSONResponse(message.model_dump())
+
+    @api.post("/messages/count_tokens")
+    async def count_tokens(request: Request) -> MessageTokensCount:
+        body = await _read_body(request, CountTokensRequest, config.max_body_bytes)
+        engine = registry.resolve(body.model)
+        prompt = await engine.prepare(build_conversation(body))
+        return MessageTokensCount(input_tokens=len(prompt.tokens))
+
+    @api.get("/models")
+    async def list_models(
+        limit: int = Query(default=20, ge=1, le=1000),
+        before_id: str | None = None,
+        after_id: str | None = None,
+    ) -> ModelList:
+        return _page(registry.listed(), limit, before_id, after_id)
+
+    @api.get("/models/{model_id}")
+    async def get_model(model_id: str) -> ModelInfo:
+        return registry.info(model_id)
+
+    app.include_router(api)
+    return app
+
+
+class RequestIdMiddleware:
+    """Gives every request a `request-id` (echoed in error bodies), as Anthropic's API does."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = "req_" + secrets.token_hex(12)
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"request-id", request_id.encode()))
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class EventStreamResponse(StreamingResponse):
+    """An SSE Messages stream that stops generating as soon as the client disconnects."""
+
+    def __init__(self, job: GenerationPlan, ping_interval: float) -> None:
+        super().__init__(
+            self._frames(job, ping_interval),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache"},
+        )
+        self._job = job
+
+    @staticmethod
+    async def _frames(job: GenerationPlan, ping_interval: float) -> AsyncIterator[bytes]:
+        try:
+            async for event in with_pings(stream_events(job), ping_interval):
+                yield encode(event)
+        except APIError as exc:
+            yield encode(ErrorEvent(error=exc.detail()))
+        except Exception:
+            log.exception("generation failed mid-stream")
+            yield encode(
+                ErrorEvent(error=ErrorDetail(type="api_error", message="Internal server error"))
+            )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await _until_disconnected(receive, self.stream_response(send))
+        finally:
+            self._job.ticket.leave()
+
+
+async def _until_disconnected(receive: Receive, work: Awaitable[T]) -> T | None:
+    """Run `work`, cancelling it if the client disconnects first (then the result is None)."""
+    result: list[T] = []
+    async with anyio.create_task_group() as group:
+
+        async def run() -> None:
+            result.append(await work)
+            group.cancel_scope.cancel()
+
+        group.start_soon(run)
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        group.cancel_scope.cancel()
+    return result[0] if result else None
+
+
+def _authenticator(config: ServerConfig) -> Callable[[Request], None]:
+    keys = [k.encode() for k in config.api_keys]
+
+    def authenticate(request: Request) -> None:
+        if not keys:
+            return
+        presented = request.headers.get("x-api-key")
+        authorization = request.headers.get("authorization", "")
+        if presented is None and authorization.lower().startswith("bearer "):
+            presented = authorization[7:].strip()
+        if presented is None:
+            raise AuthenticationError("x-api-key header is required")
+        if not any(hmac.compare_digest(presented.encode(), key) for key in keys):
+            raise AuthenticationError("invalid x-api-key")
+
+    return authenticate
+
+
+async def _read_body(request: Request, model: type[Model], limit: int) -> Model:
+    """Read at most `limit` bytes of JSON and validate it (413 beyond, 400 on bad JSON)."""
+    declared = request.headers.get("content-length", "")
+    too_large = RequestTooLargeError(f"Request exceeds the maximum allowed size of {limit} bytes")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from exc
+    return model.model_validate(data)
+
+
+def _page(
+    models: list[ModelInfo], limit: int, before_id: str | None, after_id: str | None
+) -> ModelList:
+    ids = [m.id for m in models]
+    start, end = 0, len(models)
+    if after_id is not None:
+        start = ids.index(after_id) + 1 if after_id in ids else len(models)
+    if before_id is not None:
+        end = ids.index(before_id) if before_id in ids else 0
+        start = max(start, end - limit)
+    page = models[start:end][:limit]
+    more = (start + len(page) < end) if before_id is None else start > 0
+    return ModelList(
+        data=page,
+        first_id=page[0].id if page else None,
+        last_id=page[-1].id if page else None,
+        has_more=more,
+    )

@@ -1,0 +1,59 @@
+"""Server settings, as data. Every default lives here and can be changed in one place."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+import platformdirs
+from pydantic import BaseModel, Field
+
+DATA_DIR_ENV = "TERCET_DATA_DIR"
+API_KEYS_ENV = "TERCET_API_KEYS"
+
+
+def default_data_dir() -> Path:
+    """`$TERCET_DATA_DIR`, else the user's data folder (for example ~/.local/share/tercet)."""
+    configured = os.environ.get(DATA_DIR_ENV)
+    return Path(configured) if configured else Path(platformdirs.user_data_dir("tercet"))
+
+
+def default_api_keys() -> list[str]:
+    return [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
+
+
+class ModelRoute(BaseModel):
+    """Requests for model names matching `pattern` (shell-style glob) go to `target`."""
+
+    pattern: str
+    target: str
+
+
+# Claude Code and the SDK ask for Claude model names; by default they reach the served model.
+DEFAULT_ROUTES = [
+    ModelRoute(pattern="claude-*", target="*"),
+    ModelRoute(pattern="anthropic*", target="*"),
+]
+
+
+class ServerConfig(BaseModel):
+    """How the server runs. `target: "*"` in a route means the default (first) served model."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Field(default_factory=default_data_dir)
+    api_keys: list[str] = Field(default_factory=default_api_keys)
+    routes: list[ModelRoute] = Field(default_factory=lambda: list(DEFAULT_ROUTES))
+    max_queue: int = Field(default=16, ge=0, description="requests that may wait for the engine")
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, description="larger bodies get 413")
+    ping_interval: float = Field(default=10.0, gt=0, description="seconds between SSE pings")
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
