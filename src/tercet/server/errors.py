@@ -42,9 +42,7 @@ def _is_field(part: object) -> bool:
     # Union members appear in pydantic locations as type descriptions such as
     # `list[...]` or `function-after[...]`; clients want the field path only.
     return isinstance(part, int) or (
-        isinstance(part, str)
-        and part not in _TYPE_NAMES
-        and not any(c in part for c in "[](),- ")
+        isinstance(part, str) and part not in _TYPE_NAMES and not any(c in part for c in "[](),- ")
     )
 
 

@@ -1,0 +1,93 @@
+"""A deterministic engine that replies from a script: for testing the server's own control flow.
+
+It exercises queueing, cancellation and the stream protocol without a model, so those tests are
+exact and fast. It is never evidence that a feature works with a real model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncGenerator, Sequence
+
+from tercet.engine.base import (
+    Conversation,
+    Finish,
+    GenerationEvent,
+    ModelSpec,
+    PreparedPrompt,
+    SamplingParams,
+    TextChunk,
+)
+from tercet.engine.stops import StopSequenceMatcher
+
+
+class ScriptedEngine:
+    """Replies with `replies` in turn (cycling), one word per token, `delay` seconds per token.
+
+    `log` records what happened to each generation: "finished" or "cancelled".
+    """
+
+    def __init__(
+        self,
+        replies: Sequence[str] = ("Hello from the script.",),
+        *,
+        model_id: str = "scripted",
+        context_window: int = 4096,
+        delay: float = 0.0,
+    ) -> None:
+        self._replies = list(replies)
+        self._turn = 0
+        self.delay = delay
+        self.log: list[str] = []
+        self._spec = ModelSpec(
+            id=model_id,
+            display_name="Scripted test engine",
+            context_window=context_window,
+            max_output_tokens=context_window,
+        )
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._spec
+
+    async def prepare(self, conversation: Conversation) -> PreparedPrompt:
+        parts = [conversation.system or ""]
+        parts += [
+            f"{t.role}: {getattr(b, 'text', '')}" for t in conversation.turns for b in t.blocks
+        ]
+        text = "\n".join(parts)
+        return PreparedPrompt(tokens=list(range(len(text.split()) + 1)), text=text)
+
+    async def generate(
+        self, prompt: PreparedPrompt, params: SamplingParams
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        reply = self._replies[self._turn % len(self._replies)]
+        self._turn += 1
+        stops = StopSequenceMatcher(params.stop_sequences)
+        finished = False
+        try:
+            words = re.findall(r"\s*\S+", reply)
+            for count, word in enumerate(words, start=1):
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                scan = stops.feed(word)
+                if scan.release:
+                    yield TextChunk(scan.release)
+                if scan.matched is not None:
+                    finished = True
+                    yield Finish("stop_sequence", count, scan.matched)
+                    return
+                if count >= params.max_tokens:
+                    finished = True
+                    yield Finish("max_tokens", count)
+                    return
+            if rest := stops.flush():
+                yield TextChunk(rest)
+            finished = True
+            yield Finish("end_turn", len(words))
+        finally:
+            self.log.append("finished" if finished else "cancelled")
+
+    async def aclose(self) -> None:
+        return None
