@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import anthropic
 import pytest
@@ -41,3 +48,35 @@ def client(server: str) -> anthropic.Anthropic:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@contextmanager
+def cli_server(*args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run the real `tercet serve` command on a free loopback port; yields its base URL."""
+    command = [sys.executable, "-m", "tercet.cli.main", "serve", "--port", "0", *args]
+    process = subprocess.Popen(
+        command, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+    )
+    try:
+        assert process.stderr is not None
+        seen: list[str] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+            if match := re.search(r"listening on (http://\S+)", line):
+                break
+        else:
+            match = None
+        assert match, "tercet serve did not start:\n" + "".join(seen)
+        # Keep draining stderr so the server never blocks on a full pipe.
+        threading.Thread(target=process.stderr.read, daemon=True).start()
+        yield match.group(1)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()

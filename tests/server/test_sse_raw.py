@@ -59,7 +59,7 @@ def test_event_sequence_follows_the_protocol(server: str) -> None:
     assert {d["index"] for d in blocks} == {0}
     assert blocks[0]["content_block"] == {"type": "text", "text": "", "citations": None}
     assert all(d["delta"]["type"] == "text_delta" for d in blocks[1:-1])
-    delta = [d for n, d in events if n == "message_delta"][0]
+    delta = next(d for n, d in events if n == "message_delta")
     assert delta["delta"]["stop_reason"] == "max_tokens"
     assert delta["usage"]["output_tokens"] == 12
     assert delta["usage"]["input_tokens"] == start["usage"]["input_tokens"]

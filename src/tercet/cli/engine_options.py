@@ -8,7 +8,12 @@ import time
 from pathlib import Path
 
 from tercet.engine.base import Engine
-from tercet.engine.bundled import BUNDLED_MODEL_ID, bundled_model_path
+from tercet.engine.bundled import (
+    BUNDLED_MODEL_ID,
+    BUNDLED_TEMPERATURE,
+    BUNDLED_TOP_P,
+    bundled_model_path,
+)
 from tercet.engine.llama import DEFAULT_CONTEXT_WINDOW, LlamaCppEngine
 
 
@@ -37,6 +42,19 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest max_tokens a request may ask for; generation still stops when the "
         "context is full (default 128000, what Claude Code asks for)",
     )
+    group.add_argument(
+        "--default-temperature",
+        type=float,
+        metavar="T",
+        help="temperature for requests that set none (default: 0.2 for the bundled model, "
+        "else 1.0 as Anthropic's API)",
+    )
+    group.add_argument(
+        "--default-top-p",
+        type=float,
+        metavar="P",
+        help="top_p for requests that set no temperature (default: 0.9 for the bundled model)",
+    )
     group.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
 
 
@@ -47,13 +65,20 @@ def load_engine(args: argparse.Namespace) -> Engine:
     def progress(message: str) -> None:
         print(f"[{time.monotonic() - started:5.1f}s] {message}", file=sys.stderr, flush=True)
 
-    path = args.model or bundled_model_path()
-    model_id = args.model_id or (None if args.model else BUNDLED_MODEL_ID)
+    bundled = args.model is None
+    temperature = args.default_temperature
+    if temperature is None:
+        temperature = BUNDLED_TEMPERATURE if bundled else 1.0
+    top_p = args.default_top_p
+    if top_p is None and bundled and args.default_temperature is None:
+        top_p = BUNDLED_TOP_P
     return LlamaCppEngine(
-        path,
-        model_id=model_id,
+        args.model or bundled_model_path(),
+        model_id=args.model_id or (BUNDLED_MODEL_ID if bundled else None),
         context_window=args.context_window,
         max_output_tokens=args.max_output_tokens,
+        default_temperature=temperature,
+        default_top_p=top_p,
         threads=args.threads,
         on_progress=progress,
     )

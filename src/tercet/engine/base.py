@@ -86,6 +86,10 @@ class ModelSpec:
     context_window: int
     max_output_tokens: int
     parallel: int = 1  # generations the engine runs at once; more wait in line
+    # Sampling for requests that set none: the model's own recommendation, not Claude's 1.0,
+    # since small models ramble at temperature 1.
+    default_temperature: float = 1.0
+    default_top_p: float | None = None
 
 
 class Engine(Protocol):

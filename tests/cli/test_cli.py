@@ -1,0 +1,67 @@
+"""The `tercet` command as a user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import anthropic
+
+from tests.conftest import CLAUDE_MODEL, cli_server
+
+
+def run_tercet(
+    *args: str, stdin: str = "", timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tercet.cli.main", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_serve_prints_where_it_listens_and_answers_the_sdk(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with cli_server("--data-dir", str(tmp_path / "data")) as base_url:
+        client = anthropic.Anthropic(base_url=base_url, api_key="x", max_retries=0)
+        reply = client.messages.create(
+            model=CLAUDE_MODEL, max_tokens=8, messages=[{"role": "user", "content": "Hello!"}]
+        )
+        assert reply.content and reply.usage.output_tokens > 0
+    assert (tmp_path / "data").is_dir()
+
+
+def test_serve_requires_keys_off_loopback() -> None:
+    result = run_tercet("serve", "--host", "0.0.0.0", "--port", "0")
+    assert result.returncode == 2
+    assert "--api-key" in result.stderr
+
+
+def test_serve_with_keys_rejects_strangers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with cli_server("--api-key", "k1", "--data-dir", str(tmp_path)) as base_url:
+        stranger = anthropic.Anthropic(base_url=base_url, api_key="other", max_retries=0)
+        try:
+            stranger.models.list()
+        except anthropic.AuthenticationError:
+            pass
+        else:
+            raise AssertionError("a wrong key was accepted")
+        assert anthropic.Anthropic(base_url=base_url, api_key="k1").models.list().data
+
+
+def test_serve_reports_a_missing_model_file() -> None:
+    result = run_tercet("serve", "--port", "0", "--model", "/nonexistent/model.gguf")
+    assert result.returncode == 1
+    assert "cannot load the model" in result.stderr
+
+
+def test_chat_streams_replies_in_process() -> None:
+    result = run_tercet(
+        "chat", "--max-tokens", "12", "--temperature", "0", stdin="Hello there\n/exit\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "assistant> " in result.stdout
+    assert "out, " in result.stdout  # the usage line after the streamed reply
+    reply = result.stdout.split("assistant> ", 1)[1].split("\n[", 1)[0]
+    assert reply.strip()
