@@ -1,7 +1,9 @@
-"""Server overhead: the same prompts through `tercet`'s HTTP stream and through llama-cpp-python.
+"""Server overhead: the same prompts through `tercet serve` and through llama-cpp-python directly.
 
-Both sides run the same loaded model, greedy, on prompts made unique per trial (so neither side
-profits from the other's KV cache beyond the shared template prefix), alternating trial by trial.
+The server runs as its own process (`tercet serve`, as users run it), read over loopback as raw
+SSE; the direct side loads the same GGUF with the same settings in this process. Both decode
+greedily on prompts made unique per trial (so neither profits from cached prefixes beyond the
+chat template's), alternating trial by trial so only one of them computes at a time.
 Prints medians and the ratios; targets: decode throughput within 5%, time to first token within
 20 ms of the raw engine.
 
@@ -12,9 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
+import subprocess
+import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -23,9 +31,6 @@ import llama_cpp
 from tercet.engine.base import Conversation, Turn
 from tercet.engine.bundled import BUNDLED_MODEL_ID, bundled_model_path
 from tercet.engine.llama import LlamaCppEngine
-from tercet.server.app import create_app
-from tercet.server.config import ServerConfig
-from tercet.server.runner import BackgroundServer
 from tercet.wire.content import TextBlockParam
 
 
@@ -63,7 +68,7 @@ def raw_run(engine: LlamaCppEngine, text: str, max_tokens: int) -> Run:
     return Run(first - started, (count - 1) / (last - first), count)
 
 
-def server_run(base_url: str, text: str, max_tokens: int) -> Run:
+def server_run(http: httpx.Client, text: str, max_tokens: int) -> Run:
     """Through the server: a streamed request over loopback, read as raw SSE."""
     body = {
         "model": "claude-opus-4-8",
@@ -75,7 +80,7 @@ def server_run(base_url: str, text: str, max_tokens: int) -> Run:
     started = time.perf_counter()
     first = last = 0.0
     tokens = 0
-    with httpx.stream("POST", f"{base_url}/v1/messages", json=body, timeout=600) as response:
+    with http.stream("POST", "/v1/messages", json=body) as response:
         for line in response.iter_lines():
             if line.startswith("data: ") and '"text_delta"' in line:
                 last = time.perf_counter()
@@ -85,6 +90,33 @@ def server_run(base_url: str, text: str, max_tokens: int) -> Run:
     return Run(first - started, (tokens - 1) / (last - first), tokens)
 
 
+@contextmanager
+def served_process() -> Iterator[str]:
+    """`tercet serve` on a free loopback port, in its own process; yields its base URL."""
+    command = [
+        sys.executable,
+        "-m",
+        "tercet.cli.main",
+        "serve",
+        "--port",
+        "0",
+        "--log-level",
+        "warning",
+    ]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if match := re.search(r"listening on (http://\S+)", line):
+                threading.Thread(target=process.stderr.read, daemon=True).start()
+                yield match.group(1)
+                return
+        raise RuntimeError("tercet serve did not start")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=5)
@@ -92,14 +124,18 @@ def main() -> None:
     args = parser.parse_args()
 
     engine = LlamaCppEngine(bundled_model_path(), model_id=BUNDLED_MODEL_ID)
-    with BackgroundServer(create_app(ServerConfig(api_keys=[]), [engine])) as server:
-        server_run(server.base_url, prompt_text("warm-up"), 8)
-        raw_run(engine, prompt_text("warm-up-raw"), 8)
+
+    def direct(text: str, max_tokens: int) -> Run:
+        return raw_run(engine, text, max_tokens)
+
+    with served_process() as base_url, httpx.Client(base_url=base_url, timeout=600) as http:
+        server_run(http, prompt_text("warm-up"), 8)
+        direct(prompt_text("warm-up-raw"), 8)
         raw: list[Run] = []
         served: list[Run] = []
         for _ in range(args.trials):
-            raw.append(raw_run(engine, prompt_text(uuid.uuid4().hex), args.tokens))
-            served.append(server_run(server.base_url, prompt_text(uuid.uuid4().hex), args.tokens))
+            raw.append(direct(prompt_text(uuid.uuid4().hex), args.tokens))
+            served.append(server_run(http, prompt_text(uuid.uuid4().hex), args.tokens))
 
     def median(runs: list[Run], field: str) -> float:
         return statistics.median(getattr(r, field) for r in runs)

@@ -170,7 +170,7 @@ class LlamaCppEngine:
         """Generate on the calling thread (the worker thread, or a benchmark)."""
         llm = self._llama
         tokens = list(prompt.tokens)
-        self._prefill(tokens[:-1], cancel)
+        self._prefill(tokens, cancel)
         if params.temperature > 0:
             llm.set_seed(random.getrandbits(31))
         room = llm.n_ctx() - len(tokens)
@@ -211,9 +211,13 @@ class LlamaCppEngine:
             yield TextChunk(text)
 
     def _prefill(self, tokens: Sequence[int], cancel: threading.Event) -> None:
-        """Bring the KV cache to hold exactly `tokens`, reusing the longest cached prefix."""
+        """Bring the KV cache to hold exactly `tokens`, reusing the longest cached prefix.
+
+        The last token is always evaluated, so the logits to sample from are this prompt's;
+        `Llama.generate` then finds the prompt cached and samples at once.
+        """
         llm = self._llama
-        usable = min(llm.n_tokens, len(tokens))
+        usable = min(llm.n_tokens, len(tokens) - 1)
         differs = np.nonzero(llm.input_ids[:usable] != np.asarray(tokens[:usable]))[0]
         common = int(differs[0]) if differs.size else usable
         llm.n_tokens = common  # eval() drops every cached position from here on
