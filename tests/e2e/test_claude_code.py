@@ -56,6 +56,9 @@ def test_claude_code_says_hi(claude: Path, tmp_path: Path) -> None:
                 "HOME": str(home),
                 "ANTHROPIC_BASE_URL": base_url,
                 "ANTHROPIC_API_KEY": "x",
+                # Claude Code asks for 128000 tokens; a 135M model that rambles would then
+                # decode until the context is full (minutes). The README suggests the same cap.
+                "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "512",
             },
             capture_output=True,
             text=True,

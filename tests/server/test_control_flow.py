@@ -91,6 +91,16 @@ def test_disconnect_during_non_streaming_request_stops_generation(
         wait_for(lambda: slow_engine.log == ["cancelled"])
 
 
+def test_pings_flow_while_a_request_waits_and_generates() -> None:
+    engine = ScriptedEngine(["slow words here"], delay=0.3)
+    with serve(engine, ping_interval=0.05) as running:
+        body = {"model": CLAUDE_MODEL, "max_tokens": 50, "stream": True, "messages": USER}
+        with httpx.stream("POST", f"{running.base_url}/v1/messages", json=body) as response:
+            names = [line[7:] for line in response.iter_lines() if line.startswith("event: ")]
+    assert names.count("ping") >= 5  # about one per 50 ms over ~0.9 s of generation
+    assert [n for n in names if n != "ping"][-1] == "message_stop"
+
+
 class FailingEngine(ScriptedEngine):
     async def generate(
         self, prompt: PreparedPrompt, params: SamplingParams

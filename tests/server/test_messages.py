@@ -83,7 +83,14 @@ def test_sampling_parameters_change_nothing_when_they_mean_greedy(
         messages=HELLO,
         extra_body={"temperature": 1.0, "top_k": 1},
     )
+    tiny_top_p = client.messages.create(
+        model=CLAUDE_MODEL,
+        max_tokens=15,
+        messages=HELLO,
+        extra_body={"temperature": 1.0, "top_p": 1e-9},
+    )
     assert top_k_one.content[0].text == greedy.content[0].text
+    assert tiny_top_p.content[0].text == greedy.content[0].text
 
 
 def test_prefill_is_continued(client: anthropic.Anthropic) -> None:

@@ -112,3 +112,54 @@ def test_accumulator_rejects_out_of_order_blocks() -> None:
 def test_accumulator_needs_message_start_first() -> None:
     with pytest.raises(RuntimeError):
         MessageAccumulator().add(ContentBlockStopEvent(index=0))
+
+
+def test_every_documented_input_block_parses() -> None:
+    blocks = [
+        {"type": "text", "text": "t", "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}},
+        {"type": "image", "source": {"type": "file", "file_id": "file_1"}},
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "d"}},
+        {
+            "type": "document",
+            "source": {"type": "content", "content": [{"type": "text", "text": "c"}]},
+        },
+        {"type": "document", "source": {"type": "file", "file_id": "file_2"}, "title": "T"},
+        {
+            "type": "search_result",
+            "source": "s",
+            "title": "t",
+            "content": [{"type": "text", "text": "x"}],
+        },
+        {
+            "type": "tool_result",
+            "tool_use_id": "toolu_1",
+            "content": [{"type": "text", "text": "r"}],
+            "is_error": True,
+        },
+        {"type": "container_upload", "file_id": "file_3"},
+    ]
+    request = MessageCreateRequest.model_validate(
+        {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": blocks}]}
+    )
+    assert [b.type for b in request.messages[0].content] == [b["type"] for b in blocks]  # type: ignore[union-attr]
+
+
+def test_every_output_block_serialises_with_its_type() -> None:
+    from tercet.wire.content import MCPToolResultBlock, MCPToolUseBlock, ServerToolResultBlock
+
+    message = Message(
+        id="msg_1",
+        model="m",
+        usage=Usage(input_tokens=1, output_tokens=1),
+        content=[
+            TextBlock(text="a"),
+            MCPToolUseBlock(id="mcptoolu_1", name="echo", server_name="s", input={}),
+            MCPToolResultBlock(tool_use_id="mcptoolu_1", content="ok"),
+            ServerToolResultBlock(
+                type="code_execution_tool_result", tool_use_id="srvtoolu_1", content={"stdout": ""}
+            ),
+        ],
+    )
+    again = Message.model_validate_json(message.model_dump_json())
+    assert again == message

@@ -254,7 +254,50 @@ class ServerToolUseBlock(ResponseModel):
     input: dict[str, Any]
 
 
+class ServerToolResultBlock(ResponseModel):
+    """A server tool's result (code execution, web search, ...); `content` is tool-specific."""
+
+    type: Literal[
+        "web_search_tool_result",
+        "web_fetch_tool_result",
+        "code_execution_tool_result",
+        "bash_code_execution_tool_result",
+        "text_editor_code_execution_tool_result",
+        "tool_search_tool_result",
+    ]
+    tool_use_id: str
+    content: Any
+
+
+class MCPToolUseBlock(ResponseModel):
+    type: Literal["mcp_tool_use"] = "mcp_tool_use"
+    id: str
+    name: str
+    server_name: str
+    input: dict[str, Any]
+
+
+class MCPToolResultBlock(ResponseModel):
+    type: Literal["mcp_tool_result"] = "mcp_tool_result"
+    tool_use_id: str
+    is_error: bool = False
+    content: str | list[TextBlock]
+
+
+class ContainerUploadBlock(ResponseModel):
+    type: Literal["container_upload"] = "container_upload"
+    file_id: str
+
+
 ContentBlock = Annotated[
-    TextBlock | ThinkingBlock | RedactedThinkingBlock | ToolUseBlock | ServerToolUseBlock,
+    TextBlock
+    | ThinkingBlock
+    | RedactedThinkingBlock
+    | ToolUseBlock
+    | ServerToolUseBlock
+    | ServerToolResultBlock
+    | MCPToolUseBlock
+    | MCPToolResultBlock
+    | ContainerUploadBlock,
     Field(discriminator="type"),
 ]

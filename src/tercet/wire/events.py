@@ -14,6 +14,7 @@ from pydantic import Field
 from tercet.wire.base import ResponseModel
 from tercet.wire.content import (
     ContentBlock,
+    MCPToolUseBlock,
     ServerToolUseBlock,
     TextBlock,
     ThinkingBlock,
@@ -149,7 +150,7 @@ class MessageAccumulator:
             self._apply_delta(message.content[self._check_open(event.index)], event)
         elif isinstance(event, ContentBlockStopEvent):
             block = message.content[self._check_open(event.index)]
-            if isinstance(block, ToolUseBlock | ServerToolUseBlock):
+            if isinstance(block, ToolUseBlock | ServerToolUseBlock | MCPToolUseBlock):
                 raw = self._partial_json.pop(event.index, "")
                 block.input = json.loads(raw) if raw else block.input
             self._open = None
@@ -181,7 +182,7 @@ class MessageAccumulator:
         elif isinstance(delta, SignatureDelta) and isinstance(block, ThinkingBlock):
             block.signature = delta.signature
         elif isinstance(delta, InputJSONDelta) and isinstance(
-            block, ToolUseBlock | ServerToolUseBlock
+            block, ToolUseBlock | ServerToolUseBlock | MCPToolUseBlock
         ):
             self._partial_json[event.index] = (
                 self._partial_json.get(event.index, "") + delta.partial_json
