@@ -53,16 +53,13 @@ def build_conversation(request: PromptParams) -> Conversation:
 
 
 def _blocks(message: MessageParam, index: int) -> list[ContentBlockParam]:
-    if isinstance(message.content, str):
-        if not message.content and message.role != "assistant":
-            raise InvalidRequestError(
-                f"messages.{index}: {message.role} messages must have non-empty content"
-            )
-        return [TextBlockParam(type="text", text=message.content)] if message.content else []
+    # An empty assistant turn is allowed: it is an empty prefill.
     if not message.content and message.role != "assistant":
         raise InvalidRequestError(
             f"messages.{index}: {message.role} messages must have non-empty content"
         )
+    if isinstance(message.content, str):
+        return [TextBlockParam(type="text", text=message.content)] if message.content else []
     allowed = {"user": USER_BLOCK_TYPES, "assistant": ASSISTANT_BLOCK_TYPES, "system": {"text"}}
     for position, block in enumerate(message.content):
         if block.type not in allowed[message.role]:
