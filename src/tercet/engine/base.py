@@ -30,6 +30,7 @@ class Conversation:
     system: str | None
     turns: Sequence[Turn]
     tools: Sequence[ToolParam] = ()
+    thinking: bool = False  # the reply starts with a thinking phase
 
     @property
     def prefill(self) -> Turn | None:
@@ -45,6 +46,8 @@ class SamplingParams:
     top_p: float | None = None
     top_k: int | None = None
     stop_sequences: Sequence[str] = ()
+    # With thinking on, at most this many tokens of thinking; then the engine closes it.
+    thinking_budget: int | None = None
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,14 @@ class PreparedPrompt:
 
 @dataclass(frozen=True)
 class TextChunk:
-    """Newly generated text."""
+    """Newly generated answer text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ThinkingChunk:
+    """Newly generated thinking text (only before any answer text)."""
 
     text: str
 
@@ -72,9 +82,10 @@ class Finish:
     reason: FinishReason
     output_tokens: int
     stop_sequence: str | None = None
+    thinking_tokens: int = 0
 
 
-GenerationEvent = TextChunk | Finish
+GenerationEvent = ThinkingChunk | TextChunk | Finish
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import TemplateError
@@ -42,6 +43,26 @@ CHATML_TEMPLATE = (
 )
 
 
+@dataclass(frozen=True)
+class ThinkingMarkers:
+    """How a model's thinking is delimited in its output."""
+
+    open: str
+    close: str
+    instruction: str | None  # added to the system prompt when the model must be asked to think
+
+
+# For models with no thinking of their own: ask for a scratchpad and open it for them.
+SCRATCHPAD = ThinkingMarkers(
+    open="<think>\n",
+    close="</think>",
+    instruction=(
+        "Before you answer, think the problem through step by step between <think> and "
+        "</think>. After </think>, give your answer."
+    ),
+)
+
+
 def _raise_template_error(message: str) -> None:
     raise TemplateError(message)
 
@@ -49,19 +70,29 @@ def _raise_template_error(message: str) -> None:
 class ChatTemplate:
     """A model's chat template, compiled once, that turns conversations into prompt text."""
 
-    def __init__(self, source: str | None, *, model_id: str, bos_token: str, eos_token: str):
+    def __init__(
+        self,
+        source: str | None,
+        *,
+        model_id: str,
+        bos_token: str,
+        eos_token: str,
+        thinking: ThinkingMarkers = SCRATCHPAD,
+    ):
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = _raise_template_error
         self._template = env.from_string(source or CHATML_TEMPLATE)
         self._model_id = model_id
         self._bos_token = bos_token
         self._eos_token = eos_token
+        self.thinking = thinking
 
     def render(self, conversation: Conversation) -> str:
         prefill = conversation.prefill
         turns = conversation.turns[:-1] if prefill else conversation.turns
         messages: list[dict[str, str]] = []
-        system = _join(conversation.system, _render_tools(conversation.tools))
+        instruction = self.thinking.instruction if conversation.thinking else None
+        system = _join(conversation.system, _render_tools(conversation.tools), instruction)
         if system:
             messages.append({"role": "system", "content": system})
         messages.extend({"role": t.role, "content": self._turn_text(t)} for t in turns)
@@ -76,6 +107,8 @@ class ChatTemplate:
             raise InvalidRequestError(
                 f"the chat template of {self._model_id} rejected this conversation: {exc}"
             ) from exc
+        if conversation.thinking:
+            return text + self.thinking.open
         return text + (self._turn_text(prefill) if prefill else "")
 
     def _turn_text(self, turn: Turn) -> str:

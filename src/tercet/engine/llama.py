@@ -12,7 +12,7 @@ import codecs
 import os
 import random
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,13 @@ import numpy as np
 from tercet.engine.base import (
     Conversation,
     Finish,
+    FinishReason,
     GenerationEvent,
     ModelSpec,
     PreparedPrompt,
     SamplingParams,
     TextChunk,
+    ThinkingChunk,
 )
 from tercet.engine.chat_template import ChatTemplate
 from tercet.engine.stops import StopSequenceMatcher
@@ -105,6 +107,7 @@ class LlamaCppEngine:
             bos_token=self._special_text(self._llama.token_bos()),
             eos_token=self._special_text(self._llama.token_eos()),
         )
+        self._close_thinking = self.tokenize_fragment("\n" + self._template.thinking.close + "\n\n")
         window = self._llama.n_ctx()
         self._spec = ModelSpec(
             id=model_id or _default_model_id(model_path),
@@ -125,6 +128,11 @@ class LlamaCppEngine:
         tokens: list[int] = self._llama.tokenize(
             text.encode("utf-8"), add_bos=self._add_bos, special=True
         )
+        return tokens
+
+    def tokenize_fragment(self, text: str) -> list[int]:
+        """Tokens of text in the middle of a sequence (no BOS)."""
+        tokens: list[int] = self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
         return tokens
 
     async def prepare(self, conversation: Conversation) -> PreparedPrompt:
@@ -167,48 +175,90 @@ class LlamaCppEngine:
     def generate_sync(
         self, prompt: PreparedPrompt, params: SamplingParams, cancel: threading.Event
     ) -> Iterator[GenerationEvent]:
-        """Generate on the calling thread (the worker thread, or a benchmark)."""
+        """Generate on the calling thread (the worker thread, or a benchmark).
+
+        With a thinking budget the reply starts inside the thinking markers; thinking ends when
+        the model writes the close marker or, at the budget, when the engine writes it instead.
+        """
         llm = self._llama
-        tokens = list(prompt.tokens)
-        self._prefill(tokens, cancel)
+        sequence = list(prompt.tokens)
+        self._prefill(sequence, cancel)
         if params.temperature > 0:
             llm.set_seed(random.getrandbits(31))
-        room = llm.n_ctx() - len(tokens)
-        limit = min(params.max_tokens, room)
+        limit = min(params.max_tokens, llm.n_ctx() - len(sequence))
+        budget = params.thinking_budget
+        thinking = budget is not None
+        closer = StopSequenceMatcher([self._template.thinking.close])
         stops = StopSequenceMatcher(params.stop_sequences)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        generated = 0
-        for token in llm.generate(
-            tokens,
+        answer_begun = not thinking  # after thinking, the answer's leading newlines are dropped
+        generated = thought = 0
+        tokens = self._sample(sequence, params)
+        while True:
+            token = next(tokens)  # llama-cpp-python samples without end; we decide when to stop
+            if cancel.is_set():
+                raise _Cancelled
+            end_of_turn = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+            if end_of_turn and not thinking:
+                yield from self._release(stops.flush(), thinking=False)
+                yield Finish("end_turn", generated + 1, thinking_tokens=thought)
+                return
+            if thinking:
+                scan = closer.feed("" if end_of_turn else decoder.decode(llm.detokenize([token])))
+                if not end_of_turn:
+                    generated += 1
+                    thought += 1
+                    sequence.append(token)
+                yield from self._release(scan.release, thinking=True)
+                if scan.matched is not None:
+                    thinking = False
+                elif end_of_turn or (budget is not None and thought >= budget):
+                    # Thinking is spent (or the model stopped without answering): close it
+                    # ourselves and go on sampling the answer.
+                    yield from self._release(closer.flush(), thinking=True)
+                    thinking = False
+                    forced = self._close_thinking[: limit - generated]
+                    generated += len(forced)
+                    sequence.extend(forced)
+                    tokens.close()
+                    tokens = self._sample(sequence, params)
+            else:
+                generated += 1
+                sequence.append(token)
+                piece = decoder.decode(llm.detokenize([token]))
+                if not answer_begun:
+                    piece = piece.lstrip()
+                    answer_begun = bool(piece)
+                scan = stops.feed(piece)
+                yield from self._release(scan.release, thinking=False)
+                if scan.matched is not None:
+                    yield Finish("stop_sequence", generated, scan.matched, thought)
+                    return
+            if generated >= limit:
+                yield from self._release(closer.flush() if thinking else stops.flush(), thinking)
+                ended_by_limit = generated >= params.max_tokens
+                reason: FinishReason = "max_tokens" if ended_by_limit else "context_window"
+                yield Finish(reason, generated, thinking_tokens=thought)
+                return
+
+    def _sample(
+        self, sequence: Sequence[int], params: SamplingParams
+    ) -> Generator[int, None, None]:
+        """Tokens sampled after `sequence`; the cached prefix of it is not evaluated again."""
+        return self._llama.generate(
+            sequence,
             temp=params.temperature,
             top_p=1.0 if params.top_p is None else params.top_p,
             top_k=params.top_k or 0,
             min_p=0.0,
             typical_p=1.0,
             repeat_penalty=1.0,
-        ):
-            if cancel.is_set():
-                raise _Cancelled
-            generated += 1
-            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                yield from self._release(stops.flush())
-                yield Finish("end_turn", generated)
-                return
-            scan = stops.feed(decoder.decode(llm.detokenize([token])))
-            yield from self._release(scan.release)
-            if scan.matched is not None:
-                yield Finish("stop_sequence", generated, scan.matched)
-                return
-            if generated >= limit:
-                yield from self._release(stops.flush())
-                ended_by_limit = generated >= params.max_tokens
-                yield Finish("max_tokens" if ended_by_limit else "context_window", generated)
-                return
+        )
 
     @staticmethod
-    def _release(text: str) -> Iterator[TextChunk]:
+    def _release(text: str, thinking: bool) -> Iterator[TextChunk | ThinkingChunk]:
         if text:
-            yield TextChunk(text)
+            yield ThinkingChunk(text) if thinking else TextChunk(text)
 
     def _prefill(self, tokens: Sequence[int], cancel: threading.Event) -> None:
         """Bring the KV cache to hold exactly `tokens`, reusing the longest cached prefix.

@@ -11,6 +11,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import anyio
@@ -27,7 +28,9 @@ from tercet.server.conversation import build_conversation
 from tercet.server.errors import install_error_handlers
 from tercet.server.generation import GenerationPlan, complete, plan, stream_events
 from tercet.server.models import ModelRegistry
+from tercet.server.signatures import ThinkingSigner
 from tercet.server.sse import encode, with_pings
+from tercet.server.thinking import thinking_requested
 from tercet.wire.errors import (
     APIError,
     AuthenticationError,
@@ -47,6 +50,7 @@ Model = TypeVar("Model", bound=BaseModel)
 def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
     """The ASGI app serving `engines`. The app closes the engines when it shuts down."""
     registry = ModelRegistry(engines, config.routes)
+    signer = ThinkingSigner.from_data_dir(config.data_dir)
     lines = {
         model_id: AdmissionQueue(max_active=engine.spec.parallel, max_waiting=config.max_queue)
         for model_id, engine in registry.engines.items()
@@ -73,7 +77,7 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
     @api.post("/messages", response_model=None)
     async def create_message(request: Request) -> Response:
         body = await _read_body(request, MessageCreateRequest, config.max_body_bytes)
-        job = await plan(body, registry, lines)
+        job = await plan(body, registry, lines, signer, _betas(request))
         if body.stream:
             return EventStreamResponse(job, config.ping_interval)
         try:
@@ -88,7 +92,8 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
     async def count_tokens(request: Request) -> MessageTokensCount:
         body = await _read_body(request, CountTokensRequest, config.max_body_bytes)
         engine = registry.resolve(body.model)
-        prompt = await engine.prepare(build_conversation(body))
+        conversation = replace(build_conversation(body), thinking=thinking_requested(body))
+        prompt = await engine.prepare(conversation)
         return MessageTokensCount(input_tokens=len(prompt.tokens))
 
     @api.get("/models")
@@ -173,6 +178,12 @@ async def _until_disconnected(receive: Receive, work: Awaitable[T]) -> T | None:
             pass
         group.cancel_scope.cancel()
     return result[0] if result else None
+
+
+def _betas(request: Request) -> frozenset[str]:
+    """`anthropic-beta` values: comma-separated, and the header may repeat."""
+    headers = request.headers.getlist("anthropic-beta")
+    return frozenset(b.strip() for header in headers for b in header.split(",") if b.strip())
 
 
 def _authenticator(config: ServerConfig) -> Callable[[Request], None]:

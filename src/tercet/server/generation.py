@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import secrets
 import string
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Set
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from tercet.engine.base import Engine, Finish, FinishReason, PreparedPrompt, SamplingParams
+from tercet.engine.base import (
+    Engine,
+    Finish,
+    FinishReason,
+    PreparedPrompt,
+    SamplingParams,
+    ThinkingChunk,
+)
 from tercet.server.admission import AdmissionQueue, Ticket
 from tercet.server.conversation import build_conversation
 from tercet.server.models import ModelRegistry
-from tercet.wire.content import TextBlock
+from tercet.server.signatures import ThinkingSigner
+from tercet.server.thinking import BlockWriter, check_thinking_blocks, thinking_budget
 from tercet.wire.errors import InvalidRequestError, PromptTooLongError
 from tercet.wire.events import (
-    ContentBlockDeltaEvent,
-    ContentBlockStartEvent,
-    ContentBlockStopEvent,
     MessageAccumulator,
     MessageDelta,
     MessageDeltaEvent,
@@ -30,10 +35,9 @@ from tercet.wire.events import (
     MessageStartEvent,
     MessageStopEvent,
     StreamEvent,
-    TextDelta,
 )
-from tercet.wire.requests import MessageCreateRequest
-from tercet.wire.responses import Message, StopReason, Usage
+from tercet.wire.requests import MessageCreateRequest, ThinkingAdaptive, ThinkingEnabled
+from tercet.wire.responses import Message, OutputTokensDetails, StopReason, Usage
 
 STOP_REASONS: dict[FinishReason, StopReason] = {
     "end_turn": "end_turn",
@@ -59,12 +63,22 @@ class GenerationPlan:
     prompt: PreparedPrompt
     params: SamplingParams
     ticket: Ticket
+    signer: ThinkingSigner
+
+    @property
+    def omit_thinking(self) -> bool:
+        thinking = self.request.thinking
+        return isinstance(thinking, ThinkingEnabled | ThinkingAdaptive) and (
+            thinking.display == "omitted"
+        )
 
 
 async def plan(
     request: MessageCreateRequest,
     registry: ModelRegistry,
     lines: Mapping[str, AdmissionQueue],
+    signer: ThinkingSigner,
+    betas: Set[str] = frozenset(),
 ) -> GenerationPlan:
     engine = registry.resolve(request.model)
     spec = engine.spec
@@ -78,7 +92,18 @@ async def plan(
     stops = request.stop_sequences or []
     if any(not s.strip() for s in stops):
         raise InvalidRequestError("stop_sequences: each stop sequence must contain non-whitespace")
-    prompt = await engine.prepare(build_conversation(request))
+    budget = thinking_budget(request, betas)
+    check_thinking_blocks(request, signer)
+    conversation = build_conversation(request)
+    if budget is not None:
+        prefill = conversation.prefill
+        if prefill is not None and any(b.type == "text" for b in prefill.blocks):
+            raise InvalidRequestError(
+                "messages: when `thinking` is enabled, a final `assistant` message cannot be a "
+                "text prefill; send it without the prefill or disable thinking"
+            )
+        conversation = replace(conversation, thinking=True)
+    prompt = await engine.prepare(conversation)
     longest = spec.context_window - 1  # leave room for at least one generated token
     if len(prompt.tokens) > longest:
         raise PromptTooLongError(len(prompt.tokens), longest)
@@ -92,8 +117,10 @@ async def plan(
         else request.top_p,
         top_k=request.top_k,
         stop_sequences=tuple(stops),
+        thinking_budget=budget,
     )
-    return GenerationPlan(request, engine, prompt, params, lines[spec.id].join())
+    ticket = lines[spec.id].join()
+    return GenerationPlan(request, engine, prompt, params, ticket, signer)
 
 
 async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None]:
@@ -108,28 +135,35 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
         )
     )
     finish: Finish | None = None
-    block_open = False
+    thinking = job.params.thinking_budget is not None
+    blocks = BlockWriter(job.signer, thinking=thinking, omit_thinking=job.omit_thinking)
     try:
         async with job.ticket, aclosing(job.engine.generate(job.prompt, job.params)) as events:
             async for event in events:
                 if isinstance(event, Finish):
                     finish = event
-                    continue
-                if not block_open:
-                    block_open = True
-                    yield ContentBlockStartEvent(index=0, content_block=TextBlock(text=""))
-                yield ContentBlockDeltaEvent(index=0, delta=TextDelta(text=event.text))
+                elif isinstance(event, ThinkingChunk):
+                    for block_event in blocks.thinking(event.text):
+                        yield block_event
+                else:
+                    for block_event in blocks.text(event.text):
+                        yield block_event
     finally:
         job.ticket.leave()
     if finish is None:
         raise RuntimeError("the engine ended without saying why")
-    if block_open:
-        yield ContentBlockStopEvent(index=0)
+    for block_event in blocks.finish():
+        yield block_event
+    details = OutputTokensDetails(thinking_tokens=finish.thinking_tokens) if thinking else None
     yield MessageDeltaEvent(
         delta=MessageDelta(
             stop_reason=STOP_REASONS[finish.reason], stop_sequence=finish.stop_sequence
         ),
-        usage=MessageDeltaUsage(output_tokens=finish.output_tokens, input_tokens=input_tokens),
+        usage=MessageDeltaUsage(
+            output_tokens=finish.output_tokens,
+            input_tokens=input_tokens,
+            output_tokens_details=details,
+        ),
     )
     yield MessageStopEvent()
 

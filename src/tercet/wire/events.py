@@ -21,7 +21,7 @@ from tercet.wire.content import (
     ToolUseBlock,
 )
 from tercet.wire.errors import ErrorDetail
-from tercet.wire.responses import Container, Message, StopReason
+from tercet.wire.responses import Container, Message, OutputTokensDetails, StopReason
 
 
 class TextDelta(ResponseModel):
@@ -84,6 +84,7 @@ class MessageDeltaUsage(ResponseModel):
     input_tokens: int | None = None
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
+    output_tokens_details: OutputTokensDetails | None = None
 
 
 class MessageDeltaEvent(ResponseModel):
@@ -167,6 +168,8 @@ class MessageAccumulator:
                 usage.cache_creation_input_tokens = event.usage.cache_creation_input_tokens
             if event.usage.cache_read_input_tokens is not None:
                 usage.cache_read_input_tokens = event.usage.cache_read_input_tokens
+            if event.usage.output_tokens_details is not None:
+                usage.output_tokens_details = event.usage.output_tokens_details
 
     def _check_open(self, index: int) -> int:
         if self._open != index:
