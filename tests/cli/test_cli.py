@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 
 import anthropic
 
@@ -13,8 +15,10 @@ from tests.conftest import CLAUDE_MODEL, cli_server
 def run_tercet(
     *args: str, stdin: str = "", timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
+    data_dir = tempfile.mkdtemp(prefix="tercet-cli-")  # never the user's own data folder
     return subprocess.run(
         [sys.executable, "-m", "tercet.cli.main", *args],
+        env={**os.environ, "TERCET_DATA_DIR": data_dir},
         input=stdin,
         capture_output=True,
         text=True,
