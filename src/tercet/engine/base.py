@@ -7,9 +7,9 @@ a prompt (chat templates, tool formats, reasoning markers) is the engine's busin
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from tercet.wire.content import ContentBlockParam
 from tercet.wire.requests import ToolParam
@@ -38,6 +38,17 @@ class Conversation:
 
 
 @dataclass(frozen=True)
+class ToolPolicy:
+    """Which tool calls the model may make: with `choice` "any" it must call one of `schemas`,
+    with "tool" it must call `name`, with "auto" it decides. Each schema is a tool's input schema.
+    """
+
+    schemas: Mapping[str, Mapping[str, Any]]
+    choice: Literal["auto", "any", "tool"] = "auto"
+    name: str | None = None
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """How to sample. `None` means the engine's neutral default (no top-p / top-k filtering)."""
 
@@ -48,6 +59,7 @@ class SamplingParams:
     stop_sequences: Sequence[str] = ()
     # With thinking on, at most this many tokens of thinking; then the engine closes it.
     thinking_budget: int | None = None
+    tools: ToolPolicy | None = None  # None: the reply is text only
 
 
 @dataclass(frozen=True)
@@ -72,7 +84,21 @@ class ThinkingChunk:
     text: str
 
 
-FinishReason = Literal["end_turn", "max_tokens", "stop_sequence", "context_window"]
+@dataclass(frozen=True)
+class ToolCallStart:
+    """The model began a call of tool `name`; its input follows as `ToolCallDelta`s."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """More of the tool call's input, as JSON text; all of it together is one JSON object."""
+
+    partial_json: str
+
+
+FinishReason = Literal["end_turn", "max_tokens", "stop_sequence", "context_window", "tool_use"]
 
 
 @dataclass(frozen=True)
@@ -85,7 +111,7 @@ class Finish:
     thinking_tokens: int = 0
 
 
-GenerationEvent = ThinkingChunk | TextChunk | Finish
+GenerationEvent = ThinkingChunk | TextChunk | ToolCallStart | ToolCallDelta | Finish
 
 
 @dataclass(frozen=True)

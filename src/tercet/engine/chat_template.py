@@ -63,6 +63,11 @@ SCRATCHPAD = ThinkingMarkers(
 )
 
 
+# How the embedded engine writes a tool call: a tag around {"name": ..., "arguments": {...}}.
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
+
+
 def _raise_template_error(message: str) -> None:
     raise TemplateError(message)
 
@@ -128,7 +133,8 @@ class ChatTemplate:
             return f"[search result: {block.title} ({block.source})]\n{body}"
         if isinstance(block, ToolUseBlockParam | ServerToolUseBlockParam | MCPToolUseBlockParam):
             call = {"name": block.name, "arguments": block.input}
-            return f"<tool_call>\n{json.dumps(call, ensure_ascii=False)}\n</tool_call>"
+            body = json.dumps(call, ensure_ascii=False)
+            return f"{TOOL_CALL_OPEN}\n{body}\n{TOOL_CALL_CLOSE}"
         if isinstance(block, ToolResultBlockParam | MCPToolResultBlockParam):
             body = (
                 block.content

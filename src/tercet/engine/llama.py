@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import functools
+import json
 import os
 import random
 import threading
@@ -19,6 +21,7 @@ from typing import Any
 
 import llama_cpp
 import numpy as np
+from llama_cpp.llama_grammar import LlamaGrammar
 
 from tercet.engine.base import (
     Conversation,
@@ -30,8 +33,11 @@ from tercet.engine.base import (
     SamplingParams,
     TextChunk,
     ThinkingChunk,
+    ToolCallDelta,
+    ToolCallStart,
+    ToolPolicy,
 )
-from tercet.engine.chat_template import ChatTemplate
+from tercet.engine.chat_template import TOOL_CALL_OPEN, ChatTemplate
 from tercet.engine.stops import StopSequenceMatcher
 
 DEFAULT_CONTEXT_WINDOW = 16384
@@ -177,72 +183,126 @@ class LlamaCppEngine:
     ) -> Iterator[GenerationEvent]:
         """Generate on the calling thread (the worker thread, or a benchmark).
 
-        With a thinking budget the reply starts inside the thinking markers; thinking ends when
-        the model writes the close marker or, at the budget, when the engine writes it instead.
+        A reply has up to three phases: thinking (when a budget is set), the answer, and a tool
+        call (forced by `tool_choice`, or begun by the model writing the tool-call tag). Where
+        the model must not choose freely, the engine writes the text itself (closing thinking
+        at the budget, opening a forced call) or samples under a grammar (tool names, inputs
+        that match their JSON schema).
         """
-        llm = self._llama
-        sequence = list(prompt.tokens)
-        self._prefill(sequence, cancel)
+        self._prefill(prompt.tokens, cancel)
         if params.temperature > 0:
-            llm.set_seed(random.getrandbits(31))
-        limit = min(params.max_tokens, llm.n_ctx() - len(sequence))
-        budget = params.thinking_budget
-        thinking = budget is not None
-        closer = StopSequenceMatcher([self._template.thinking.close])
-        stops = StopSequenceMatcher(params.stop_sequences)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        answer_begun = not thinking  # after thinking, the answer's leading newlines are dropped
-        generated = thought = 0
-        tokens = self._sample(sequence, params)
-        while True:
-            token = next(tokens)  # llama-cpp-python samples without end; we decide when to stop
-            if cancel.is_set():
-                raise _Cancelled
-            end_of_turn = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
-            if end_of_turn and not thinking:
-                yield from self._release(stops.flush(), thinking=False)
-                yield Finish("end_turn", generated + 1, thinking_tokens=thought)
+            self._llama.set_seed(random.getrandbits(31))
+        run = _Run(self, prompt.tokens, params, cancel)
+        if params.thinking_budget is not None:
+            yield from self._think(run, params.thinking_budget)
+            if run.finished:
                 return
-            if thinking:
-                scan = closer.feed("" if end_of_turn else decoder.decode(llm.detokenize([token])))
-                if not end_of_turn:
-                    generated += 1
-                    thought += 1
-                    sequence.append(token)
-                yield from self._release(scan.release, thinking=True)
+        tools = params.tools
+        if tools is not None and tools.choice != "auto":
+            run.force(self.tokenize_fragment(TOOL_CALL_OPEN + "\n"))
+            yield from self._call_tool(run, tools)
+            return
+        yield from self._answer(run, params, tools)
+
+    def _think(self, run: _Run, budget: int) -> Iterator[GenerationEvent]:
+        closer = StopSequenceMatcher([self._template.thinking.close])
+        while not run.finished:
+            if run.room <= 0:
+                yield from _release(closer.flush(), thinking=True)
+                yield run.finish(run.limit_reason)
+                return
+            token = run.next()
+            if not self._is_end(token):
+                run.accept(token)
+                run.thought += 1
+                scan = closer.feed(run.text(token))
+                yield from _release(scan.release, thinking=True)
                 if scan.matched is not None:
-                    thinking = False
-                elif end_of_turn or (budget is not None and thought >= budget):
-                    # Thinking is spent (or the model stopped without answering): close it
-                    # ourselves and go on sampling the answer.
-                    yield from self._release(closer.flush(), thinking=True)
-                    thinking = False
-                    forced = self._close_thinking[: limit - generated]
-                    generated += len(forced)
-                    sequence.extend(forced)
-                    tokens.close()
-                    tokens = self._sample(sequence, params)
-            else:
-                generated += 1
-                sequence.append(token)
-                piece = decoder.decode(llm.detokenize([token]))
-                if not answer_begun:
-                    piece = piece.lstrip()
-                    answer_begun = bool(piece)
-                scan = stops.feed(piece)
-                yield from self._release(scan.release, thinking=False)
-                if scan.matched is not None:
-                    yield Finish("stop_sequence", generated, scan.matched, thought)
                     return
-            if generated >= limit:
-                yield from self._release(closer.flush() if thinking else stops.flush(), thinking)
-                ended_by_limit = generated >= params.max_tokens
-                reason: FinishReason = "max_tokens" if ended_by_limit else "context_window"
-                yield Finish(reason, generated, thinking_tokens=thought)
+                if run.thought < budget:
+                    continue
+            # The budget is spent, or the model stopped without answering: close the
+            # thinking ourselves so that it goes on to the answer.
+            yield from _release(closer.flush(), thinking=True)
+            run.force(self._close_thinking)
+            return
+
+    def _answer(
+        self, run: _Run, params: SamplingParams, tools: ToolPolicy | None
+    ) -> Iterator[GenerationEvent]:
+        markers = [*params.stop_sequences, *([TOOL_CALL_OPEN] if tools else [])]
+        stops = StopSequenceMatcher(markers)
+        begun = params.thinking_budget is None  # after thinking, leading newlines are dropped
+        while True:
+            if run.room <= 0:
+                yield from _release(stops.flush(), thinking=False)
+                yield run.finish(run.limit_reason)
+                return
+            token = run.next()
+            if self._is_end(token):
+                yield from _release(stops.flush(), thinking=False)
+                yield run.finish("end_turn", extra_tokens=1)
+                return
+            run.accept(token)
+            piece = run.text(token)
+            if not begun:
+                piece = piece.lstrip()
+                begun = bool(piece)
+            scan = stops.feed(piece)
+            yield from _release(scan.release, thinking=False)
+            if scan.matched == TOOL_CALL_OPEN and tools is not None:
+                run.force(self.tokenize_fragment("\n"))
+                yield from self._call_tool(run, tools)
+                return
+            if scan.matched is not None:
+                yield run.finish("stop_sequence", stop_sequence=scan.matched)
                 return
 
+    def _call_tool(self, run: _Run, tools: ToolPolicy) -> Iterator[GenerationEvent]:
+        """After the tool-call tag: the name (forced or chosen under a grammar), then the input."""
+        if tools.choice == "tool" and tools.name is not None:
+            name = tools.name
+        else:
+            run.force(self.tokenize_fragment('{"name": '), grammar=_names_grammar(tools))
+            written = yield from self._sample_grammar(run, emit=False)
+            if written is None:
+                return
+            name = json.loads(written)
+        schema = tools.schemas[name]
+        prefix = '{"name": ' + json.dumps(name) + ', "arguments": '
+        run.force(self.tokenize_fragment(prefix if tools.choice == "tool" else ', "arguments": '))
+        run.restart(_schema_grammar(json.dumps(schema, sort_keys=True)))
+        yield ToolCallStart(name)
+        if (yield from self._sample_grammar(run, emit=True)) is None:
+            return
+        yield run.finish("tool_use", extra_tokens=1)
+
+    def _sample_grammar(
+        self, run: _Run, emit: bool
+    ) -> Generator[GenerationEvent, None, str | None]:
+        """Sample until the grammar is complete (the model may then only end); returns the text.
+
+        Returns None when the token limit came first (a `Finish` was yielded).
+        """
+        text = ""
+        while True:
+            if run.room <= 0:
+                yield run.finish(run.limit_reason)
+                return None
+            token = run.next()
+            if self._is_end(token):
+                return text
+            run.accept(token)
+            piece = run.text(token)
+            text += piece
+            if emit and piece:
+                yield ToolCallDelta(piece)
+
+    def _is_end(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
     def _sample(
-        self, sequence: Sequence[int], params: SamplingParams
+        self, sequence: Sequence[int], params: SamplingParams, grammar: Any = None
     ) -> Generator[int, None, None]:
         """Tokens sampled after `sequence`; the cached prefix of it is not evaluated again."""
         return self._llama.generate(
@@ -253,12 +313,8 @@ class LlamaCppEngine:
             min_p=0.0,
             typical_p=1.0,
             repeat_penalty=1.0,
+            grammar=grammar,
         )
-
-    @staticmethod
-    def _release(text: str, thinking: bool) -> Iterator[TextChunk | ThinkingChunk]:
-        if text:
-            yield ThinkingChunk(text) if thinking else TextChunk(text)
 
     def _prefill(self, tokens: Sequence[int], cancel: threading.Event) -> None:
         """Bring the KV cache to hold exactly `tokens`, reusing the longest cached prefix.
@@ -282,6 +338,86 @@ class LlamaCppEngine:
     async def aclose(self) -> None:
         self._executor.shutdown(wait=True)
         self._llama.close()
+
+
+class _Run:
+    """One generation in progress: the token sequence, the count against the limit, the sampler."""
+
+    def __init__(
+        self,
+        engine: LlamaCppEngine,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        cancel: threading.Event,
+    ) -> None:
+        self._engine = engine
+        self._params = params
+        self._cancel = cancel
+        self.sequence = list(prompt)
+        self.max_tokens = params.max_tokens
+        self.limit = min(params.max_tokens, engine._llama.n_ctx() - len(self.sequence))
+        self.generated = 0
+        self.thought = 0
+        self.finished = False
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._tokens = engine._sample(self.sequence, params)
+
+    @property
+    def room(self) -> int:
+        return self.limit - self.generated
+
+    @property
+    def limit_reason(self) -> FinishReason:
+        return "max_tokens" if self.generated >= self.max_tokens else "context_window"
+
+    def next(self) -> int:
+        token = next(self._tokens)  # llama-cpp-python samples without end; we decide when to stop
+        if self._cancel.is_set():
+            raise _Cancelled
+        return token
+
+    def accept(self, token: int) -> None:
+        self.sequence.append(token)
+        self.generated += 1
+
+    def text(self, token: int) -> str:
+        return self._decoder.decode(self._engine._llama.detokenize([token]))
+
+    def force(self, tokens: Sequence[int], grammar: Any = None) -> None:
+        """Write `tokens` as if the model had (as far as the limit allows), then sample on."""
+        taken = list(tokens[: max(self.room, 0)])
+        self.sequence.extend(taken)
+        self.generated += len(taken)
+        self.restart(grammar)
+
+    def restart(self, grammar: Any) -> None:
+        self._tokens.close()
+        self._tokens = self._engine._sample(self.sequence, self._params, grammar)
+
+    def finish(
+        self, reason: FinishReason, *, extra_tokens: int = 0, stop_sequence: str | None = None
+    ) -> Finish:
+        self.finished = True
+        return Finish(reason, self.generated + extra_tokens, stop_sequence, self.thought)
+
+
+def _release(text: str, thinking: bool) -> Iterator[TextChunk | ThinkingChunk]:
+    if text:
+        yield ThinkingChunk(text) if thinking else TextChunk(text)
+
+
+def _names_grammar(tools: ToolPolicy) -> LlamaGrammar:
+    names = " | ".join(json.dumps(json.dumps(name)) for name in tools.schemas)
+    return LlamaGrammar.from_string(f"root ::= {names}", verbose=False)
+
+
+@functools.lru_cache(maxsize=256)
+def _schema_grammar(schema: str) -> LlamaGrammar:
+    """A grammar for JSON matching `schema` (llama.cpp's converter), or any object if it fails."""
+    try:
+        return LlamaGrammar.from_json_schema(schema, verbose=False)
+    except Exception:  # the converter rejects some valid schemas; fall back to any object
+        return LlamaGrammar.from_json_schema('{"type": "object"}', verbose=False)
 
 
 def _default_model_id(path: Path) -> str:

@@ -19,13 +19,16 @@ from tercet.engine.base import (
     FinishReason,
     PreparedPrompt,
     SamplingParams,
+    TextChunk,
     ThinkingChunk,
+    ToolCallStart,
 )
 from tercet.server.admission import AdmissionQueue, Ticket
 from tercet.server.conversation import build_conversation
 from tercet.server.models import ModelRegistry
 from tercet.server.signatures import ThinkingSigner
 from tercet.server.thinking import BlockWriter, check_thinking_blocks, thinking_budget
+from tercet.server.tools import tool_policy
 from tercet.wire.errors import InvalidRequestError, PromptTooLongError
 from tercet.wire.events import (
     MessageAccumulator,
@@ -44,6 +47,7 @@ STOP_REASONS: dict[FinishReason, StopReason] = {
     "max_tokens": "max_tokens",
     "stop_sequence": "stop_sequence",
     "context_window": "model_context_window_exceeded",
+    "tool_use": "tool_use",
 }
 
 _ID_ALPHABET = string.ascii_letters + string.digits
@@ -118,6 +122,7 @@ async def plan(
         top_k=request.top_k,
         stop_sequences=tuple(stops),
         thinking_budget=budget,
+        tools=tool_policy(request, thinking=budget is not None),
     )
     ticket = lines[spec.id].join()
     return GenerationPlan(request, engine, prompt, params, ticket, signer)
@@ -145,8 +150,14 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
                 elif isinstance(event, ThinkingChunk):
                     for block_event in blocks.thinking(event.text):
                         yield block_event
-                else:
+                elif isinstance(event, TextChunk):
                     for block_event in blocks.text(event.text):
+                        yield block_event
+                elif isinstance(event, ToolCallStart):
+                    for block_event in blocks.tool_use(new_id("toolu"), event.name):
+                        yield block_event
+                else:
+                    for block_event in blocks.tool_input(event.partial_json):
                         yield block_event
     finally:
         job.ticket.leave()

@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Set
 
 from tercet.server.signatures import ThinkingSigner
-from tercet.wire.content import TextBlock, ThinkingBlock, ThinkingBlockParam
+from tercet.wire.content import TextBlock, ThinkingBlock, ThinkingBlockParam, ToolUseBlock
 from tercet.wire.errors import InvalidRequestError
 from tercet.wire.events import (
     ContentBlockDeltaEvent,
     ContentBlockStartEvent,
     ContentBlockStopEvent,
+    InputJSONDelta,
     SignatureDelta,
     StreamEvent,
     TextDelta,
@@ -77,7 +78,7 @@ def check_thinking_blocks(request: PromptParams, signer: ThinkingSigner) -> None
 
 
 class BlockWriter:
-    """Turns thinking and answer text into content-block events, with indexes in order.
+    """Turns thinking, answer text and tool calls into content-block events, indexes in order.
 
     With thinking on, the reply always starts with a thinking block (empty if the model wrote
     none), closed by a `signature_delta`. With `display: "omitted"` its text is not sent, and the
@@ -110,6 +111,20 @@ class BlockWriter:
             self._open = "text"
             yield ContentBlockStartEvent(index=self._index, content_block=TextBlock(text=""))
         yield ContentBlockDeltaEvent(index=self._index, delta=TextDelta(text=text))
+
+    def tool_use(self, tool_use_id: str, name: str) -> Iterator[StreamEvent]:
+        yield from self._close_open()
+        if self._thinking_due:
+            yield from self._start_thinking()
+            yield from self._close_open()
+        self._index += 1
+        self._open = "tool_use"
+        block = ToolUseBlock(id=tool_use_id, name=name, input={})
+        yield ContentBlockStartEvent(index=self._index, content_block=block)
+
+    def tool_input(self, partial_json: str) -> Iterator[StreamEvent]:
+        delta = InputJSONDelta(partial_json=partial_json)
+        yield ContentBlockDeltaEvent(index=self._index, delta=delta)
 
     def finish(self) -> Iterator[StreamEvent]:
         """At the end of the reply: emit a thinking block still due, and close the open block."""

@@ -7,7 +7,7 @@ the same events accumulated, so both paths always agree.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -153,7 +153,7 @@ class MessageAccumulator:
             block = message.content[self._check_open(event.index)]
             if isinstance(block, ToolUseBlock | ServerToolUseBlock | MCPToolUseBlock):
                 raw = self._partial_json.pop(event.index, "")
-                block.input = json.loads(raw) if raw else block.input
+                block.input = _parse_input(raw) if raw else block.input
             self._open = None
         elif isinstance(event, MessageDeltaEvent):
             message.stop_reason = event.delta.stop_reason
@@ -192,3 +192,12 @@ class MessageAccumulator:
             )
         else:
             raise RuntimeError(f"{delta.type} does not apply to a {block.type} block")
+
+
+def _parse_input(raw: str) -> dict[str, Any]:
+    """A tool input from its streamed JSON; a call cut short by max_tokens leaves it empty."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
