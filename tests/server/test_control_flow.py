@@ -18,6 +18,7 @@ from tercet.engine.scripted import ScriptedEngine
 from tercet.server.app import create_app
 from tercet.server.config import ServerConfig
 from tercet.server.runner import BackgroundServer
+from tercet.wire.errors import InvalidRequestError
 from tests.conftest import CLAUDE_MODEL
 
 USER = [{"role": "user", "content": "hi"}]
@@ -170,3 +171,19 @@ def test_real_model_is_freed_when_a_long_stream_is_abandoned(
     # Decoding 8000 tokens takes a minute here; a freed model answers in well under that.
     assert time.monotonic() - started < 15
     assert reply.usage.output_tokens > 0
+
+
+class RefusingEngine(ScriptedEngine):
+    async def generate(
+        self, prompt: PreparedPrompt, params: SamplingParams
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        raise InvalidRequestError("the upstream refused this")
+        yield  # pragma: no cover (makes this a generator)
+
+
+def test_engine_api_errors_keep_their_status_without_streaming() -> None:
+    with serve(RefusingEngine()) as running:
+        client = anthropic.Anthropic(base_url=running.base_url, api_key="k", max_retries=0)
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            client.messages.create(model=CLAUDE_MODEL, max_tokens=5, messages=USER)
+        assert "the upstream refused this" in caught.value.message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,10 +16,28 @@ from tercet.engine.bundled import (
     bundled_model_path,
 )
 from tercet.engine.llama import DEFAULT_CONTEXT_WINDOW, LlamaCppEngine
+from tercet.engine.openai import OpenAICompatibleEngine
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
+    group.add_argument(
+        "--engine",
+        choices=["llama", "openai"],
+        default="llama",
+        help="llama: a GGUF in-process (default); openai: an OpenAI-compatible server (--upstream)",
+    )
+    group.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="with --engine openai: the server's base URL, e.g. http://127.0.0.1:8000/v1",
+    )
+    group.add_argument("--upstream-model", help="with --engine openai: the upstream model name")
+    group.add_argument(
+        "--upstream-key",
+        default=os.environ.get("TERCET_UPSTREAM_KEY"),
+        help="with --engine openai: its API key (default $TERCET_UPSTREAM_KEY)",
+    )
     group.add_argument(
         "--model",
         type=Path,
@@ -65,6 +84,18 @@ def load_engine(args: argparse.Namespace) -> Engine:
     def progress(message: str) -> None:
         print(f"[{time.monotonic() - started:5.1f}s] {message}", file=sys.stderr, flush=True)
 
+    if args.engine == "openai":
+        if not args.upstream:
+            raise ValueError("--engine openai needs --upstream URL")
+        progress(f"connecting to {args.upstream}")
+        return OpenAICompatibleEngine(
+            args.upstream,
+            model=args.upstream_model,
+            api_key=args.upstream_key,
+            model_id=args.model_id,
+            context_window=args.context_window,
+            max_output_tokens=args.max_output_tokens,
+        )
     bundled = args.model is None
     temperature = args.default_temperature
     if temperature is None:

@@ -64,10 +64,20 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class PreparedPrompt:
-    """A conversation rendered and tokenised by one engine, ready to generate from."""
+    """A conversation rendered (and, where the engine can, tokenised), ready to generate from.
+
+    `input_tokens` is exact for engines that tokenise locally; a remote engine estimates it
+    here and reports the upstream's own count in `Finish.input_tokens`.
+    """
 
     tokens: Sequence[int]
     text: str = field(repr=False)
+    estimated_tokens: int | None = None
+    payload: Any = field(default=None, repr=False)  # the engine's own form of the prompt
+
+    @property
+    def input_tokens(self) -> int:
+        return len(self.tokens) if self.estimated_tokens is None else self.estimated_tokens
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,7 @@ class Finish:
     output_tokens: int
     stop_sequence: str | None = None
     thinking_tokens: int = 0
+    input_tokens: int | None = None  # when the engine learns the exact prompt size only now
 
 
 GenerationEvent = ThinkingChunk | TextChunk | ToolCallStart | ToolCallDelta | Finish

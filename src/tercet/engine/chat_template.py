@@ -120,62 +120,70 @@ class ChatTemplate:
         return "\n\n".join(p for p in (self._block_text(b) for b in turn.blocks) if p)
 
     def _block_text(self, block: ContentBlockParam) -> str:
-        if isinstance(block, TextBlockParam):
-            return block.text
-        if isinstance(block, ImageBlockParam):
-            raise InvalidRequestError(
-                f"{self._model_id} does not support image input; send text only"
-            )
-        if isinstance(block, DocumentBlockParam):
-            return self._document_text(block)
-        if isinstance(block, SearchResultBlockParam):
-            body = "\n".join(b.text for b in block.content)
-            return f"[search result: {block.title} ({block.source})]\n{body}"
         if isinstance(block, ToolUseBlockParam | ServerToolUseBlockParam | MCPToolUseBlockParam):
             call = {"name": block.name, "arguments": block.input}
             body = json.dumps(call, ensure_ascii=False)
             return f"{TOOL_CALL_OPEN}\n{body}\n{TOOL_CALL_CLOSE}"
         if isinstance(block, ToolResultBlockParam | MCPToolResultBlockParam):
-            body = (
-                block.content
-                if isinstance(block.content, str)
-                else "\n\n".join(self._block_text(b) for b in block.content)
-            )
             marker = " error" if block.is_error else ""
-            return f"<tool_response{marker}>\n{body}\n</tool_response>"
-        # Thinking blocks, server tool results and uploads carry nothing this model reads.
-        return ""
+            return (
+                f"<tool_response{marker}>\n{result_text(block, self._model_id)}\n</tool_response>"
+            )
+        return content_text(block, self._model_id)
 
-    def _document_text(self, block: DocumentBlockParam) -> str:
-        source = block.source
-        if isinstance(source, PlainTextSource):
-            body = source.data
-        elif isinstance(source, ContentDocumentSource):
-            if isinstance(source.content, str):
-                body = source.content
-            else:
-                body = "\n\n".join(self._block_text(b) for b in source.content)
-        elif isinstance(source, Base64DocumentSource) and source.media_type == "text/plain":
-            try:
-                body = base64.b64decode(source.data, validate=True).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError) as exc:
-                raise InvalidRequestError(
-                    "document.source.data is not base64-encoded UTF-8 text"
-                ) from exc
+
+def content_text(block: ContentBlockParam, model_id: str) -> str:
+    """The text a text-only model reads for a content block ("" for blocks it does not read)."""
+    if isinstance(block, TextBlockParam):
+        return block.text
+    if isinstance(block, ImageBlockParam):
+        raise InvalidRequestError(f"{model_id} does not support image input; send text only")
+    if isinstance(block, DocumentBlockParam):
+        return _document_text(block, model_id)
+    if isinstance(block, SearchResultBlockParam):
+        body = "\n".join(b.text for b in block.content)
+        return f"[search result: {block.title} ({block.source})]\n{body}"
+    # Thinking blocks, server tool results and uploads carry nothing this model reads.
+    return ""
+
+
+def result_text(block: ToolResultBlockParam | MCPToolResultBlockParam, model_id: str) -> str:
+    """A tool result's content as text."""
+    if isinstance(block.content, str):
+        return block.content
+    return "\n\n".join(content_text(b, model_id) for b in block.content)
+
+
+def _document_text(block: DocumentBlockParam, model_id: str) -> str:
+    source = block.source
+    if isinstance(source, PlainTextSource):
+        body = source.data
+    elif isinstance(source, ContentDocumentSource):
+        if isinstance(source.content, str):
+            body = source.content
         else:
+            body = "\n\n".join(content_text(b, model_id) for b in source.content)
+    elif isinstance(source, Base64DocumentSource) and source.media_type == "text/plain":
+        try:
+            body = base64.b64decode(source.data, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError) as exc:
             raise InvalidRequestError(
-                f"document source {source.type!r} ({getattr(source, 'media_type', '')}) "
-                "is not supported yet; send the document as text"
-            )
-        header = "\n".join(
-            line
-            for line in (
-                f"Document: {block.title}" if block.title else "",
-                f"Context: {block.context}" if block.context else "",
-            )
-            if line
+                "document.source.data is not base64-encoded UTF-8 text"
+            ) from exc
+    else:
+        raise InvalidRequestError(
+            f"document source {source.type!r} ({getattr(source, 'media_type', '')}) "
+            "is not supported yet; send the document as text"
         )
-        return _join(header, body) or ""
+    header = "\n".join(
+        line
+        for line in (
+            f"Document: {block.title}" if block.title else "",
+            f"Context: {block.context}" if block.context else "",
+        )
+        if line
+    )
+    return _join(header, body) or ""
 
 
 def _render_tools(tools: Sequence[ToolParam]) -> str | None:

@@ -94,7 +94,7 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
         engine = registry.resolve(body.model)
         conversation = replace(build_conversation(body), thinking=thinking_requested(body))
         prompt = await engine.prepare(conversation)
-        return MessageTokensCount(input_tokens=len(prompt.tokens))
+        return MessageTokensCount(input_tokens=prompt.input_tokens)
 
     @api.get("/models")
     async def list_models(
@@ -167,16 +167,22 @@ class EventStreamResponse(StreamingResponse):
 async def _until_disconnected(receive: Receive, work: Awaitable[T]) -> T | None:
     """Run `work`, cancelling it if the client disconnects first (then the result is None)."""
     result: list[T] = []
-    async with anyio.create_task_group() as group:
+    try:
+        async with anyio.create_task_group() as group:
 
-        async def run() -> None:
-            result.append(await work)
+            async def run() -> None:
+                result.append(await work)
+                group.cancel_scope.cancel()
+
+            group.start_soon(run)
+            while (await receive())["type"] != "http.disconnect":
+                pass
             group.cancel_scope.cancel()
-
-        group.start_soon(run)
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        group.cancel_scope.cancel()
+    except BaseExceptionGroup as group_error:
+        # The task group wraps what `work` raised; callers handle the error itself (a 4xx).
+        if len(group_error.exceptions) == 1:
+            raise group_error.exceptions[0] from None
+        raise
     return result[0] if result else None
 
 

@@ -109,8 +109,8 @@ async def plan(
         conversation = replace(conversation, thinking=True)
     prompt = await engine.prepare(conversation)
     longest = spec.context_window - 1  # leave room for at least one generated token
-    if len(prompt.tokens) > longest:
-        raise PromptTooLongError(len(prompt.tokens), longest)
+    if prompt.input_tokens > longest:
+        raise PromptTooLongError(prompt.input_tokens, longest)
     params = SamplingParams(
         max_tokens=request.max_tokens,
         temperature=spec.default_temperature
@@ -130,7 +130,7 @@ async def plan(
 
 async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None]:
     """The Messages stream for a planned request: message_start ... message_stop."""
-    input_tokens = len(job.prompt.tokens)
+    input_tokens = job.prompt.input_tokens
     yield MessageStartEvent(
         message=Message(
             id=new_id("msg"),
@@ -172,7 +172,7 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
         ),
         usage=MessageDeltaUsage(
             output_tokens=finish.output_tokens,
-            input_tokens=input_tokens,
+            input_tokens=input_tokens if finish.input_tokens is None else finish.input_tokens,
             output_tokens_details=details,
         ),
     )
