@@ -116,7 +116,7 @@ class OpenAICompatibleEngine:
         budget = params.thinking_budget
         thought = pieces = 0
         calls: dict[int, bool] = {}  # tool call index -> started
-        finish_reason: FinishReason = "end_turn"
+        finish_reason: FinishReason | None = None
         usage: Mapping[str, Any] = {}
         async with self._stream(body) as response:
             async for line in response.aiter_lines():
@@ -153,6 +153,8 @@ class OpenAICompatibleEngine:
                             yield ToolCallDelta(arguments)
                     if reason := choice.get("finish_reason"):
                         finish_reason = FINISH_REASONS.get(reason, "end_turn")
+        if finish_reason is None:
+            raise InternalError("the upstream model server ended its stream without finishing")
         if rest := stops.flush():
             yield TextChunk(rest)
         if calls and finish_reason == "end_turn":
