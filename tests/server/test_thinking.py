@@ -13,7 +13,9 @@ import pytest
 from tercet.engine.base import Conversation, Finish, SamplingParams, TextChunk, ThinkingChunk, Turn
 from tercet.engine.llama import LlamaCppEngine
 from tercet.server.signatures import ThinkingSigner
+from tercet.server.thinking import thinking_budget
 from tercet.wire.content import TextBlockParam
+from tercet.wire.requests import MessageCreateRequest
 from tests.conftest import CLAUDE_MODEL
 
 QUESTION = [{"role": "user", "content": "What is 12 + 7?"}]
@@ -150,17 +152,35 @@ def test_omitted_display_sends_only_the_signature(client: anthropic.Anthropic) -
     ).content
 
 
-def test_adaptive_thinking_uses_effort(client: anthropic.Anthropic) -> None:
+def test_adaptive_thinking_is_not_forced_on_a_model_without_reasoning(
+    client: anthropic.Anthropic,
+) -> None:
     message = client.messages.create(
         model=CLAUDE_MODEL,
         max_tokens=64,
-        thinking={"type": "adaptive"},
-        output_config={"effort": "low"},
+        thinking={"type": "adaptive", "display": "omitted"},
+        output_config={"effort": "medium"},
         messages=QUESTION,
     )
-    assert message.content[0].type == "thinking"
-    details = message.usage.output_tokens_details
-    assert details is not None and details.thinking_tokens <= 32  # half of max_tokens at most
+    assert [b.type for b in message.content] == ["text"]
+
+
+@pytest.mark.parametrize(
+    ("effort", "max_tokens", "budget"),
+    [(None, 100_000, 4096), ("low", 100_000, 1024), ("max", 100_000, 16384), ("medium", 512, 256)],
+)
+def test_adaptive_effort_maps_to_budgets(effort: str | None, max_tokens: int, budget: int) -> None:
+    body: dict[str, Any] = {
+        "model": "m",
+        "max_tokens": max_tokens,
+        "messages": QUESTION,
+        "thinking": {"type": "adaptive"},
+    }
+    if effort:
+        body["output_config"] = {"effort": effort}
+    request = MessageCreateRequest.model_validate(body)
+    assert thinking_budget(request, frozenset(), adaptive_model=True) == budget
+    assert thinking_budget(request, frozenset(), adaptive_model=False) is None
 
 
 def test_stream_sends_thinking_then_signature_then_text(server: str) -> None:
@@ -237,3 +257,39 @@ def test_signer_secret_survives_restarts(tmp_path: Path) -> None:
     assert not ThinkingSigner.from_data_dir(tmp_path / "elsewhere").verify("a thought", signature)
     assert not restarted.verify("a thought", "not base64 at all!")
     assert (tmp_path / "keys" / "thinking.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_thinking_between_tool_calls_needs_interleaving(client: anthropic.Anthropic) -> None:
+    thought = think(client).content[0]
+    assert thought.type == "thinking"
+    tool = {
+        "name": "add",
+        "input_schema": {"type": "object", "properties": {"a": {"type": "integer"}}},
+    }
+    history: list[Any] = [
+        {"role": "user", "content": "Add one to 41."},
+        {
+            "role": "assistant",
+            "content": [
+                thought.model_dump(),
+                {"type": "tool_use", "id": "toolu_1", "name": "add", "input": {"a": 41}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "42"}],
+        },
+    ]
+    plain = client.messages.create(
+        model=CLAUDE_MODEL, max_tokens=1200, thinking=THINK, tools=[tool], messages=history
+    )
+    assert all(b.type != "thinking" for b in plain.content)  # the turn already thought
+    interleaved = client.beta.messages.create(
+        model=CLAUDE_MODEL,
+        max_tokens=1200,
+        thinking=THINK,
+        tools=[tool],  # type: ignore[list-item]
+        messages=history,
+        betas=["interleaved-thinking-2025-05-14"],
+    )
+    assert interleaved.content[0].type == "thinking"

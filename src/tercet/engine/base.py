@@ -138,6 +138,9 @@ class ModelSpec:
     # since small models ramble at temperature 1.
     default_temperature: float = 1.0
     default_top_p: float | None = None
+    # Whether the model judges for itself when to think (native reasoning); only then does
+    # adaptive thinking think.
+    adaptive_thinking: bool = False
 
 
 class Engine(Protocol):

@@ -90,6 +90,7 @@ class OpenAICompatibleEngine:
             context_window=context_window,
             max_output_tokens=max_output_tokens,
             parallel=parallel,
+            adaptive_thinking=True,  # the upstream model decides, given reasoning_effort
         )
 
     @property

@@ -96,7 +96,7 @@ async def plan(
     stops = request.stop_sequences or []
     if any(not s.strip() for s in stops):
         raise InvalidRequestError("stop_sequences: each stop sequence must contain non-whitespace")
-    budget = thinking_budget(request, betas)
+    budget = thinking_budget(request, betas, adaptive_model=spec.adaptive_thinking)
     check_thinking_blocks(request, signer)
     conversation = build_conversation(request)
     if budget is not None:

@@ -10,7 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Set
 
 from tercet.server.signatures import ThinkingSigner
-from tercet.wire.content import TextBlock, ThinkingBlock, ThinkingBlockParam, ToolUseBlock
+from tercet.wire.content import (
+    TextBlock,
+    ThinkingBlock,
+    ThinkingBlockParam,
+    ToolResultBlockParam,
+    ToolUseBlock,
+)
 from tercet.wire.errors import InvalidRequestError
 from tercet.wire.events import (
     ContentBlockDeltaEvent,
@@ -41,15 +47,26 @@ def thinking_requested(request: PromptParams) -> bool:
     return isinstance(request.thinking, ThinkingEnabled | ThinkingAdaptive)
 
 
-def thinking_budget(request: MessageCreateRequest, betas: Set[str]) -> int | None:
-    """Tokens of thinking this request may use, or None when thinking is off."""
+def thinking_budget(
+    request: MessageCreateRequest, betas: Set[str], *, adaptive_model: bool
+) -> int | None:
+    """Tokens of thinking this request may use, or None when thinking is off.
+
+    Adaptive thinking lets the model judge whether to think. A model with no thinking of its
+    own (`adaptive_model` false) cannot judge that, so it is not asked to think at all.
+
+    A request that returns tool results continues the assistant's turn: the model thinks again
+    there only with interleaved thinking (the beta, or adaptive thinking, where it is built in).
+    """
     config = request.thinking
+    interleaved = INTERLEAVED_THINKING_BETA in betas or isinstance(config, ThinkingAdaptive)
+    if config is not None and _continues_turn(request) and not interleaved:
+        return None
     if isinstance(config, ThinkingEnabled):
         if config.budget_tokens < MINIMUM_BUDGET:
             raise InvalidRequestError(
                 f"thinking.enabled.budget_tokens: Input should be greater than or equal to {MINIMUM_BUDGET}"
             )
-        interleaved = INTERLEAVED_THINKING_BETA in betas
         if config.budget_tokens >= request.max_tokens and not interleaved:
             raise InvalidRequestError(
                 "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our "
@@ -57,10 +74,22 @@ def thinking_budget(request: MessageCreateRequest, betas: Set[str]) -> int | Non
             )
         return min(config.budget_tokens, request.max_tokens - 1)
     if isinstance(config, ThinkingAdaptive):
+        if not adaptive_model:
+            return None
         effort = (request.output_config.effort if request.output_config else None) or "high"
         # Leave half of max_tokens for the answer.
         return max(1, min(EFFORT_BUDGETS[effort], request.max_tokens // 2))
     return None
+
+
+def _continues_turn(request: MessageCreateRequest) -> bool:
+    last = request.messages[-1] if request.messages else None
+    return (
+        last is not None
+        and last.role == "user"
+        and not isinstance(last.content, str)
+        and any(isinstance(b, ToolResultBlockParam) for b in last.content)
+    )
 
 
 def check_thinking_blocks(request: PromptParams, signer: ThinkingSigner) -> None:
