@@ -97,6 +97,7 @@ async def plan(
     if any(not s.strip() for s in stops):
         raise InvalidRequestError("stop_sequences: each stop sequence must contain non-whitespace")
     budget = thinking_budget(request, betas, adaptive_model=spec.adaptive_thinking)
+    tools = tool_policy(request, thinking=budget is not None)
     check_thinking_blocks(request, signer)
     conversation = build_conversation(request)
     if budget is not None:
@@ -122,7 +123,7 @@ async def plan(
         top_k=request.top_k,
         stop_sequences=tuple(stops),
         thinking_budget=budget,
-        tools=tool_policy(request, thinking=budget is not None),
+        tools=tools,
     )
     ticket = lines[spec.id].join()
     return GenerationPlan(request, engine, prompt, params, ticket, signer)
