@@ -50,6 +50,7 @@ class ThinkingMarkers:
     open: str
     close: str
     instruction: str | None  # added to the system prompt when the model must be asked to think
+    native: bool  # the model was trained to think with these markers
 
 
 # For models with no thinking of their own: ask for a scratchpad and open it for them.
@@ -60,7 +61,15 @@ SCRATCHPAD = ThinkingMarkers(
         "Before you answer, think the problem through step by step between <think> and "
         "</think>. After </think>, give your answer."
     ),
+    native=False,
 )
+# Models whose chat template knows <think> (Qwen3, DeepSeek-R1 and their kin).
+NATIVE_THINK = ThinkingMarkers(open="<think>\n", close="</think>", instruction=None, native=True)
+
+
+def thinking_markers(template_source: str | None) -> ThinkingMarkers:
+    """The markers a model thinks with, read from its chat template."""
+    return NATIVE_THINK if template_source and "<think>" in template_source else SCRATCHPAD
 
 
 # How the embedded engine writes a tool call: a tag around {"name": ..., "arguments": {...}}.
@@ -82,7 +91,7 @@ class ChatTemplate:
         model_id: str,
         bos_token: str,
         eos_token: str,
-        thinking: ThinkingMarkers = SCRATCHPAD,
+        thinking: ThinkingMarkers | None = None,
     ):
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = _raise_template_error
@@ -90,7 +99,7 @@ class ChatTemplate:
         self._model_id = model_id
         self._bos_token = bos_token
         self._eos_token = eos_token
-        self.thinking = thinking
+        self.thinking = thinking or thinking_markers(source)
 
     def render(self, conversation: Conversation) -> str:
         prefill = conversation.prefill
@@ -107,13 +116,17 @@ class ChatTemplate:
                 add_generation_prompt=True,
                 bos_token=self._bos_token,
                 eos_token=self._eos_token,
+                # Qwen3-style templates read this; with it false they close an empty block.
+                enable_thinking=conversation.thinking,
             )
         except TemplateError as exc:
             raise InvalidRequestError(
                 f"the chat template of {self._model_id} rejected this conversation: {exc}"
             ) from exc
         if conversation.thinking:
-            return text + self.thinking.open
+            # Some templates (DeepSeek-R1's) open the thinking block themselves.
+            opened = text.rstrip().endswith(self.thinking.open.strip())
+            return text if opened else text + self.thinking.open
         return text + (self._turn_text(prefill) if prefill else "")
 
     def _turn_text(self, turn: Turn) -> str:

@@ -122,6 +122,7 @@ class LlamaCppEngine:
             max_output_tokens=max_output_tokens or window,
             default_temperature=default_temperature,
             default_top_p=default_top_p,
+            adaptive_thinking=self._template.thinking.native,
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-decode")
         progress(f"model {self._spec.id} ready: {window} tokens of context")

@@ -1,0 +1,58 @@
+"""Prompt rendering with chat templates, including the thinking markers of reasoning models."""
+
+from __future__ import annotations
+
+from tercet.engine.base import Conversation, Turn
+from tercet.engine.chat_template import NATIVE_THINK, SCRATCHPAD, ChatTemplate
+from tercet.wire.content import TextBlockParam
+
+# Shaped like Qwen3's template: it knows <think>, and closes an empty block when thinking is off.
+QWEN_LIKE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}"
+    "{% endif %}"
+)
+# Shaped like DeepSeek-R1's: the generation prompt itself opens the block.
+R1_LIKE = (
+    "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
+    "{% if add_generation_prompt %}<|Assistant|><think>\n{% endif %}"
+)
+CHATML_NO_THINK = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"
+
+
+def conversation(thinking: bool) -> Conversation:
+    return Conversation(
+        system="Be brief.",
+        turns=[Turn("user", [TextBlockParam(type="text", text="Hi")])],
+        thinking=thinking,
+    )
+
+
+def template(source: str) -> ChatTemplate:
+    return ChatTemplate(source, model_id="m", bos_token="<s>", eos_token="</s>")
+
+
+def test_native_templates_are_recognised() -> None:
+    assert template(QWEN_LIKE).thinking == NATIVE_THINK
+    assert template(R1_LIKE).thinking == NATIVE_THINK
+    assert template(CHATML_NO_THINK).thinking == SCRATCHPAD
+
+
+def test_native_thinking_uses_the_template_and_opens_the_block_once() -> None:
+    qwen = template(QWEN_LIKE)
+    on = qwen.render(conversation(thinking=True))
+    assert on.endswith("<|im_start|>assistant\n<think>\n")
+    assert SCRATCHPAD.instruction not in on  # a native thinker needs no instruction
+    off = qwen.render(conversation(thinking=False))
+    assert off.endswith("<think>\n\n</think>\n\n")  # the template's own "no thinking"
+    r1 = template(R1_LIKE).render(conversation(thinking=True))
+    assert r1.endswith("<|Assistant|><think>\n") and r1.count("<think>") == 1
+
+
+def test_scratchpad_thinking_asks_and_opens() -> None:
+    plain = template(CHATML_NO_THINK)
+    on = plain.render(conversation(thinking=True))
+    assert SCRATCHPAD.instruction is not None and SCRATCHPAD.instruction in on
+    assert on.endswith("assistant:<think>\n")
+    assert "<think>" not in plain.render(conversation(thinking=False))
