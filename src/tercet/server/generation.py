@@ -24,10 +24,11 @@ from tercet.engine.base import (
     ToolCallStart,
 )
 from tercet.server.admission import AdmissionQueue, Ticket
+from tercet.server.blocks import BlockWriter
 from tercet.server.conversation import build_conversation
 from tercet.server.models import ModelRegistry
 from tercet.server.signatures import ThinkingSigner
-from tercet.server.thinking import BlockWriter, check_thinking_blocks, thinking_budget
+from tercet.server.thinking import check_thinking_blocks, thinking_budget
 from tercet.server.tools import tool_policy
 from tercet.wire.errors import InvalidRequestError, PromptTooLongError
 from tercet.wire.events import (
