@@ -23,7 +23,13 @@ THINK = {"type": "enabled", "budget_tokens": 1024}
 
 
 def think(client: anthropic.Anthropic, **extra: Any) -> anthropic.types.Message:
-    params: dict[str, Any] = {"max_tokens": 1200, "thinking": THINK, "messages": QUESTION} | extra
+    # Greedy, so that what the 135M model writes is the same on every run.
+    params: dict[str, Any] = {
+        "max_tokens": 1200,
+        "thinking": THINK,
+        "messages": QUESTION,
+        "extra_body": {"temperature": 0},
+    } | extra
     return client.messages.create(model=CLAUDE_MODEL, **params)
 
 
@@ -189,6 +195,7 @@ def test_stream_sends_thinking_then_signature_then_text(server: str) -> None:
         "max_tokens": 1200,
         "stream": True,
         "thinking": THINK,
+        "temperature": 0,
         "messages": QUESTION,
     }
     with httpx.stream("POST", f"{server}/v1/messages", json=body, timeout=120) as response:
