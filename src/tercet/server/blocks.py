@@ -44,24 +44,12 @@ class BlockWriter:
 
     def text(self, text: str) -> Iterator[StreamEvent]:
         if self._open != "text":
-            yield from self._close_open()
-            if self._thinking_due:
-                yield from self._start_thinking()
-                yield from self._close_open()
-            self._index += 1
-            self._open = "text"
-            yield ContentBlockStartEvent(index=self._index, content_block=TextBlock(text=""))
+            yield from self._start_after_thinking("text", TextBlock(text=""))
         yield ContentBlockDeltaEvent(index=self._index, delta=TextDelta(text=text))
 
     def tool_use(self, tool_use_id: str, name: str) -> Iterator[StreamEvent]:
-        yield from self._close_open()
-        if self._thinking_due:
-            yield from self._start_thinking()
-            yield from self._close_open()
-        self._index += 1
-        self._open = "tool_use"
         block = ToolUseBlock(id=tool_use_id, name=name, input={})
-        yield ContentBlockStartEvent(index=self._index, content_block=block)
+        yield from self._start_after_thinking("tool_use", block)
 
     def tool_input(self, partial_json: str) -> Iterator[StreamEvent]:
         delta = InputJSONDelta(partial_json=partial_json)
@@ -83,6 +71,18 @@ class BlockWriter:
         if self._open is not None:
             yield ContentBlockStopEvent(index=self._index)
         self._open = None
+
+    def _start_after_thinking(
+        self, kind: str, block: TextBlock | ToolUseBlock
+    ) -> Iterator[StreamEvent]:
+        """Open an answer block, first emitting the thinking block if one is still due."""
+        yield from self._close_open()
+        if self._thinking_due:
+            yield from self._start_thinking()
+            yield from self._close_open()
+        self._index += 1
+        self._open = kind
+        yield ContentBlockStartEvent(index=self._index, content_block=block)
 
     def _start_thinking(self) -> Iterator[StreamEvent]:
         self._thinking_due = False

@@ -140,17 +140,20 @@ class ServerToolUseBlockParam(RequestModel):
     cache_control: CacheControl | None = None
 
 
+ServerToolResultType = Literal[
+    "web_search_tool_result",
+    "web_fetch_tool_result",
+    "code_execution_tool_result",
+    "bash_code_execution_tool_result",
+    "text_editor_code_execution_tool_result",
+    "tool_search_tool_result",
+]
+
+
 class ServerToolResultBlockParam(RequestModel):
     """Any server tool's result, echoed back by the client; its `content` is kept as sent."""
 
-    type: Literal[
-        "web_search_tool_result",
-        "web_fetch_tool_result",
-        "code_execution_tool_result",
-        "bash_code_execution_tool_result",
-        "text_editor_code_execution_tool_result",
-        "tool_search_tool_result",
-    ]
+    type: ServerToolResultType
     tool_use_id: str
     content: Any
     cache_control: CacheControl | None = None
@@ -257,14 +260,7 @@ class ServerToolUseBlock(ResponseModel):
 class ServerToolResultBlock(ResponseModel):
     """A server tool's result (code execution, web search, ...); `content` is tool-specific."""
 
-    type: Literal[
-        "web_search_tool_result",
-        "web_fetch_tool_result",
-        "code_execution_tool_result",
-        "bash_code_execution_tool_result",
-        "text_editor_code_execution_tool_result",
-        "tool_search_tool_result",
-    ]
+    type: ServerToolResultType
     tool_use_id: str
     content: Any
 
