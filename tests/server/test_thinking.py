@@ -300,3 +300,14 @@ def test_thinking_between_tool_calls_needs_interleaving(client: anthropic.Anthro
         betas=["interleaved-thinking-2025-05-14"],
     )
     assert interleaved.content[0].type == "thinking"
+
+
+def test_count_tokens_agrees_with_usage_when_adaptive_does_not_think(
+    client: anthropic.Anthropic,
+) -> None:
+    # Regression: count_tokens once rendered the thinking prompt for adaptive requests that
+    # the embedded model answers without thinking, so the two counts disagreed.
+    adaptive: dict[str, Any] = {"thinking": {"type": "adaptive"}, "messages": QUESTION}
+    counted = client.messages.count_tokens(model=CLAUDE_MODEL, **adaptive)
+    message = client.messages.create(model=CLAUDE_MODEL, max_tokens=5, **adaptive)
+    assert counted.input_tokens == message.usage.input_tokens

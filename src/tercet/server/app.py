@@ -30,7 +30,7 @@ from tercet.server.generation import GenerationPlan, complete, plan, stream_even
 from tercet.server.models import ModelRegistry
 from tercet.server.signatures import ThinkingSigner
 from tercet.server.sse import encode, with_pings
-from tercet.server.thinking import thinking_requested
+from tercet.server.thinking import thinks
 from tercet.wire.errors import (
     APIError,
     AuthenticationError,
@@ -92,7 +92,8 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
     async def count_tokens(request: Request) -> MessageTokensCount:
         body = await _read_body(request, CountTokensRequest, config.max_body_bytes)
         engine = registry.resolve(body.model)
-        conversation = replace(build_conversation(body), thinking=thinking_requested(body))
+        thinking = thinks(body, _betas(request), adaptive_model=engine.spec.adaptive_thinking)
+        conversation = replace(build_conversation(body), thinking=thinking)
         prompt = await engine.prepare(conversation)
         return MessageTokensCount(input_tokens=prompt.input_tokens)
 

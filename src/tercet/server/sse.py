@@ -20,8 +20,8 @@ async def with_pings(
     """Pass events through, adding a ping after the first one and whenever `interval` passes idle.
 
     Pings keep proxies and clients from timing out while a request waits in line or a long
-    prompt is prefilled. A producer task reads the events and a timer, re-armed on each event,
-    drops a ping in between: cheaper per token than a timed wait on every event.
+    prompt is prefilled. A producer task reads the events, and a timer re-armed on each event
+    drops a ping in between, so no task or timed wait is made per event.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[StreamEvent | BaseException | None] = asyncio.Queue()

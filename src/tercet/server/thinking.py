@@ -30,14 +30,8 @@ MINIMUM_BUDGET = 1024
 EFFORT_BUDGETS = {"low": 1024, "medium": 2048, "high": 4096, "xhigh": 8192, "max": 16384}
 
 
-def thinking_requested(request: PromptParams) -> bool:
-    return isinstance(request.thinking, ThinkingEnabled | ThinkingAdaptive)
-
-
-def thinking_budget(
-    request: MessageCreateRequest, betas: Set[str], *, adaptive_model: bool
-) -> int | None:
-    """Tokens of thinking this request may use, or None when thinking is off.
+def thinks(request: PromptParams, betas: Set[str], *, adaptive_model: bool) -> bool:
+    """Whether the reply to this request starts with thinking (so the prompt asks for it).
 
     Adaptive thinking lets the model judge whether to think. A model with no thinking of its
     own (`adaptive_model` false) cannot judge that, so it is not asked to think at all.
@@ -46,14 +40,26 @@ def thinking_budget(
     there only with interleaved thinking (the beta, or adaptive thinking, where it is built in).
     """
     config = request.thinking
-    interleaved = INTERLEAVED_THINKING_BETA in betas or isinstance(config, ThinkingAdaptive)
-    if config is not None and _continues_turn(request) and not interleaved:
+    if isinstance(config, ThinkingAdaptive):
+        return adaptive_model
+    if isinstance(config, ThinkingEnabled):
+        return INTERLEAVED_THINKING_BETA in betas or not _continues_turn(request)
+    return False
+
+
+def thinking_budget(
+    request: MessageCreateRequest, betas: Set[str], *, adaptive_model: bool
+) -> int | None:
+    """Tokens of thinking this request may use, or None when it does not think (`thinks`)."""
+    config = request.thinking
+    if not thinks(request, betas, adaptive_model=adaptive_model):
         return None
     if isinstance(config, ThinkingEnabled):
         if config.budget_tokens < MINIMUM_BUDGET:
             raise InvalidRequestError(
                 f"thinking.enabled.budget_tokens: Input should be greater than or equal to {MINIMUM_BUDGET}"
             )
+        interleaved = INTERLEAVED_THINKING_BETA in betas
         if config.budget_tokens >= request.max_tokens and not interleaved:
             raise InvalidRequestError(
                 "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our "
@@ -61,15 +67,13 @@ def thinking_budget(
             )
         return min(config.budget_tokens, request.max_tokens - 1)
     if isinstance(config, ThinkingAdaptive):
-        if not adaptive_model:
-            return None
         effort = (request.output_config.effort if request.output_config else None) or "high"
         # Leave half of max_tokens for the answer.
         return max(1, min(EFFORT_BUDGETS[effort], request.max_tokens // 2))
     return None
 
 
-def _continues_turn(request: MessageCreateRequest) -> bool:
+def _continues_turn(request: PromptParams) -> bool:
     last = request.messages[-1] if request.messages else None
     return (
         last is not None
