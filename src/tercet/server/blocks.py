@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+from tercet.engine.base import TextChunk, ThinkingChunk, ToolCallDelta, ToolCallStart
 from tercet.server.signatures import ThinkingSigner
 from tercet.wire.content import TextBlock, ThinkingBlock, ToolUseBlock
 from tercet.wire.events import (
@@ -26,15 +27,34 @@ class BlockWriter:
     signature covers the empty text that was.
     """
 
-    def __init__(self, signer: ThinkingSigner, thinking: bool, omit_thinking: bool) -> None:
+    def __init__(
+        self,
+        signer: ThinkingSigner,
+        thinking: bool,
+        omit_thinking: bool,
+        tool_use_ids: Callable[[], str],
+    ) -> None:
         self._signer = signer
+        self._tool_use_ids = tool_use_ids
         self._thinking_due = thinking
         self._omit = omit_thinking
         self._index = -1
         self._open: str | None = None
         self._thought: list[str] = []
 
-    def thinking(self, text: str) -> Iterator[StreamEvent]:
+    def add(
+        self, event: ThinkingChunk | TextChunk | ToolCallStart | ToolCallDelta
+    ) -> Iterator[StreamEvent]:
+        """The stream events for one piece of the engine's reply."""
+        if isinstance(event, ThinkingChunk):
+            return self._thinking(event.text)
+        if isinstance(event, TextChunk):
+            return self._text(event.text)
+        if isinstance(event, ToolCallStart):
+            return self._tool_use(self._tool_use_ids(), event.name)
+        return self._tool_input(event.partial_json)
+
+    def _thinking(self, text: str) -> Iterator[StreamEvent]:
         if self._open != "thinking":
             yield from self._close_open()
             yield from self._start_thinking()
@@ -42,16 +62,16 @@ class BlockWriter:
         if not self._omit:
             yield ContentBlockDeltaEvent(index=self._index, delta=ThinkingDelta(thinking=text))
 
-    def text(self, text: str) -> Iterator[StreamEvent]:
+    def _text(self, text: str) -> Iterator[StreamEvent]:
         if self._open != "text":
             yield from self._start_after_thinking("text", TextBlock(text=""))
         yield ContentBlockDeltaEvent(index=self._index, delta=TextDelta(text=text))
 
-    def tool_use(self, tool_use_id: str, name: str) -> Iterator[StreamEvent]:
+    def _tool_use(self, tool_use_id: str, name: str) -> Iterator[StreamEvent]:
         block = ToolUseBlock(id=tool_use_id, name=name, input={})
         yield from self._start_after_thinking("tool_use", block)
 
-    def tool_input(self, partial_json: str) -> Iterator[StreamEvent]:
+    def _tool_input(self, partial_json: str) -> Iterator[StreamEvent]:
         delta = InputJSONDelta(partial_json=partial_json)
         yield ContentBlockDeltaEvent(index=self._index, delta=delta)
 

@@ -19,9 +19,6 @@ from tercet.engine.base import (
     FinishReason,
     PreparedPrompt,
     SamplingParams,
-    TextChunk,
-    ThinkingChunk,
-    ToolCallStart,
 )
 from tercet.server.admission import AdmissionQueue, Ticket
 from tercet.server.blocks import BlockWriter
@@ -143,23 +140,19 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
     )
     finish: Finish | None = None
     thinking = job.params.thinking_budget is not None
-    blocks = BlockWriter(job.signer, thinking=thinking, omit_thinking=job.omit_thinking)
+    blocks = BlockWriter(
+        job.signer,
+        thinking=thinking,
+        omit_thinking=job.omit_thinking,
+        tool_use_ids=lambda: new_id("toolu"),
+    )
     try:
         async with job.ticket, aclosing(job.engine.generate(job.prompt, job.params)) as events:
             async for event in events:
                 if isinstance(event, Finish):
                     finish = event
-                elif isinstance(event, ThinkingChunk):
-                    for block_event in blocks.thinking(event.text):
-                        yield block_event
-                elif isinstance(event, TextChunk):
-                    for block_event in blocks.text(event.text):
-                        yield block_event
-                elif isinstance(event, ToolCallStart):
-                    for block_event in blocks.tool_use(new_id("toolu"), event.name):
-                        yield block_event
                 else:
-                    for block_event in blocks.tool_input(event.partial_json):
+                    for block_event in blocks.add(event):
                         yield block_event
     finally:
         job.ticket.leave()
