@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tercet.engine.base import Conversation, Turn
-from tercet.engine.chat_template import NATIVE_THINK, SCRATCHPAD, ChatTemplate
+from tercet.engine.chat_template import HARMONY, NATIVE_THINK, SCRATCHPAD, ChatTemplate
 from tercet.wire.content import TextBlockParam
 
 # Shaped like Qwen3's template: it knows <think>, and closes an empty block when thinking is off.
@@ -17,6 +17,12 @@ QWEN_LIKE = (
 R1_LIKE = (
     "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
     "{% if add_generation_prompt %}<|Assistant|><think>\n{% endif %}"
+)
+# Shaped like gpt-oss's harmony template: channels instead of <think>.
+HARMONY_LIKE = (
+    "{% for m in messages %}<|start|>{{ m.role }}<|message|>{{ m.content }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start|>assistant{% endif %}"
+    "{# the assistant writes <|channel|>analysis or <|channel|>final #}"
 )
 CHATML_NO_THINK = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"
 
@@ -37,6 +43,7 @@ def test_native_templates_are_recognised() -> None:
     assert template(QWEN_LIKE).thinking == NATIVE_THINK
     assert template(R1_LIKE).thinking == NATIVE_THINK
     assert template(CHATML_NO_THINK).thinking == SCRATCHPAD
+    assert template(HARMONY_LIKE).thinking == HARMONY
 
 
 def test_native_thinking_uses_the_template_and_opens_the_block_once() -> None:
@@ -56,3 +63,15 @@ def test_scratchpad_thinking_asks_and_opens() -> None:
     assert SCRATCHPAD.instruction is not None and SCRATCHPAD.instruction in on
     assert on.endswith("assistant:<think>\n")
     assert "<think>" not in plain.render(conversation(thinking=False))
+
+
+def test_harmony_thinks_in_the_analysis_channel_and_answers_in_final() -> None:
+    harmony = template(HARMONY_LIKE)
+    on = harmony.render(conversation(thinking=True))
+    assert on.endswith("<|start|>assistant<|channel|>analysis<|message|>")
+    off = harmony.render(conversation(thinking=False))
+    assert off.endswith("<|start|>assistant<|channel|>final<|message|>")  # no thinking at all
+    # At the budget the engine ends the analysis and opens the final channel itself.
+    assert HARMONY.forced_close.startswith(HARMONY.close)
+    assert HARMONY.forced_close.endswith(HARMONY.answer_open)
+    assert HARMONY.reopen is None  # special-token markers: no thinking between tool calls

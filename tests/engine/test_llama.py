@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 
+import jsonschema
 import pytest
 
-from tercet.engine.base import Conversation, Finish, SamplingParams, TextChunk, Turn
-from tercet.engine.llama import LlamaCppEngine
+from tercet.engine.base import (
+    Conversation,
+    Finish,
+    SamplingParams,
+    TextChunk,
+    ToolCallDelta,
+    ToolCallStart,
+    ToolPolicy,
+    Turn,
+)
+from tercet.engine.llama import MAX_CALLS_PER_REPLY, LlamaCppEngine
 from tercet.wire.content import TextBlockParam
+from tercet.wire.requests import CustomToolParam
+from tests.server.test_tools import SCHEMAS, TOOLS
 
 STORY = "Here is some background about lighthouses. " * 40
 
@@ -36,9 +49,14 @@ def evaluated(engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch) -> Iterat
     yield sizes
 
 
-def run(engine: LlamaCppEngine, conversation: Conversation, max_tokens: int = 8) -> list[object]:
+def run(
+    engine: LlamaCppEngine,
+    conversation: Conversation,
+    max_tokens: int = 8,
+    tools: ToolPolicy | None = None,
+) -> list[object]:
     prompt = engine.prepare_sync(conversation)
-    params = SamplingParams(max_tokens=max_tokens, temperature=0)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0, tools=tools)
     return list(engine.generate_sync(prompt, params, threading.Event()))
 
 
@@ -71,3 +89,46 @@ def test_max_tokens_stops_exactly(engine: LlamaCppEngine) -> None:
         isinstance(finish, Finish) and finish.reason == "max_tokens" and finish.output_tokens == 5
     )
     assert all(isinstance(e, TextChunk) for e in events[:-1])
+
+
+def tool_calls(
+    engine: LlamaCppEngine, prompt: str, parallel: bool
+) -> tuple[list[dict[str, str]], Finish]:
+    """The calls of one greedy reply that must call one of TOOLS, and how it finished."""
+    tools = [CustomToolParam.model_validate(t) for t in TOOLS]
+    conversation = Conversation(system=None, turns=ask(prompt).turns, tools=tools)
+    policy = ToolPolicy(schemas=SCHEMAS, choice="any", parallel=parallel)
+    events = run(engine, conversation, max_tokens=400, tools=policy)
+    calls: list[dict[str, str]] = []
+    for event in events:
+        if isinstance(event, ToolCallStart):
+            calls.append({"name": event.name, "input": ""})
+        elif isinstance(event, ToolCallDelta):
+            calls[-1]["input"] += event.partial_json
+    finish = events[-1]
+    assert isinstance(finish, Finish)
+    return calls, finish
+
+
+# Greedy, the bundled model follows its first call on this prompt with more and more calls.
+REPEATING = "Search for the word 'deprecated' in src and tests."
+
+
+def test_one_tool_call_per_reply_by_default(engine: LlamaCppEngine) -> None:
+    calls, finish = tool_calls(engine, REPEATING, parallel=True)
+    assert len(calls) == 1 and finish.reason == "tool_use"
+    jsonschema.validate(json.loads(calls[0]["input"]), SCHEMAS[calls[0]["name"]])
+
+
+def test_parallel_calls_when_the_engine_and_request_allow_them(
+    engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine, "_parallel_tool_calls", True)
+    calls, finish = tool_calls(engine, REPEATING, parallel=True)
+    assert 2 <= len(calls) <= MAX_CALLS_PER_REPLY, calls
+    complete = calls if finish.reason == "tool_use" else calls[:-1]
+    for call in complete:  # each call is opened and filled under its grammar
+        jsonschema.validate(json.loads(call["input"]), SCHEMAS[call["name"]])
+    # disable_parallel_tool_use (parallel=False in the policy) still means one call.
+    calls, finish = tool_calls(engine, REPEATING, parallel=False)
+    assert len(calls) == 1 and finish.reason == "tool_use"

@@ -75,6 +75,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="top_p for requests that set no temperature (default: 0.9 for the bundled model)",
     )
     group.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    group.add_argument(
+        "--parallel-tool-calls",
+        action="store_true",
+        help="let a GGUF model make several tool calls in one reply (off by default: it needs "
+        "a model that knows when to stop, which the bundled 135M model does not)",
+    )
 
 
 def load_engine(args: argparse.Namespace) -> Engine:
@@ -111,5 +117,6 @@ def load_engine(args: argparse.Namespace) -> Engine:
         default_temperature=temperature,
         default_top_p=top_p,
         threads=args.threads,
+        parallel_tool_calls=args.parallel_tool_calls,
         on_progress=progress,
     )

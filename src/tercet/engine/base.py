@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from tercet.wire.content import ContentBlockParam
-from tercet.wire.requests import ToolParam
+from tercet.wire.requests import CustomToolParam
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Conversation:
 
     system: str | None
     turns: Sequence[Turn]
-    tools: Sequence[ToolParam] = ()
+    tools: Sequence[CustomToolParam] = ()  # every tool the model may call, with its schema
     thinking: bool = False  # the reply starts with a thinking phase
 
     @property
@@ -41,11 +41,14 @@ class Conversation:
 class ToolPolicy:
     """Which tool calls the model may make: with `choice` "any" it must call one of `schemas`,
     with "tool" it must call `name`, with "auto" it decides. Each schema is a tool's input schema.
+    With `parallel` the model may make several calls in one reply (the first one is the one
+    `choice` governs); without it, at most one.
     """
 
     schemas: Mapping[str, Mapping[str, Any]]
     choice: Literal["auto", "any", "tool"] = "auto"
     name: str | None = None
+    parallel: bool = True
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class SamplingParams:
     stop_sequences: Sequence[str] = ()
     # With thinking on, at most this many tokens of thinking; then the engine closes it.
     thinking_budget: int | None = None
+    # Whether the model may think again between tool calls (within the same budget).
+    interleaved_thinking: bool = False
     tools: ToolPolicy | None = None  # None: the reply is text only
 
 

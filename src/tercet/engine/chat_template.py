@@ -10,7 +10,7 @@ import base64
 import binascii
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from jinja2 import TemplateError
@@ -33,7 +33,7 @@ from tercet.wire.content import (
     ToolUseBlockParam,
 )
 from tercet.wire.errors import InvalidRequestError
-from tercet.wire.requests import CustomToolParam, ToolParam
+from tercet.wire.requests import CustomToolParam
 
 # Used when a GGUF carries no template of its own.
 CHATML_TEMPLATE = (
@@ -45,31 +45,53 @@ CHATML_TEMPLATE = (
 
 @dataclass(frozen=True)
 class ThinkingMarkers:
-    """How a model's thinking is delimited in its output."""
+    """How a model's thinking is delimited, in its prompt and in its output."""
 
-    open: str
-    close: str
+    open: str  # appended to the prompt to start thinking
+    close: str  # in the output: the model has finished thinking
+    forced_close: str  # written by the engine to end thinking at the budget
     instruction: str | None  # added to the system prompt when the model must be asked to think
     native: bool  # the model was trained to think with these markers
+    after_close: str = ""  # written by the engine once the model closed thinking itself
+    answer_open: str = ""  # appended to the prompt when the reply must not think
+    reopen: str | None = None  # what the model writes to think again between tool calls
 
 
 # For models with no thinking of their own: ask for a scratchpad and open it for them.
 SCRATCHPAD = ThinkingMarkers(
     open="<think>\n",
     close="</think>",
+    forced_close="\n</think>\n\n",
     instruction=(
         "Before you answer, think the problem through step by step between <think> and "
         "</think>. After </think>, give your answer."
     ),
     native=False,
+    reopen="<think>",
 )
 # Models whose chat template knows <think> (Qwen3, DeepSeek-R1 and their kin).
-NATIVE_THINK = ThinkingMarkers(open="<think>\n", close="</think>", instruction=None, native=True)
+NATIVE_THINK = replace(SCRATCHPAD, instruction=None, native=True)
+# OpenAI's harmony format (gpt-oss): thinking is the `analysis` channel, the answer `final`.
+# Its markers are special tokens, which a grammar cannot offer, so it does not think between
+# tool calls here.
+HARMONY = ThinkingMarkers(
+    open="<|channel|>analysis<|message|>",
+    close="<|end|>",
+    forced_close="<|end|><|start|>assistant<|channel|>final<|message|>",
+    after_close="<|start|>assistant<|channel|>final<|message|>",
+    answer_open="<|channel|>final<|message|>",
+    instruction=None,
+    native=True,
+)
 
 
 def thinking_markers(template_source: str | None) -> ThinkingMarkers:
     """The markers a model thinks with, read from its chat template."""
-    return NATIVE_THINK if template_source and "<think>" in template_source else SCRATCHPAD
+    if not template_source:
+        return SCRATCHPAD
+    if "<|channel|>" in template_source:
+        return HARMONY
+    return NATIVE_THINK if "<think>" in template_source else SCRATCHPAD
 
 
 # How the embedded engine writes a tool call: a tag around {"name": ..., "arguments": {...}}.
@@ -127,7 +149,7 @@ class ChatTemplate:
             # Some templates (DeepSeek-R1's) open the thinking block themselves.
             opened = text.rstrip().endswith(self.thinking.open.strip())
             return text if opened else text + self.thinking.open
-        return text + (self._turn_text(prefill) if prefill else "")
+        return text + self.thinking.answer_open + (self._turn_text(prefill) if prefill else "")
 
     def _turn_text(self, turn: Turn) -> str:
         return "\n\n".join(p for p in (self._block_text(b) for b in turn.blocks) if p)
@@ -199,11 +221,10 @@ def _document_text(block: DocumentBlockParam, model_id: str) -> str:
     return _join(header, body) or ""
 
 
-def _render_tools(tools: Sequence[ToolParam]) -> str | None:
+def _render_tools(tools: Sequence[CustomToolParam]) -> str | None:
     described: list[dict[str, Any]] = [
         {"name": t.name, "description": t.description or "", "parameters": t.input_schema}
         for t in tools
-        if isinstance(t, CustomToolParam)
     ]
     if not described:
         return None

@@ -37,10 +37,12 @@ from tercet.engine.base import (
     ToolCallStart,
     ToolPolicy,
 )
-from tercet.engine.chat_template import TOOL_CALL_OPEN, ChatTemplate
+from tercet.engine.chat_template import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ChatTemplate
 from tercet.engine.stops import StopSequenceMatcher
 
 DEFAULT_CONTEXT_WINDOW = 16384
+# A small model may repeat a call forever; Claude rarely makes more than a handful at once.
+MAX_CALLS_PER_REPLY = 8
 
 
 class _Cancelled(Exception):
@@ -72,6 +74,7 @@ class LlamaCppEngine:
         default_top_p: float | None = None,
         threads: int | None = None,
         batch_size: int = 512,
+        parallel_tool_calls: bool = False,
         on_progress: Callable[[str], None] | None = None,
     ) -> None:
         progress = on_progress or (lambda _message: None)
@@ -105,6 +108,10 @@ class LlamaCppEngine:
             **rope,
         )
         self._batch_size = batch_size
+        # Whether the model may follow one tool call with another. Off by default: the tool
+        # format is ours, not one the model was trained on, and the bundled 135M model always
+        # "chooses" another call, repeating itself until max_tokens.
+        self._parallel_tool_calls = parallel_tool_calls
         self._vocab = llama_cpp.llama_model_get_vocab(self._llama.model)
         self._add_bos = metadata.get("tokenizer.ggml.add_bos_token", "false") == "true"
         self._template = ChatTemplate(
@@ -113,7 +120,7 @@ class LlamaCppEngine:
             bos_token=self._special_text(self._llama.token_bos()),
             eos_token=self._special_text(self._llama.token_eos()),
         )
-        self._close_thinking = self.tokenize_fragment("\n" + self._template.thinking.close + "\n\n")
+        self._markers = self._template.thinking
         window = self._llama.n_ctx()
         self._spec = ModelSpec(
             id=model_id or _default_model_id(model_path),
@@ -184,11 +191,11 @@ class LlamaCppEngine:
     ) -> Iterator[GenerationEvent]:
         """Generate on the calling thread (the worker thread, or a benchmark).
 
-        A reply has up to three phases: thinking (when a budget is set), the answer, and a tool
-        call (forced by `tool_choice`, or begun by the model writing the tool-call tag). Where
+        A reply has up to three phases: thinking (when a budget is set), the answer, and tool
+        calls (forced by `tool_choice`, or begun by the model writing the tool-call tag). Where
         the model must not choose freely, the engine writes the text itself (closing thinking
         at the budget, opening a forced call) or samples under a grammar (tool names, inputs
-        that match their JSON schema).
+        that match their JSON schema, whether to call another tool).
         """
         self._prefill(prompt.tokens, cancel)
         if params.temperature > 0:
@@ -201,12 +208,13 @@ class LlamaCppEngine:
         tools = params.tools
         if tools is not None and tools.choice != "auto":
             run.force(self.tokenize_fragment(TOOL_CALL_OPEN + "\n"))
-            yield from self._call_tool(run, tools)
+            yield from self._call_tools(run, params, tools)
             return
         yield from self._answer(run, params, tools)
 
     def _think(self, run: _Run, budget: int) -> Iterator[GenerationEvent]:
-        closer = StopSequenceMatcher([self._template.thinking.close])
+        markers = self._markers
+        closer = StopSequenceMatcher([markers.close])
         while not run.finished:
             if run.room <= 0:
                 yield from _release(closer.flush(), thinking=True)
@@ -216,16 +224,19 @@ class LlamaCppEngine:
             if not self._is_end(token):
                 run.accept(token)
                 run.thought += 1
-                scan = closer.feed(run.text(token))
+                # Special tokens are shown here: some models close thinking with one.
+                scan = closer.feed(run.text(token, special=True))
                 yield from _release(scan.release, thinking=True)
                 if scan.matched is not None:
+                    if markers.after_close:
+                        run.force(self.tokenize_fragment(markers.after_close))
                     return
                 if run.thought < budget:
                     continue
             # The budget is spent, or the model stopped without answering: close the
             # thinking ourselves so that it goes on to the answer.
             yield from _release(closer.flush(), thinking=True)
-            run.force(self._close_thinking)
+            run.force(self.tokenize_fragment(markers.forced_close))
             return
 
     def _answer(
@@ -253,30 +264,77 @@ class LlamaCppEngine:
             yield from _release(scan.release, thinking=False)
             if scan.matched == TOOL_CALL_OPEN and tools is not None:
                 run.force(self.tokenize_fragment("\n"))
-                yield from self._call_tool(run, tools)
+                yield from self._call_tools(run, params, tools)
                 return
             if scan.matched is not None:
                 yield run.finish("stop_sequence", stop_sequence=scan.matched)
                 return
 
-    def _call_tool(self, run: _Run, tools: ToolPolicy) -> Iterator[GenerationEvent]:
-        """After the tool-call tag: the name (forced or chosen under a grammar), then the input."""
-        if tools.choice == "tool" and tools.name is not None:
-            name = tools.name
+    def _call_tools(
+        self, run: _Run, params: SamplingParams, tools: ToolPolicy
+    ) -> Iterator[GenerationEvent]:
+        """After the first tool-call tag: that call, then (when the engine and the request both
+        allow parallel calls) as many more as the model chooses, each opened under a grammar that allows only another call, thinking
+        (when interleaved) or the end of the reply."""
+        forced = tools.name if tools.choice == "tool" else None
+        for calls in range(1, MAX_CALLS_PER_REPLY + 1):
+            if not (yield from self._call_tool(run, tools, forced)):
+                return
+            forced = None
+            if not (tools.parallel and self._parallel_tool_calls) or calls == MAX_CALLS_PER_REPLY:
+                break
+            # Written as history renders consecutive blocks: separated by a blank line.
+            next_step = yield from self._choose_next(run, params, f"\n{TOOL_CALL_CLOSE}\n\n")
+            reopen = self._markers.reopen
+            if next_step == reopen and params.thinking_budget is not None:
+                run.force(self.tokenize_fragment(self._markers.open.removeprefix(reopen or "")))
+                yield from self._think(run, params.thinking_budget)
+                if run.finished:
+                    return
+                next_step = yield from self._choose_next(run, params, "", after_thinking=True)
+            if next_step != TOOL_CALL_OPEN:
+                if next_step is not None:  # the model chose to end its reply
+                    yield run.finish("tool_use", extra_tokens=1)
+                return
+            run.force(self.tokenize_fragment("\n"))
+        yield run.finish("tool_use", extra_tokens=1)
+
+    def _choose_next(
+        self, run: _Run, params: SamplingParams, written: str, *, after_thinking: bool = False
+    ) -> Generator[GenerationEvent, None, str | None]:
+        """Write `written`, then let the model pick: another call, thinking again, or the end
+        (returned as the tag it wrote, "" for the end). None when the token limit came first."""
+        options = [TOOL_CALL_OPEN]
+        reopen = self._markers.reopen
+        thinking_left = params.thinking_budget is not None and run.thought < params.thinking_budget
+        if reopen and params.interleaved_thinking and thinking_left and not after_thinking:
+            options.append(reopen)
+        grammar = _choice_grammar(tuple(options), leading_newlines=after_thinking)
+        run.force(self.tokenize_fragment(written) if written else [], grammar=grammar)
+        chosen = yield from self._sample_grammar(run, emit=False)
+        return None if chosen is None else chosen.strip()
+
+    def _call_tool(
+        self, run: _Run, tools: ToolPolicy, forced: str | None
+    ) -> Generator[GenerationEvent, None, bool]:
+        """After a tool-call tag: the name (forced, or chosen under a grammar), then the input.
+
+        Returns False when the token limit came first (a `Finish` was yielded).
+        """
+        if forced is not None:
+            name = forced
         else:
             run.force(self.tokenize_fragment('{"name": '), grammar=_names_grammar(tools))
             written = yield from self._sample_grammar(run, emit=False)
             if written is None:
-                return
+                return False
             name = json.loads(written)
         schema = tools.schemas[name]
         prefix = '{"name": ' + json.dumps(name) + ', "arguments": '
-        run.force(self.tokenize_fragment(prefix if tools.choice == "tool" else ', "arguments": '))
+        run.force(self.tokenize_fragment(prefix if forced is not None else ', "arguments": '))
         run.restart(_schema_grammar(json.dumps(schema, sort_keys=True)))
         yield ToolCallStart(name)
-        if (yield from self._sample_grammar(run, emit=True)) is None:
-            return
-        yield run.finish("tool_use", extra_tokens=1)
+        return (yield from self._sample_grammar(run, emit=True)) is not None
 
     def _sample_grammar(
         self, run: _Run, emit: bool
@@ -381,8 +439,8 @@ class _Run:
         self.sequence.append(token)
         self.generated += 1
 
-    def text(self, token: int) -> str:
-        return self._decoder.decode(self._engine._llama.detokenize([token]))
+    def text(self, token: int, special: bool = False) -> str:
+        return self._decoder.decode(self._engine._llama.detokenize([token], special=special))
 
     def force(self, tokens: Sequence[int], grammar: Any = None) -> None:
         """Write `tokens` as if the model had (as far as the limit allows), then sample on."""
@@ -405,6 +463,14 @@ class _Run:
 def _release(text: str, thinking: bool) -> Iterator[TextChunk | ThinkingChunk]:
     if text:
         yield ThinkingChunk(text) if thinking else TextChunk(text)
+
+
+@functools.lru_cache(maxsize=16)
+def _choice_grammar(options: tuple[str, ...], leading_newlines: bool) -> LlamaGrammar:
+    """One of `options`, or nothing at all (the model ends its reply)."""
+    alternatives = " | ".join(json.dumps(option) for option in options)
+    newlines = "[\\n]? [\\n]? " if leading_newlines else ""
+    return LlamaGrammar.from_string(f"root ::= ({newlines}({alternatives}))?", verbose=False)
 
 
 def _names_grammar(tools: ToolPolicy) -> LlamaGrammar:

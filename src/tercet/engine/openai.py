@@ -7,7 +7,8 @@ what is approximate, compared with the embedded engine:
 - `stop_sequences`: matched here, so the stop reason and matched sequence are exact; the upstream
   stream is closed at the match.
 - tools and `tool_choice`: sent as OpenAI functions (`any` -> "required", `tool` -> the named
-  function); whether inputs follow their schema is up to the upstream.
+  function, `disable_parallel_tool_use` -> `parallel_tool_calls: false`); whether inputs follow
+  their schema is up to the upstream.
 - thinking: `reasoning_content` (or `reasoning`) deltas become the thinking block. The budget is
   sent as a hint (`reasoning_effort`, and `chat_template_kwargs.enable_thinking` for templates
   such as Qwen3's); the engine shows at most `budget` thinking pieces, but the upstream decides
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -99,14 +101,14 @@ class OpenAICompatibleEngine:
 
     async def prepare(self, conversation: Conversation) -> PreparedPrompt:
         messages = _messages(conversation, self._spec.id)
+        functions = [_function(t) for t in conversation.tools]
         text = "\n".join(str(m.get("content") or "") for m in messages)
-        tools = [t for t in conversation.tools if isinstance(t, CustomToolParam)]
-        text += "".join(json.dumps(t.input_schema) for t in tools)
+        text += "".join(json.dumps(f) for f in functions)
         return PreparedPrompt(
             tokens=(),
             text=text,
             estimated_tokens=await self._count(text) + 4 * len(messages),
-            payload=messages,
+            payload=_Payload(messages, functions),
         )
 
     async def generate(
@@ -182,7 +184,7 @@ class OpenAICompatibleEngine:
     def _body(self, prompt: PreparedPrompt, params: SamplingParams) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self._model,
-            "messages": prompt.payload,
+            "messages": prompt.payload.messages,
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
             "stream": True,
@@ -196,7 +198,7 @@ class OpenAICompatibleEngine:
             body["reasoning_effort"] = effort_for(params.thinking_budget)
             body["chat_template_kwargs"] = {"enable_thinking": True}
         if params.tools is not None:
-            body |= _tools(params.tools)
+            body |= _tool_choice(params.tools, prompt.payload.functions)
         return body
 
     async def _count(self, text: str) -> int:
@@ -241,15 +243,26 @@ def _first_model(root: str, headers: Mapping[str, str]) -> str:
         raise ValueError(f"cannot list the models of {root}: {exc}") from exc
 
 
-def _tools(policy: ToolPolicy) -> dict[str, Any]:
-    functions = [
-        {"type": "function", "function": {"name": name, "parameters": dict(schema)}}
-        for name, schema in policy.schemas.items()
-    ]
+@dataclass(frozen=True)
+class _Payload:
+    """A prepared prompt in the upstream's terms."""
+
+    messages: list[dict[str, Any]]
+    functions: list[dict[str, Any]]
+
+
+def _function(tool: CustomToolParam) -> dict[str, Any]:
+    function = {"name": tool.name, "parameters": tool.input_schema}
+    if tool.description:
+        function["description"] = tool.description
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(policy: ToolPolicy, functions: list[dict[str, Any]]) -> dict[str, Any]:
     choice: Any = {"auto": "auto", "any": "required"}.get(policy.choice)
     if policy.choice == "tool":
         choice = {"type": "function", "function": {"name": policy.name}}
-    return {"tools": functions, "tool_choice": choice, "parallel_tool_calls": False}
+    return {"tools": functions, "tool_choice": choice, "parallel_tool_calls": policy.parallel}
 
 
 def _messages(conversation: Conversation, model_id: str) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tercet.engine.base import Conversation, Turn
+from tercet.server.client_tools import offered_tools
 from tercet.wire.content import (
     ASSISTANT_BLOCK_TYPES,
     USER_BLOCK_TYPES,
@@ -49,7 +50,9 @@ def build_conversation(request: PromptParams) -> Conversation:
         raise InvalidRequestError(
             "messages: final assistant content cannot end with trailing whitespace"
         )
-    return Conversation(system=_system_text(request), turns=turns, tools=request.tools or ())
+    return Conversation(
+        system=_system_text(request), turns=turns, tools=offered_tools(request.tools)
+    )
 
 
 def _blocks(message: MessageParam, index: int) -> list[ContentBlockParam]:

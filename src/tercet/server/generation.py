@@ -25,7 +25,7 @@ from tercet.server.blocks import BlockWriter
 from tercet.server.conversation import build_conversation
 from tercet.server.models import ModelRegistry
 from tercet.server.signatures import ThinkingSigner
-from tercet.server.thinking import check_thinking_blocks, thinking_budget
+from tercet.server.thinking import check_thinking_blocks, interleaves, thinking_budget
 from tercet.server.tools import tool_policy
 from tercet.wire.errors import InvalidRequestError, PromptTooLongError
 from tercet.wire.events import (
@@ -121,6 +121,7 @@ async def plan(
         top_k=request.top_k,
         stop_sequences=tuple(stops),
         thinking_budget=budget,
+        interleaved_thinking=budget is not None and interleaves(request, betas),
         tools=tools,
     )
     ticket = lines[spec.id].join()

@@ -43,8 +43,14 @@ def thinks(request: PromptParams, betas: Set[str], *, adaptive_model: bool) -> b
     if isinstance(config, ThinkingAdaptive):
         return adaptive_model
     if isinstance(config, ThinkingEnabled):
-        return INTERLEAVED_THINKING_BETA in betas or not _continues_turn(request)
+        return interleaves(request, betas) or not _continues_turn(request)
     return False
+
+
+def interleaves(request: PromptParams, betas: Set[str]) -> bool:
+    """Whether the model may think again between tool calls: with the beta, or with adaptive
+    thinking, which interleaves by design."""
+    return INTERLEAVED_THINKING_BETA in betas or isinstance(request.thinking, ThinkingAdaptive)
 
 
 def thinking_budget(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from tercet.engine.base import ToolPolicy
+from tercet.server.client_tools import offered_tools
 from tercet.wire.errors import InvalidRequestError
 from tercet.wire.requests import (
-    CustomToolParam,
     MessageCreateRequest,
     ToolChoiceAny,
     ToolChoiceNone,
@@ -16,12 +16,10 @@ from tercet.wire.requests import (
 def tool_policy(request: MessageCreateRequest, *, thinking: bool) -> ToolPolicy | None:
     """The calls the model may make, or None when it may only answer in text.
 
-    Only custom tools (with an `input_schema`) can be called for now; Anthropic-defined tool
-    types are accepted in `tools` but not offered to the model yet.
+    Custom tools and Anthropic-defined client tools (bash, text editor, memory) can be called;
+    server tools are the server's to run and never appear here.
     """
-    schemas = {
-        t.name: t.input_schema for t in request.tools or [] if isinstance(t, CustomToolParam)
-    }
+    schemas = {t.name: t.input_schema for t in offered_tools(request.tools)}
     choice = request.tool_choice
     if isinstance(choice, ToolChoiceAny | ToolChoiceTool):
         if not schemas:
@@ -36,8 +34,9 @@ def tool_policy(request: MessageCreateRequest, *, thinking: bool) -> ToolPolicy 
         raise InvalidRequestError(f"tool_choice.name: tool `{choice.name}` is not in `tools`")
     if not schemas or isinstance(choice, ToolChoiceNone):
         return None
+    parallel = not (choice is not None and choice.disable_parallel_tool_use)
     if isinstance(choice, ToolChoiceTool):
-        return ToolPolicy(schemas=schemas, choice="tool", name=choice.name)
+        return ToolPolicy(schemas=schemas, choice="tool", name=choice.name, parallel=parallel)
     if isinstance(choice, ToolChoiceAny):
-        return ToolPolicy(schemas=schemas, choice="any")
-    return ToolPolicy(schemas=schemas, choice="auto")
+        return ToolPolicy(schemas=schemas, choice="any", parallel=parallel)
+    return ToolPolicy(schemas=schemas, choice="auto", parallel=parallel)
