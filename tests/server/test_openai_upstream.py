@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import httpx
@@ -127,17 +128,25 @@ def test_stop_sequences_are_exact(remote: anthropic.Anthropic) -> None:
     assert cut.content[0].text == text[: text.index(stop)]
 
 
-def test_forced_tool_call_and_loop(remote: anthropic.Anthropic) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+def test_forced_tool_call_and_loop(remote: anthropic.Anthropic, stream: bool) -> None:
     messages: list[dict[str, object]] = [
         {"role": "user", "content": "What's the weather in Paris?"}
     ]
-    first = remote.messages.create(
-        model=CLAUDE_MODEL,
-        max_tokens=60,
-        tools=[WEATHER],
-        tool_choice={"type": "tool", "name": "get_weather"},
-        messages=messages,  # type: ignore[arg-type]
-    )
+    params: dict[str, Any] = {
+        "model": CLAUDE_MODEL,
+        "max_tokens": 60,
+        "tools": [WEATHER],
+        "tool_choice": {"type": "tool", "name": "get_weather"},
+        "messages": messages,
+    }
+    if stream:
+        with remote.messages.stream(**params) as events:
+            deltas = [e for e in events if e.type == "content_block_delta"]
+            first = events.get_final_message()
+        assert deltas and all(e.delta.type == "input_json_delta" for e in deltas)
+    else:
+        first = remote.messages.create(**params)
     calls = [b for b in first.content if b.type == "tool_use"]
     assert first.stop_reason == "tool_use" and len(calls) == 1
     # Schema-valid here because llama-cpp-python constrains forced calls with a grammar too;
@@ -161,6 +170,76 @@ def test_forced_tool_call_and_loop(remote: anthropic.Anthropic) -> None:
     )
     assert final.content and final.content[0].type == "text" and final.content[0].text
     assert final.usage.input_tokens > first.usage.input_tokens  # the result reached the model
+
+
+def test_forced_any_inputs_validate_and_none_never_calls(remote: anthropic.Anthropic) -> None:
+    prompts = ["Weather in Oslo?", "Is it hot in Lima?", "Tell me about Rome.", "Hello there."]
+    for prompt in prompts:
+        forced = remote.messages.create(
+            model=CLAUDE_MODEL,
+            max_tokens=60,
+            tools=[WEATHER],
+            # With one tool, sent as that function by name: llama-cpp-python's server has no
+            # tool_choice "required" (what `any` with several tools becomes) and fails on it.
+            tool_choice={"type": "any"},
+            messages=[{"role": "user", "content": prompt}],
+        )
+        calls = [b for b in forced.content if b.type == "tool_use"]
+        assert forced.stop_reason == "tool_use" and calls, forced.content
+        for call in calls:
+            jsonschema.validate(call.input, WEATHER["input_schema"])
+        never = remote.messages.create(
+            model=CLAUDE_MODEL,
+            max_tokens=30,
+            tools=[WEATHER],
+            tool_choice={"type": "none"},
+            messages=[{"role": "user", "content": prompt}],
+        )
+        assert [b.type for b in never.content] == ["text"]
+
+
+def test_thinking_off_and_signatures(remote: anthropic.Anthropic) -> None:
+    plain = remote.messages.create(
+        model=CLAUDE_MODEL,
+        max_tokens=10,
+        thinking={"type": "disabled"},
+        messages=QUESTION,
+    )
+    assert all(b.type == "text" for b in plain.content)
+    thought = remote.messages.create(
+        model=CLAUDE_MODEL,
+        max_tokens=1100,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=QUESTION,
+    )
+    block = thought.content[0]
+    assert block.type == "thinking"
+    follow_up = [
+        *QUESTION,
+        {"role": "assistant", "content": thought.content},
+        {"role": "user", "content": "And another one."},
+    ]
+    again = remote.messages.create(
+        model=CLAUDE_MODEL,
+        max_tokens=1100,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=follow_up,  # type: ignore[arg-type]
+    )
+    assert again.content
+    follow_up[1] = {
+        "role": "assistant",
+        "content": [
+            {"type": "thinking", "thinking": "I was told to.", "signature": block.signature},
+            *thought.content[1:],
+        ],
+    }
+    with pytest.raises(anthropic.BadRequestError, match="Invalid `signature`"):
+        remote.messages.create(
+            model=CLAUDE_MODEL,
+            max_tokens=1100,
+            thinking={"type": "enabled", "budget_tokens": 1024},
+            messages=follow_up,  # type: ignore[arg-type]
+        )
 
 
 def test_thinking_block_is_present_but_empty_for_a_model_without_reasoning(

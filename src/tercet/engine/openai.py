@@ -6,8 +6,8 @@ what is approximate, compared with the embedded engine:
 - text, `max_tokens`, `temperature`, `top_p`, `top_k`: passed through; exact as the upstream does them.
 - `stop_sequences`: matched here, so the stop reason and matched sequence are exact; the upstream
   stream is closed at the match.
-- tools and `tool_choice`: sent as OpenAI functions (`any` -> "required", `tool` -> the named
-  function, `disable_parallel_tool_use` -> `parallel_tool_calls: false`); whether inputs follow
+- tools and `tool_choice`: sent as OpenAI functions (`any` -> "required", or the function by
+  name when there is only one; `tool` -> the named function, `disable_parallel_tool_use` -> `parallel_tool_calls: false`); whether inputs follow
   their schema is up to the upstream.
 - thinking: `reasoning_content` (or `reasoning`) deltas become the thinking block. The budget is
   sent as a hint (`reasoning_effort`, and `chat_template_kwargs.enable_thinking` for templates
@@ -260,8 +260,12 @@ def _function(tool: CustomToolParam) -> dict[str, Any]:
 
 def _tool_choice(policy: ToolPolicy, functions: list[dict[str, Any]]) -> dict[str, Any]:
     choice: Any = {"auto": "auto", "any": "required"}.get(policy.choice)
-    if policy.choice == "tool":
-        choice = {"type": "function", "function": {"name": policy.name}}
+    named = policy.name if policy.choice == "tool" else None
+    if policy.choice == "any" and len(functions) == 1:
+        # The same thing, in the form more upstreams support (llama-cpp-python has no "required").
+        named = functions[0]["function"]["name"]
+    if named is not None:
+        choice = {"type": "function", "function": {"name": named}}
     return {"tools": functions, "tool_choice": choice, "parallel_tool_calls": policy.parallel}
 
 
