@@ -44,7 +44,7 @@ PROMPT = "File an issue about the login page crashing when the password is empty
 def rate(engine: LlamaCppEngine, params: SamplingParams, tools: bool) -> tuple[float, int]:
     """Decode tokens per second after the first token, and the number of tokens."""
     conversation = Conversation(
-        system=None,
+        system=(),
         turns=[Turn("user", [TextBlockParam(type="text", text=PROMPT)])],
         tools=[TOOL] if tools else (),
     )

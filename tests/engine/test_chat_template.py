@@ -29,7 +29,7 @@ CHATML_NO_THINK = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endf
 
 def conversation(thinking: bool) -> Conversation:
     return Conversation(
-        system="Be brief.",
+        system=[TextBlockParam(type="text", text="Be brief.")],
         turns=[Turn("user", [TextBlockParam(type="text", text="Hi")])],
         thinking=thinking,
     )

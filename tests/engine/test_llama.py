@@ -32,7 +32,7 @@ def ask(*texts: str) -> Conversation:
     for index, text in enumerate(texts[1:]):
         role = "assistant" if index % 2 == 0 else "user"
         turns.append(Turn(role, [TextBlockParam(type="text", text=text)]))
-    return Conversation(system=None, turns=turns)
+    return Conversation(system=(), turns=turns)
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def tool_calls(
 ) -> tuple[list[dict[str, str]], Finish]:
     """The calls of one greedy reply that must call one of TOOLS, and how it finished."""
     tools = [CustomToolParam.model_validate(t) for t in TOOLS]
-    conversation = Conversation(system=None, turns=ask(prompt).turns, tools=tools)
+    conversation = Conversation(system=(), turns=ask(prompt).turns, tools=tools)
     policy = ToolPolicy(schemas=SCHEMAS, choice="any", parallel=parallel)
     events = run(engine, conversation, max_tokens=400, tools=policy)
     calls: list[dict[str, str]] = []

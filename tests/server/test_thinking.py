@@ -68,7 +68,7 @@ def test_budget_is_enforced_exactly_in_the_engine(engine: LlamaCppEngine) -> Non
     budget = 12
     for text in prompts:
         conversation = Conversation(
-            system=None,
+            system=(),
             turns=[Turn("user", [TextBlockParam(type="text", text=text)])],
             thinking=True,
         )

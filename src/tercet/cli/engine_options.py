@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from tercet.cache.config import MIB, CacheConfig
+from tercet.cache.store import PromptCache
 from tercet.engine.base import Engine
 from tercet.engine.bundled import (
     BUNDLED_MODEL_ID,
@@ -83,7 +85,47 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_engine(args: argparse.Namespace) -> Engine:
+def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = CacheConfig()
+    group = parser.add_argument_group("prompt cache (embedded engine)")
+    group.add_argument(
+        "--cache-ram-mb",
+        type=int,
+        default=defaults.ram_bytes // MIB,
+        metavar="MB",
+        help=f"KV snapshots kept in memory (default {defaults.ram_bytes // MIB}; 0 disables "
+        "the prompt cache)",
+    )
+    group.add_argument(
+        "--cache-disk-mb",
+        type=int,
+        default=defaults.disk_bytes // MIB,
+        metavar="MB",
+        help="KV snapshots on disk under the data directory: 1-hour entries and what memory "
+        f"evicts (default {defaults.disk_bytes // MIB}; 0: memory only)",
+    )
+    group.add_argument(
+        "--cache-min-tokens",
+        type=int,
+        default=defaults.min_tokens,
+        metavar="TOKENS",
+        help=f"shortest prefix a breakpoint caches (default {defaults.min_tokens}, as Claude 4)",
+    )
+
+
+def prompt_cache(args: argparse.Namespace, data_dir: Path) -> PromptCache | None:
+    """The prompt cache the options ask for, stored under `data_dir`."""
+    if args.cache_ram_mb <= 0:
+        return None
+    config = CacheConfig(
+        ram_bytes=args.cache_ram_mb * MIB,
+        disk_bytes=max(args.cache_disk_mb, 0) * MIB,
+        min_tokens=args.cache_min_tokens,
+    )
+    return PromptCache(config, data_dir / "prompt-cache")
+
+
+def load_engine(args: argparse.Namespace, cache: PromptCache | None = None) -> Engine:
     """Load the chosen model, reporting progress on stderr."""
     started = time.monotonic()
 
@@ -118,5 +160,6 @@ def load_engine(args: argparse.Namespace) -> Engine:
         default_top_p=top_p,
         threads=args.threads,
         parallel_tool_calls=args.parallel_tool_calls,
+        cache=cache,
         on_progress=progress,
     )

@@ -7,7 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tercet.cli.engine_options import add_engine_arguments, load_engine
+from tercet.cli.engine_options import (
+    add_cache_arguments,
+    add_engine_arguments,
+    load_engine,
+    prompt_cache,
+)
 from tercet.engine.bundled import BundledModelMissing
 from tercet.server.app import create_app
 from tercet.server.config import ModelRoute, ServerConfig, default_api_keys, default_data_dir
@@ -55,6 +60,7 @@ def register(commands: Any) -> None:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     add_engine_arguments(parser)
+    add_cache_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -79,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 1
     try:
-        engine = load_engine(args)
+        cache = prompt_cache(args, config.data_dir) if args.engine == "llama" else None
+        engine = load_engine(args, cache)
     except (BundledModelMissing, ValueError, OSError) as exc:
         print(f"error: cannot load the model: {exc}", file=sys.stderr)
         return 1

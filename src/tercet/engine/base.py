@@ -9,10 +9,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from tercet.wire.content import ContentBlockParam
+from tercet.wire.base import CacheControl
+from tercet.wire.content import ContentBlockParam, TextBlockParam
 from tercet.wire.requests import CustomToolParam
+
+if TYPE_CHECKING:
+    from tercet.cache.store import CacheStats
+
+CacheTTL = Literal["5m", "1h"]
 
 
 @dataclass(frozen=True)
@@ -24,17 +30,43 @@ class Turn:
 
 
 @dataclass(frozen=True)
-class Conversation:
-    """Everything that makes up a prompt. A final assistant turn is a prefill to continue."""
+class Breakpoint:
+    """A prompt-cache breakpoint: the prompt up to the end of block `block` (an index into
+    `Conversation.blocks()`) is cached for `ttl`."""
 
-    system: str | None
+    block: int
+    ttl: CacheTTL = "5m"
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """Everything that makes up a prompt. A final assistant turn is a prefill to continue.
+
+    The prompt is read in the order tools, system, turns (`blocks()`), the order in which
+    Anthropic's prompt cache builds its prefixes; engines render it in that order.
+    """
+
+    system: Sequence[TextBlockParam]
     turns: Sequence[Turn]
     tools: Sequence[CustomToolParam] = ()  # every tool the model may call, with its schema
     thinking: bool = False  # the reply starts with a thinking phase
+    breakpoints: Sequence[Breakpoint] = ()  # in prompt order
 
     @property
     def prefill(self) -> Turn | None:
         return self.turns[-1] if self.turns and self.turns[-1].role == "assistant" else None
+
+    @property
+    def system_text(self) -> str | None:
+        return "\n".join(b.text for b in self.system) or None
+
+    def blocks(self) -> list[CustomToolParam | ContentBlockParam]:
+        """Every block of the prompt, in prompt order."""
+        return [*self.tools, *self.system, *(b for t in self.turns for b in t.blocks)]
+
+    def cache_controls(self) -> list[CacheControl | None]:
+        """Each block's `cache_control`, in the order of `blocks()`."""
+        return [getattr(block, "cache_control", None) for block in self.blocks()]
 
 
 @dataclass(frozen=True)
@@ -68,6 +100,19 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class CacheUsage:
+    """How a prompt's tokens are billed against the prompt cache, as Anthropic counts them."""
+
+    read: int = 0
+    written_5m: int = 0
+    written_1h: int = 0
+
+    @property
+    def written(self) -> int:
+        return self.written_5m + self.written_1h
+
+
+@dataclass(frozen=True)
 class PreparedPrompt:
     """A conversation rendered (and, where the engine can, tokenised), ready to generate from.
 
@@ -79,10 +124,16 @@ class PreparedPrompt:
     text: str = field(repr=False)
     estimated_tokens: int | None = None
     payload: Any = field(default=None, repr=False)  # the engine's own form of the prompt
+    cache: CacheUsage = field(default_factory=CacheUsage)
+
+    @property
+    def total_tokens(self) -> int:
+        return len(self.tokens) if self.estimated_tokens is None else self.estimated_tokens
 
     @property
     def input_tokens(self) -> int:
-        return len(self.tokens) if self.estimated_tokens is None else self.estimated_tokens
+        """The prompt tokens neither read from the cache nor written to it."""
+        return self.total_tokens - self.cache.read - self.cache.written
 
 
 @dataclass(frozen=True)
@@ -162,6 +213,10 @@ class Engine(Protocol):
         self, prompt: PreparedPrompt, params: SamplingParams
     ) -> AsyncGenerator[GenerationEvent, None]:
         """Stream the reply. Closing the iterator early stops the generation."""
+        ...
+
+    def cache_stats(self) -> CacheStats | None:
+        """The prompt cache's sizes and counters; None for an engine without one."""
         ...
 
     async def aclose(self) -> None:

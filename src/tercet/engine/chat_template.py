@@ -9,9 +9,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -124,14 +123,49 @@ class ChatTemplate:
         self.thinking = thinking or thinking_markers(source)
 
     def render(self, conversation: Conversation) -> str:
+        return self._render(conversation, _no_mark)
+
+    def render_with_boundaries(self, conversation: Conversation) -> tuple[str, list[int] | None]:
+        """The prompt text, and where each block of `conversation.blocks()` ends in it (a
+        character offset), or None where the template does not let the blocks be located."""
+        text = self._render(conversation, _mark)
+        clean: list[str] = []
+        ends: list[int] = []
+        length = 0
+        position = 0
+        while (start := text.find(_MARK_OPEN, position)) != -1:
+            stop = text.find(_MARK_CLOSE, start)
+            clean.append(text[position:start])
+            length += start - position
+            if stop == -1 or text[start + 1 : stop] != str(len(ends)):
+                return self.render(conversation), None
+            ends.append(length)
+            position = stop + 1
+        clean.append(text[position:])
+        plain = "".join(clean)
+        expected = self.render(conversation)
+        if plain != expected or len(ends) != len(conversation.blocks()):
+            return expected, None
+        return expected, ends
+
+    def _render(self, conversation: Conversation, mark: _Marker) -> str:
         prefill = conversation.prefill
         turns = conversation.turns[:-1] if prefill else conversation.turns
         messages: list[dict[str, str]] = []
         instruction = self.thinking.instruction if conversation.thinking else None
-        system = _join(conversation.system, _render_tools(conversation.tools), instruction)
+        first = len(conversation.tools)
+        system_text = "\n".join(
+            block.text + mark(first + i) for i, block in enumerate(conversation.system)
+        )
+        # Tools, then the system prompt, then the thinking instruction: the order in which
+        # Anthropic's cache nests its prefixes (changing thinking keeps tools and system cached).
+        system = _join(_render_tools(conversation.tools, mark), system_text, instruction)
         if system:
             messages.append({"role": "system", "content": system})
-        messages.extend({"role": t.role, "content": self._turn_text(t)} for t in turns)
+        first += len(conversation.system)
+        for turn in turns:
+            messages.append({"role": turn.role, "content": self._turn_text(turn, mark, first)})
+            first += len(turn.blocks)
         try:
             text = self._template.render(
                 messages=messages,
@@ -149,10 +183,20 @@ class ChatTemplate:
             # Some templates (DeepSeek-R1's) open the thinking block themselves.
             opened = text.rstrip().endswith(self.thinking.open.strip())
             return text if opened else text + self.thinking.open
-        return text + self.thinking.answer_open + (self._turn_text(prefill) if prefill else "")
+        answer = text + self.thinking.answer_open
+        return answer + (self._turn_text(prefill, mark, first) if prefill else "")
 
-    def _turn_text(self, turn: Turn) -> str:
-        return "\n\n".join(p for p in (self._block_text(b) for b in turn.blocks) if p)
+    def _turn_text(self, turn: Turn, mark: _Marker, first: int) -> str:
+        """The turn's blocks, a blank line apart; each block's mark right after it."""
+        text = ""
+        written = False
+        for index, block in enumerate(turn.blocks):
+            piece = self._block_text(block)
+            if piece:
+                text += ("\n\n" if written else "") + piece
+                written = True
+            text += mark(first + index)
+        return text
 
     def _block_text(self, block: ContentBlockParam) -> str:
         if isinstance(block, ToolUseBlockParam | ServerToolUseBlockParam | MCPToolUseBlockParam):
@@ -221,19 +265,37 @@ def _document_text(block: DocumentBlockParam, model_id: str) -> str:
     return _join(header, body) or ""
 
 
-def _render_tools(tools: Sequence[CustomToolParam]) -> str | None:
-    described: list[dict[str, Any]] = [
-        {"name": t.name, "description": t.description or "", "parameters": t.input_schema}
-        for t in tools
-    ]
-    if not described:
+def _render_tools(tools: Sequence[CustomToolParam], mark: _Marker) -> str | None:
+    if not tools:
         return None
-    listing = "\n".join(json.dumps(d, ensure_ascii=False) for d in described)
+    listing = "\n".join(
+        json.dumps(
+            {"name": t.name, "description": t.description or "", "parameters": t.input_schema},
+            ensure_ascii=False,
+        )
+        + mark(index)
+        for index, t in enumerate(tools)
+    )
     return (
         "# Tools\n\nYou may call one of these tools. To call one, answer with\n"
         '<tool_call>\n{"name": <tool name>, "arguments": <arguments object>}\n</tool_call>\n\n'
         f"<tools>\n{listing}\n</tools>"
     )
+
+
+# Block boundaries are found by rendering with a mark after every block (private-use
+# characters around the block's index) and removing the marks again.
+_MARK_OPEN = "\ue000"
+_MARK_CLOSE = "\ue001"
+_Marker = Callable[[int], str]
+
+
+def _mark(index: int) -> str:
+    return f"{_MARK_OPEN}{index}{_MARK_CLOSE}"
+
+
+def _no_mark(index: int) -> str:
+    return ""
 
 
 def _join(*parts: str | None) -> str | None:

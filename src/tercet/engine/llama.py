@@ -3,19 +3,27 @@
 llama.cpp is not thread-safe, so every prefill and decode runs on one dedicated worker thread;
 tokenising, which only reads the vocabulary, runs beside it. Prefill goes in batches and checks for
 cancellation between them, so a client that goes away frees the model within one batch.
+
+Prefill starts from the longest prefix already at hand: the tokens still in the context from
+the last request, or a snapshot from the prompt cache (llama.cpp's per-sequence state, which
+holds exactly that prefix's KV). It stops at each cache breakpoint that is not cached yet to
+save a snapshot there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
+import ctypes
 import functools
+import hashlib
 import json
 import os
 import random
 import threading
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +31,11 @@ import llama_cpp
 import numpy as np
 from llama_cpp.llama_grammar import LlamaGrammar
 
+from tercet.cache.plan import CachePlan, CachePoint, plan_cache, prefix_keys
+from tercet.cache.store import CacheStats, PromptCache
 from tercet.engine.base import (
+    CacheTTL,
+    CacheUsage,
     Conversation,
     Finish,
     FinishReason,
@@ -75,6 +87,7 @@ class LlamaCppEngine:
         threads: int | None = None,
         batch_size: int = 512,
         parallel_tool_calls: bool = False,
+        cache: PromptCache | None = None,
         on_progress: Callable[[str], None] | None = None,
     ) -> None:
         progress = on_progress or (lambda _message: None)
@@ -108,6 +121,11 @@ class LlamaCppEngine:
             **rope,
         )
         self._batch_size = batch_size
+        self.cache = cache
+        # Cached state is only valid for the same weights, context size and RoPE settings.
+        self._fingerprint = _fingerprint(model_path, context_window, rope)
+        self._piece_bytes: dict[int, int] = {}
+        self._prefilled = 0  # how much of the context the last prefill evaluated
         # Whether the model may follow one tool call with another. Off by default: the tool
         # format is ours, not one the model was trained on, and the bundled 135M model always
         # "chooses" another call, repeating itself until max_tokens.
@@ -153,8 +171,54 @@ class LlamaCppEngine:
         return await asyncio.to_thread(self.prepare_sync, conversation)
 
     def prepare_sync(self, conversation: Conversation) -> PreparedPrompt:
-        text = self._template.render(conversation)
-        return PreparedPrompt(tokens=self.tokenize(text), text=text)
+        text, ends = self._template.render_with_boundaries(conversation)
+        tokens = self.tokenize(text)
+        points = self._cache_points(tokens, text, ends) if ends is not None else None
+        if points is None:  # blocks cannot be located: one segment, nothing billed as cached
+            return PreparedPrompt(tokens=tokens, text=text, payload=_Layout((), None))
+        plan = None
+        if self.cache is not None:
+            min_tokens = self.cache.config.min_tokens
+            plan = plan_cache(points, conversation.breakpoints, self.cache, min_tokens)
+        segments = tuple(sorted({p.tokens for p in points if 0 < p.tokens < len(tokens)}))
+        usage = plan.usage if plan else CacheUsage()
+        return PreparedPrompt(
+            tokens=tokens, text=text, cache=usage, payload=_Layout(segments, plan)
+        )
+
+    def _cache_points(
+        self, tokens: Sequence[int], text: str, ends: Sequence[int]
+    ) -> list[CachePoint] | None:
+        """Each block's end as a prefix of `tokens`: the tokens that lie wholly before it.
+
+        A token that straddles a block's end belongs to the next prefix; None when the tokens
+        do not spell out the text (then no position can be trusted).
+        """
+        pieces = np.fromiter((self._piece_length(t) for t in tokens), dtype=np.int64)
+        token_ends = np.cumsum(pieces)
+        encoded_ends: list[int] = []
+        done_chars = done_bytes = 0
+        for end in ends:
+            done_bytes += len(text[done_chars:end].encode("utf-8"))
+            done_chars = end
+            encoded_ends.append(done_bytes)
+        total = len(text.encode("utf-8"))
+        if not len(token_ends) or int(token_ends[-1]) != total:
+            return None
+        lengths = [int(n) for n in np.searchsorted(token_ends, encoded_ends, side="right")]
+        keys = prefix_keys(self._fingerprint, tokens, sorted(set(lengths)))
+        by_length = dict(zip(sorted(set(lengths)), keys, strict=True))
+        return [CachePoint(n, by_length[n]) for n in lengths]
+
+    def _piece_length(self, token: int) -> int:
+        length = self._piece_bytes.get(token)
+        if length is None:
+            length = len(self._llama.detokenize([token], special=True))
+            self._piece_bytes[token] = length
+        return length
+
+    def cache_stats(self) -> CacheStats | None:
+        return None if self.cache is None else self.cache.stats()
 
     async def generate(
         self, prompt: PreparedPrompt, params: SamplingParams
@@ -197,7 +261,7 @@ class LlamaCppEngine:
         at the budget, opening a forced call) or samples under a grammar (tool names, inputs
         that match their JSON schema, whether to call another tool).
         """
-        self._prefill(prompt.tokens, cancel)
+        self._prefill(prompt, cancel)
         if params.temperature > 0:
             self._llama.set_seed(random.getrandbits(31))
         run = _Run(self, prompt.tokens, params, cancel)
@@ -375,21 +439,84 @@ class LlamaCppEngine:
             grammar=grammar,
         )
 
-    def _prefill(self, tokens: Sequence[int], cancel: threading.Event) -> None:
-        """Bring the KV cache to hold exactly `tokens`, reusing the longest cached prefix.
+    def _prefill(self, prompt: PreparedPrompt, cancel: threading.Event) -> None:
+        """Bring the KV cache to hold exactly `prompt.tokens`, from the longest prefix at hand.
+
+        The prompt is evaluated in segments that end at its block boundaries, whatever is
+        cached: a token's KV then never depends on where a reused prefix ended, so a cache may
+        change speed but never output (llama.cpp's results vary slightly with batch shape).
+        For the same reason a prefix still in the context is reused only up to a boundary, and
+        only as far as the last prefill went (decoded tokens were evaluated one at a time).
 
         The last token is always evaluated, so the logits to sample from are this prompt's;
         `Llama.generate` then finds the prompt cached and samples at once.
         """
         llm = self._llama
-        usable = min(llm.n_tokens, len(tokens) - 1)
+        tokens = prompt.tokens
+        layout = prompt.payload if isinstance(prompt.payload, _Layout) else _Layout((), None)
+        usable = min(llm.n_tokens, len(tokens) - 1, self._prefilled)
         differs = np.nonzero(llm.input_ids[:usable] != np.asarray(tokens[:usable]))[0]
-        common = int(differs[0]) if differs.size else usable
-        llm.n_tokens = common  # eval() drops every cached position from here on
-        for start in range(common, len(tokens), self._batch_size):
-            if cancel.is_set():
-                raise _Cancelled
-            llm.eval(tokens[start : start + self._batch_size])
+        start = int(differs[0]) if differs.size else usable
+        if layout.segments:
+            start = max([0, *(b for b in layout.segments if b <= start)])
+        saves: dict[int, Callable[[], None]] = {}
+        if layout.plan is not None and self.cache is not None:
+            start = self._restore_longest(layout.plan, tokens, start)
+            for write in layout.plan.writes:
+                if self.cache.tokens(write.point.key) is None:  # not written meanwhile
+                    saves[write.point.tokens] = functools.partial(
+                        self._save, write.point, write.ttl
+                    )
+            # A snapshot must hold exactly its prefix: start again where the first one ends.
+            start = min([start, *saves])
+        llm.n_tokens = start  # eval() drops every cached position from here on
+        self._prefilled = 0
+        ends = sorted({*(b for b in layout.segments if b > start), *saves, len(tokens)})
+        for end in ends:
+            for batch in range(llm.n_tokens, end, self._batch_size):
+                if cancel.is_set():
+                    raise _Cancelled
+                llm.eval(tokens[batch : min(batch + self._batch_size, end)])
+            if end in saves:
+                saves[end]()
+        self._prefilled = len(tokens)
+
+    def _restore_longest(self, plan: CachePlan, tokens: Sequence[int], live: int) -> int:
+        """Load the longest cached prefix longer than the `live` one; returns the new length."""
+        assert self.cache is not None
+        for point in plan.restorable:
+            if point.tokens <= live:
+                break
+            if point.tokens >= len(tokens):  # the last token is always evaluated
+                continue
+            data = self.cache.get(point.key)
+            if data is not None and self._load_state(data, tokens[: point.tokens]):
+                return point.tokens
+        return live
+
+    def _load_state(self, data: bytearray, prefix: Sequence[int]) -> bool:
+        llm = self._llama
+        memory = llama_cpp.llama_get_memory(llm.ctx)
+        llama_cpp.llama_memory_seq_rm(memory, 0, -1, -1)
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer(data)
+        if llama_cpp.llama_state_seq_set_data(llm.ctx, buffer, len(data), 0) != len(data):
+            llm.n_tokens = 0
+            return False
+        llm.input_ids[: len(prefix)] = prefix
+        llm.n_tokens = len(prefix)
+        return True
+
+    def _save(self, point: CachePoint, ttl: CacheTTL) -> None:
+        assert self.cache is not None
+        llm = self._llama
+        # Positions past the prefix (from an earlier, longer prompt) are not part of it.
+        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(llm.ctx), 0, point.tokens, -1)
+        size = llama_cpp.llama_state_seq_get_size(llm.ctx, 0)
+        data = bytearray(size)
+        buffer = (ctypes.c_uint8 * size).from_buffer(data)
+        if llama_cpp.llama_state_seq_get_data(llm.ctx, buffer, size, 0) == size:
+            del buffer  # a bytearray with a live export cannot be handed on safely
+            self.cache.put(point.key, point.tokens, data, ttl)
 
     def _special_text(self, token: int) -> str:
         return bytes(self._llama.detokenize([token], special=True)).decode("utf-8", "replace")
@@ -485,6 +612,26 @@ def _schema_grammar(schema: str) -> LlamaGrammar:
         return LlamaGrammar.from_json_schema(schema, verbose=False)
     except Exception:  # the converter rejects some valid schemas; fall back to any object
         return LlamaGrammar.from_json_schema('{"type": "object"}', verbose=False)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How a prompt is prefilled: the block boundaries it is evaluated in segments between,
+    and the prompt cache's plan for it."""
+
+    segments: tuple[int, ...]
+    plan: CachePlan | None
+
+
+def _fingerprint(model_path: Path, context_window: int, rope: dict[str, Any]) -> str:
+    """What cached state depends on: the weights (name, size and the GGUF header, which holds
+    the metadata) and how positions are encoded."""
+    digest = hashlib.sha256()
+    with model_path.open("rb") as model:
+        digest.update(model.read(1 << 20))
+    size = model_path.stat().st_size
+    digest.update(f"{model_path.name}:{size}:{context_window}:{sorted(rope.items())}".encode())
+    return digest.hexdigest()
 
 
 def _default_model_id(path: Path) -> str:

@@ -217,6 +217,9 @@ class OpenAICompatibleEngine:
         self._counter = self._counter or "estimate"  # ask no more
         return max(1, len(text) // 4)
 
+    def cache_stats(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         await self._client.aclose()
 
@@ -272,8 +275,8 @@ def _tool_choice(policy: ToolPolicy, functions: list[dict[str, Any]]) -> dict[st
 def _messages(conversation: Conversation, model_id: str) -> list[dict[str, Any]]:
     """The conversation as OpenAI chat messages: tool calls and results become their own fields."""
     messages: list[dict[str, Any]] = []
-    if conversation.system:
-        messages.append({"role": "system", "content": conversation.system})
+    if conversation.system_text:
+        messages.append({"role": "system", "content": conversation.system_text})
     for turn in conversation.turns:
         texts: list[str] = []
         calls: list[dict[str, Any]] = []

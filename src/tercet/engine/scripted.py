@@ -52,7 +52,7 @@ class ScriptedEngine:
         return self._spec
 
     async def prepare(self, conversation: Conversation) -> PreparedPrompt:
-        parts = [conversation.system or ""]
+        parts = [conversation.system_text or ""]
         parts += [
             f"{t.role}: {getattr(b, 'text', '')}" for t in conversation.turns for b in t.blocks
         ]
@@ -88,6 +88,9 @@ class ScriptedEngine:
             yield Finish("end_turn", len(words))
         finally:
             self.log.append("finished" if finished else "cancelled")
+
+    def cache_stats(self) -> None:
+        return None
 
     async def aclose(self) -> None:
         return None

@@ -11,7 +11,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any, TypeVar
 
 import anyio
@@ -93,9 +93,10 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
         body = await _read_body(request, CountTokensRequest, config.max_body_bytes)
         engine = registry.resolve(body.model)
         thinking = thinks(body, _betas(request), adaptive_model=engine.spec.adaptive_thinking)
-        conversation = replace(build_conversation(body), thinking=thinking)
+        # Without breakpoints: counting reads nothing from the cache and refreshes nothing.
+        conversation = replace(build_conversation(body), thinking=thinking, breakpoints=())
         prompt = await engine.prepare(conversation)
-        return MessageTokensCount(input_tokens=prompt.input_tokens)
+        return MessageTokensCount(input_tokens=prompt.total_tokens)
 
     @api.get("/models")
     async def list_models(
@@ -110,6 +111,15 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
         return registry.info(model_id)
 
     app.include_router(api)
+
+    @app.get("/stats", dependencies=[Depends(_authenticator(config))])
+    async def stats() -> dict[str, Any]:
+        """Operator counters per served model (tercet's own; not part of Anthropic's API)."""
+        return {
+            model_id: {"prompt_cache": asdict(s) if (s := engine.cache_stats()) else None}
+            for model_id, engine in registry.engines.items()
+        }
+
     return app
 
 

@@ -7,7 +7,9 @@ Error messages keep Anthropic's wording and `messages.N` paths, so clients that 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
+from tercet.cache.breakpoints import find_breakpoints
 from tercet.engine.base import Conversation, Turn
 from tercet.server.client_tools import offered_tools
 from tercet.wire.content import (
@@ -22,7 +24,8 @@ from tercet.wire.errors import InvalidRequestError
 from tercet.wire.requests import MessageParam, PromptParams
 
 # Claude Code's first system block: a per-request attribution line that Anthropic strips by
-# position. Keeping it would change the prompt on every request for nothing.
+# position. Keeping it would change the prompt on every request, and so break every cached
+# prefix after it, for nothing.
 ATTRIBUTION_PREFIX = "x-anthropic-billing-header:"
 
 
@@ -50,9 +53,10 @@ def build_conversation(request: PromptParams) -> Conversation:
         raise InvalidRequestError(
             "messages: final assistant content cannot end with trailing whitespace"
         )
-    return Conversation(
-        system=_system_text(request), turns=turns, tools=offered_tools(request.tools)
+    conversation = Conversation(
+        system=_system_blocks(request), turns=turns, tools=offered_tools(request.tools)
     )
+    return replace(conversation, breakpoints=find_breakpoints(conversation, request.cache_control))
 
 
 def _blocks(message: MessageParam, index: int) -> list[ContentBlockParam]:
@@ -108,12 +112,12 @@ def _ends_with_whitespace(blocks: Sequence[ContentBlockParam]) -> bool:
     return isinstance(last, TextBlockParam) and last.text != last.text.rstrip()
 
 
-def _system_text(request: PromptParams) -> str | None:
-    if request.system is None:
-        return None
+def _system_blocks(request: PromptParams) -> list[TextBlockParam]:
+    if not request.system:
+        return []
     if isinstance(request.system, str):
-        return request.system or None
+        return [TextBlockParam(type="text", text=request.system)]
     blocks = list(request.system)
     if blocks and blocks[0].text.startswith(ATTRIBUTION_PREFIX):
         blocks = blocks[1:]
-    return "\n".join(b.text for b in blocks) or None
+    return blocks

@@ -38,7 +38,7 @@ from tercet.wire.events import (
     StreamEvent,
 )
 from tercet.wire.requests import MessageCreateRequest, ThinkingAdaptive, ThinkingEnabled
-from tercet.wire.responses import Message, OutputTokensDetails, StopReason, Usage
+from tercet.wire.responses import CacheCreation, Message, OutputTokensDetails, StopReason, Usage
 
 STOP_REASONS: dict[FinishReason, StopReason] = {
     "end_turn": "end_turn",
@@ -108,8 +108,8 @@ async def plan(
         conversation = replace(conversation, thinking=True)
     prompt = await engine.prepare(conversation)
     longest = spec.context_window - 1  # leave room for at least one generated token
-    if prompt.input_tokens > longest:
-        raise PromptTooLongError(prompt.input_tokens, longest)
+    if prompt.total_tokens > longest:
+        raise PromptTooLongError(prompt.total_tokens, longest)
     params = SamplingParams(
         max_tokens=request.max_tokens,
         temperature=spec.default_temperature
@@ -131,12 +131,22 @@ async def plan(
 async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None]:
     """The Messages stream for a planned request: message_start ... message_stop."""
     input_tokens = job.prompt.input_tokens
+    cache = job.prompt.cache
     yield MessageStartEvent(
         message=Message(
             id=new_id("msg"),
             model=job.request.model,
             content=[],
-            usage=Usage(input_tokens=input_tokens, output_tokens=0),
+            usage=Usage(
+                input_tokens=input_tokens,
+                output_tokens=0,
+                cache_read_input_tokens=cache.read,
+                cache_creation_input_tokens=cache.written,
+                cache_creation=CacheCreation(
+                    ephemeral_5m_input_tokens=cache.written_5m,
+                    ephemeral_1h_input_tokens=cache.written_1h,
+                ),
+            ),
         )
     )
     finish: Finish | None = None
@@ -168,7 +178,11 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
         ),
         usage=MessageDeltaUsage(
             output_tokens=finish.output_tokens,
-            input_tokens=input_tokens if finish.input_tokens is None else finish.input_tokens,
+            input_tokens=input_tokens
+            if finish.input_tokens is None
+            else finish.input_tokens - cache.read - cache.written,
+            cache_read_input_tokens=cache.read,
+            cache_creation_input_tokens=cache.written,
             output_tokens_details=details,
         ),
     )
