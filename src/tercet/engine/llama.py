@@ -262,6 +262,9 @@ class LlamaCppEngine:
         that match their JSON schema, whether to call another tool).
         """
         self._prefill(prompt, cancel)
+        if params.max_tokens == 0:  # only filling the prompt cache
+            yield Finish("max_tokens", 0)
+            return
         if params.temperature > 0:
             self._llama.set_seed(random.getrandbits(31))
         run = _Run(self, prompt.tokens, params, cancel)
@@ -470,16 +473,15 @@ class LlamaCppEngine:
             # A snapshot must hold exactly its prefix: start again where the first one ends.
             start = min([start, *saves])
         llm.n_tokens = start  # eval() drops every cached position from here on
-        self._prefilled = 0
         ends = sorted({*(b for b in layout.segments if b > start), *saves, len(tokens)})
         for end in ends:
             for batch in range(llm.n_tokens, end, self._batch_size):
                 if cancel.is_set():
                     raise _Cancelled
                 llm.eval(tokens[batch : min(batch + self._batch_size, end)])
+                self._prefilled = llm.n_tokens
             if end in saves:
                 saves[end]()
-        self._prefilled = len(tokens)
 
     def _restore_longest(self, plan: CachePlan, tokens: Sequence[int], live: int) -> int:
         """Load the longest cached prefix longer than the `live` one; returns the new length."""

@@ -114,6 +114,9 @@ class OpenAICompatibleEngine:
     async def generate(
         self, prompt: PreparedPrompt, params: SamplingParams
     ) -> AsyncGenerator[GenerationEvent, None]:
+        if params.max_tokens == 0:  # a cache fill; the upstream has no cache for us to fill
+            yield Finish("max_tokens", 0)
+            return
         body = self._body(prompt, params)
         stops = StopSequenceMatcher(params.stop_sequences)
         budget = params.thinking_budget

@@ -62,6 +62,9 @@ class ScriptedEngine:
     async def generate(
         self, prompt: PreparedPrompt, params: SamplingParams
     ) -> AsyncGenerator[GenerationEvent, None]:
+        if params.max_tokens == 0:
+            yield Finish("max_tokens", 0)
+            return
         reply = self._replies[self._turn % len(self._replies)]
         self._turn += 1
         stops = StopSequenceMatcher(params.stop_sequences)

@@ -84,8 +84,8 @@ async def plan(
 ) -> GenerationPlan:
     engine = registry.resolve(request.model)
     spec = engine.spec
-    if request.max_tokens < 1:
-        raise InvalidRequestError("max_tokens: must be greater than or equal to 1")
+    if request.max_tokens < 0:  # 0 fills the prompt cache and generates nothing
+        raise InvalidRequestError("max_tokens: must be greater than or equal to 0")
     if request.max_tokens > spec.max_output_tokens:
         raise InvalidRequestError(
             f"max_tokens: {request.max_tokens} > {spec.max_output_tokens}, which is the maximum "
