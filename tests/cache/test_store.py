@@ -29,12 +29,12 @@ def test_ram_evicts_least_recently_used_to_disk(tmp_path: Path) -> None:
     cache = store(tmp_path, clock)
     cache.put("a", 10, data(40, 1), "5m")
     cache.put("b", 10, data(40, 2), "5m")
-    assert cache.get("a") == data(40, 1)  # "a" is now the most recently used
+    assert cache.get("a") == (data(40, 1), 10)  # "a" is now the most recently used
     cache.put("c", 10, data(40, 3), "5m")  # over the RAM budget: "b" goes to disk
     stats = cache.stats()
     assert (stats.ram_entries, stats.ram_bytes, stats.disk_entries) == (2, 80, 1)
     assert (tmp_path / "b.kv").read_bytes() == data(40, 2)
-    assert cache.get("b") == data(40, 2)  # still served, from disk
+    assert cache.get("b") == (data(40, 2), 10)  # still served, from disk
 
 
 def test_disk_is_bounded_too(tmp_path: Path) -> None:
@@ -73,7 +73,7 @@ def test_one_hour_entries_survive_a_restart(tmp_path: Path) -> None:
     cache.put("hour", 10, data(8, 7), "1h")
     cache.put("minutes", 10, data(8, 8), "5m")
     reopened = store(tmp_path, clock)
-    assert reopened.get("hour") == data(8, 7) and reopened.tokens("hour") == 10
+    assert reopened.get("hour") == (data(8, 7), 10)
     assert not reopened.contains("minutes")  # RAM only, as it fit there
     clock.now += 3601
     assert not store(tmp_path, clock).contains("hour")
@@ -98,3 +98,39 @@ def test_memory_only_when_the_disk_tier_is_off(tmp_path: Path) -> None:
     cache.put("b", 10, data(40), "1h")
     assert not cache.contains("a") and cache.contains("b")
     assert not (tmp_path / "unused").exists()
+
+
+def test_live_entries_are_captured_once_and_aliased(tmp_path: Path) -> None:
+    cache = store(tmp_path, Clock())
+    cache.put_live("short", 10, "5m")
+    cache.put_live("long", 20, "5m")
+    assert cache.contains("short") and cache.get("short") is None  # in the engine's context
+    assert sorted(cache.live()) == [("long", 20), ("short", 10)]
+    cache.capture("long", data(40, 5))
+    cache.alias("short", "long")
+    assert cache.get("short") == (data(40, 5), 20)  # the longer state, to be cut short
+    stats = cache.stats()
+    assert (stats.entries, stats.ram_entries, stats.alias_entries, stats.live_entries) == (
+        2,
+        1,
+        1,
+        0,
+    )
+    cache.forget("long")  # an alias goes with its source
+    assert not cache.contains("short")
+
+
+def test_an_alias_keeps_its_source_alive(tmp_path: Path) -> None:
+    clock = Clock()
+    cache = store(tmp_path, clock)
+    cache.put_live("short", 10, "5m")
+    cache.put_live("long", 20, "5m")
+    cache.capture("long", data(40))
+    cache.alias("short", "long")
+    clock.now += 200
+    cache.refresh("short", "5m")
+    clock.now += 200  # past the source's own five minutes
+    assert cache.get("short") is not None and cache.contains("long")
+    cache.put_live("orphan", 5, "5m")
+    cache.alias("orphan", "missing")
+    assert not cache.contains("orphan")

@@ -211,6 +211,44 @@ def test_automatic_caching_and_the_attribution_block(cached: anthropic.Anthropic
     assert billed(second)[1] > 0  # and the turn that was added is written
 
 
+def test_a_growing_conversation_costs_one_snapshot(
+    cached: anthropic.Anthropic, cached_engine: LlamaCppEngine
+) -> None:
+    assert cached_engine.cache is not None
+    system = fresh_manual()
+    conversation: list[dict[str, Any]] = []
+    replies = []
+    for question in ("What is rule 1?", "And rule 2?", "And rule 3?"):
+        conversation.append({"role": "user", "content": question})
+        reply = cached.messages.create(
+            model=CLAUDE_MODEL,
+            max_tokens=8,
+            system=system,
+            messages=conversation,  # type: ignore[arg-type]
+            extra_body={"temperature": 0, "cache_control": {"type": "ephemeral"}},
+        )
+        replies.append(reply)
+        conversation.append({"role": "assistant", "content": reply.content})
+    assert all(billed(r)[1] > 0 for r in replies)  # each turn writes its new part
+    # Each turn extended the last: their entries are still in the engine's context.
+    before = cached_engine.cache.stats()
+    assert before.live_entries >= 3
+    ask(cached, fresh_manual())  # another prompt takes the context: one snapshot is taken
+    after = cached_engine.cache.stats()
+    assert after.ram_entries == before.ram_entries + 1
+    assert after.alias_entries == before.alias_entries + 2
+    # The first turn is served from the third turn's snapshot, cut short, with the same answer.
+    again = cached.messages.create(
+        model=CLAUDE_MODEL,
+        max_tokens=8,
+        system=system,
+        messages=conversation[:1],  # type: ignore[arg-type]
+        extra_body={"temperature": 0, "cache_control": {"type": "ephemeral"}},
+    )
+    assert billed(again)[1:] == (0, billed(replies[0])[1])
+    assert again.content == replies[0].content
+
+
 def test_short_prefixes_and_streams(cached: anthropic.Anthropic) -> None:
     assert billed(ask(cached, "Be brief."))[1:] == (0, 0)  # under the minimum: no error, no cache
     system = fresh_manual()

@@ -5,6 +5,12 @@ the disk tier has room. One-hour entries are also written through to disk at onc
 survive a restart. Each entry expires at its TTL; a hit pushes the expiry out again. The clock
 is wall time (entries outlive the process) and injectable for tests.
 
+Capturing state costs time and memory, so an engine may register an entry as *live*: its prefix
+is still in the engine's context, and the engine captures it only before that context changes.
+An entry may also be an *alias*: its prefix is served from the state of a longer prefix, cut
+short. An agent that extends one conversation turn after turn thus costs one snapshot, taken
+when another prompt takes over the context, not one per turn.
+
 On disk an entry is `<key>.kv` (the state) and `<key>.json` (its tokens, size and expiry),
 each written to a temporary name and renamed, so a crash never leaves half an entry visible.
 """
@@ -31,13 +37,21 @@ class _Entry:
     tokens: int
     size: int
     expires_at: float
-    data: bytearray | None = None  # None: on disk only
+    data: bytearray | None = None  # None: on disk only, live or an alias
     on_disk: bool = False
+    live: bool = False  # the state is still in the engine's context, not captured yet
+    source: str | None = None  # an alias: served by the state of this longer entry
+
+    @property
+    def stored(self) -> bool:
+        return self.data is not None or self.on_disk or self.live or self.source is not None
 
 
 @dataclass(frozen=True)
 class CacheStats:
     entries: int
+    live_entries: int
+    alias_entries: int
     ram_entries: int
     ram_bytes: int
     ram_budget: int
@@ -80,20 +94,27 @@ class PromptCache:
 
     def tokens(self, key: str) -> int | None:
         with self._lock:
+            self._expire()
             entry = self._entries.get(key)
             return entry.tokens if entry else None
 
-    def get(self, key: str) -> bytearray | None:
-        """The state saved under `key`, or None when it has expired or is gone."""
+    def get(self, key: str) -> tuple[bytearray, int] | None:
+        """The state that serves `key` and how many tokens it holds (more than the entry's for
+        an alias: cut it short), or None when it has expired, is gone, or is live."""
         with self._lock:
             self._expire()
             entry = self._entries.get(key)
-            if entry is None:
+            if entry is None or entry.live:
                 return None
             self._entries.move_to_end(key)
+            if entry.source is not None:
+                key, entry = entry.source, self._entries[entry.source]
+                self._entries.move_to_end(key)
             if entry.data is not None:
-                return entry.data
-        return self._read(key)
+                return entry.data, entry.tokens
+            tokens = entry.tokens
+        data = self._read(key)
+        return None if data is None else (data, tokens)
 
     def put(self, key: str, tokens: int, data: bytearray, ttl: CacheTTL) -> None:
         """Save a snapshot of a prefix of `tokens` tokens for `ttl`."""
@@ -110,6 +131,47 @@ class PromptCache:
                 self._to_disk(key, entry)
             self._fit()
 
+    def put_live(self, key: str, tokens: int, ttl: CacheTTL) -> None:
+        """Register an entry whose state is still in the engine's context (see `capture`)."""
+        with self._lock:
+            self._expire()
+            self._entries[key] = _Entry(tokens, 0, self._clock() + TTL_SECONDS[ttl], live=True)
+            self._writes += 1
+
+    def live(self) -> list[tuple[str, int]]:
+        """The live entries, as (key, tokens)."""
+        with self._lock:
+            self._expire()
+            return [(k, e.tokens) for k, e in self._entries.items() if e.live]
+
+    def capture(self, key: str, data: bytearray) -> None:
+        """The state of a live entry, taken before the engine's context moves on."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or not entry.live:
+                return
+            entry.live, entry.data, entry.size = False, data, len(data)
+            if entry.size > self.config.ram_bytes:
+                self._to_disk(key, entry)
+            self._fit()
+
+    def alias(self, key: str, source: str) -> None:
+        """A live entry becomes served by `source`, the captured state of a longer prefix."""
+        with self._lock:
+            entry, target = self._entries.get(key), self._entries.get(source)
+            if entry is None or not entry.live:
+                return
+            if target is None or target.live:  # nothing to serve it from
+                del self._entries[key]
+                return
+            entry.live, entry.source = False, source
+            target.expires_at = max(target.expires_at, entry.expires_at)
+
+    def forget(self, key: str) -> None:
+        """Drop an entry (and its aliases): its state is lost."""
+        with self._lock:
+            self._drop(key)
+
     def refresh(self, key: str, ttl: CacheTTL) -> None:
         """A hit: the entry lives another `ttl` from now (never less than it had)."""
         with self._lock:
@@ -120,6 +182,12 @@ class PromptCache:
             self._entries.move_to_end(key)
             if entry.on_disk:
                 self._write_meta(key, entry)
+            if entry.source is not None:  # the state it is served from must live as long
+                self._entries.move_to_end(entry.source)
+                source = self._entries[entry.source]
+                source.expires_at = max(source.expires_at, entry.expires_at)
+                if source.on_disk:
+                    self._write_meta(entry.source, source)
 
     def stats(self) -> CacheStats:
         with self._lock:
@@ -128,6 +196,8 @@ class PromptCache:
             on_disk = [e for e in self._entries.values() if e.on_disk]
             return CacheStats(
                 entries=len(self._entries),
+                live_entries=sum(e.live for e in self._entries.values()),
+                alias_entries=sum(e.source is not None for e in self._entries.values()),
                 ram_entries=len(in_ram),
                 ram_bytes=sum(e.size for e in in_ram),
                 ram_budget=self.config.ram_bytes,
@@ -144,7 +214,8 @@ class PromptCache:
     def _expire(self) -> None:
         now = self._clock()
         for key in [k for k, e in self._entries.items() if e.expires_at <= now]:
-            self._drop(key)
+            if key in self._entries:  # not gone with its source already
+                self._drop(key)
 
     def _fit(self) -> None:
         """Evict least recently used state from RAM (to disk if it fits), then from disk."""
@@ -166,13 +237,17 @@ class PromptCache:
                 disk -= entry.size
                 self._remove_files(key)
                 entry.on_disk = False
-        for key in [k for k, e in self._entries.items() if e.data is None and not e.on_disk]:
-            del self._entries[key]
+        for key in [k for k, e in self._entries.items() if not e.stored]:
+            self._drop(key)
 
     def _drop(self, key: str) -> None:
-        entry = self._entries.pop(key)
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
         if entry.on_disk:
             self._remove_files(key)
+        for alias in [k for k, e in self._entries.items() if e.source == key]:
+            del self._entries[alias]
 
     def _to_disk(self, key: str, entry: _Entry) -> None:
         if self._directory is None or entry.data is None or entry.size > self.config.disk_bytes:

@@ -126,6 +126,7 @@ class LlamaCppEngine:
         self._fingerprint = _fingerprint(model_path, context_window, rope)
         self._piece_bytes: dict[int, int] = {}
         self._prefilled = 0  # how much of the context the last prefill evaluated
+        self._live: dict[str, int] = {}  # live prompt-cache entries in the context: key -> tokens
         # Whether the model may follow one tool call with another. Off by default: the tool
         # format is ours, not one the model was trained on, and the bundled 135M model always
         # "chooses" another call, repeating itself until max_tokens.
@@ -451,6 +452,9 @@ class LlamaCppEngine:
         For the same reason a prefix still in the context is reused only up to a boundary, and
         only as far as the last prefill went (decoded tokens were evaluated one at a time).
 
+        Five-minute cache writes stay live (see `cache.store`) until the context moves past
+        them; one-hour writes are captured at once, so that they reach the disk.
+
         The last token is always evaluated, so the logits to sample from are this prompt's;
         `Llama.generate` then finds the prompt cached and samples at once.
         """
@@ -462,26 +466,34 @@ class LlamaCppEngine:
         start = int(differs[0]) if differs.size else usable
         if layout.segments:
             start = max([0, *(b for b in layout.segments if b <= start)])
-        saves: dict[int, Callable[[], None]] = {}
+        saves: dict[int, CachePoint] = {}
+        lives: dict[int, list[tuple[CachePoint, CacheTTL]]] = {}
         if layout.plan is not None and self.cache is not None:
             start = self._restore_longest(layout.plan, tokens, start)
             for write in layout.plan.writes:
-                if self.cache.tokens(write.point.key) is None:  # not written meanwhile
-                    saves[write.point.tokens] = functools.partial(
-                        self._save, write.point, write.ttl
-                    )
+                if self.cache.tokens(write.point.key) is not None:  # written meanwhile
+                    continue
+                if write.ttl == "1h":
+                    saves[write.point.tokens] = write.point
+                else:
+                    lives.setdefault(write.point.tokens, []).append((write.point, write.ttl))
             # A snapshot must hold exactly its prefix: start again where the first one ends.
             start = min([start, *saves])
+        self._capture_live(keep=start)
         llm.n_tokens = start  # eval() drops every cached position from here on
-        ends = sorted({*(b for b in layout.segments if b > start), *saves, len(tokens)})
+        self._register_live([w for n, ws in lives.items() if n <= start for w in ws])
+        ends = sorted({*(b for b in layout.segments if b > start), *saves, *lives, len(tokens)})
         for end in ends:
+            if end <= start:
+                continue
             for batch in range(llm.n_tokens, end, self._batch_size):
                 if cancel.is_set():
                     raise _Cancelled
                 llm.eval(tokens[batch : min(batch + self._batch_size, end)])
                 self._prefilled = llm.n_tokens
             if end in saves:
-                saves[end]()
+                self._save(saves[end], "1h")
+            self._register_live(lives.get(end, []))
 
     def _restore_longest(self, plan: CachePlan, tokens: Sequence[int], live: int) -> int:
         """Load the longest cached prefix longer than the `live` one; returns the new length."""
@@ -491,34 +503,84 @@ class LlamaCppEngine:
                 break
             if point.tokens >= len(tokens):  # the last token is always evaluated
                 continue
-            data = self.cache.get(point.key)
-            if data is not None and self._load_state(data, tokens[: point.tokens]):
+            found = self.cache.get(point.key)
+            if found is None:
+                continue
+            # What the context holds past `live` is about to go: capture what is live there.
+            self._capture_live(keep=live)
+            if self._load_state(*found, tokens[: point.tokens]):
                 return point.tokens
+            self._forget_live()  # the context is empty now
+            return 0
         return live
 
-    def _load_state(self, data: bytearray, prefix: Sequence[int]) -> bool:
+    def _load_state(self, data: bytearray, held: int, prefix: Sequence[int]) -> bool:
+        """Load a snapshot of `held` tokens and keep its first `len(prefix)`."""
         llm = self._llama
         memory = llama_cpp.llama_get_memory(llm.ctx)
         llama_cpp.llama_memory_seq_rm(memory, 0, -1, -1)
         buffer = (ctypes.c_uint8 * len(data)).from_buffer(data)
-        if llama_cpp.llama_state_seq_set_data(llm.ctx, buffer, len(data), 0) != len(data):
+        loaded = llama_cpp.llama_state_seq_set_data(llm.ctx, buffer, len(data), 0) == len(data)
+        del buffer
+        if not loaded:
             llm.n_tokens = 0
             return False
+        if held > len(prefix):
+            llama_cpp.llama_memory_seq_rm(memory, 0, len(prefix), -1)
         llm.input_ids[: len(prefix)] = prefix
         llm.n_tokens = len(prefix)
         return True
 
-    def _save(self, point: CachePoint, ttl: CacheTTL) -> None:
-        assert self.cache is not None
+    def _snapshot(self, tokens: int) -> bytearray | None:
+        """The state of the context's first `tokens` tokens; the rest of the context is lost."""
         llm = self._llama
-        # Positions past the prefix (from an earlier, longer prompt) are not part of it.
-        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(llm.ctx), 0, point.tokens, -1)
+        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(llm.ctx), 0, tokens, -1)
+        llm.n_tokens = min(llm.n_tokens, tokens)
+        self._prefilled = min(self._prefilled, tokens)
         size = llama_cpp.llama_state_seq_get_size(llm.ctx, 0)
         data = bytearray(size)
         buffer = (ctypes.c_uint8 * size).from_buffer(data)
-        if llama_cpp.llama_state_seq_get_data(llm.ctx, buffer, size, 0) == size:
-            del buffer  # a bytearray with a live export cannot be handed on safely
+        taken = llama_cpp.llama_state_seq_get_data(llm.ctx, buffer, size, 0) == size
+        del buffer  # a bytearray with a live export cannot be handed on safely
+        return data if taken else None
+
+    def _save(self, point: CachePoint, ttl: CacheTTL) -> None:
+        assert self.cache is not None
+        data = self._snapshot(point.tokens)
+        if data is not None:
             self.cache.put(point.key, point.tokens, data, ttl)
+
+    def _register_live(self, writes: Sequence[tuple[CachePoint, CacheTTL]]) -> None:
+        assert self.cache is not None or not writes
+        for point, ttl in writes:
+            if self.cache is not None:
+                self.cache.put_live(point.key, point.tokens, ttl)
+                self._live[point.key] = point.tokens
+
+    def _capture_live(self, keep: int) -> None:
+        """Capture the live entries longer than `keep` before the context past it changes:
+        one snapshot of the longest, which the shorter ones become aliases of."""
+        doomed = {key: n for key, n in self._live.items() if n > keep}
+        if not doomed or self.cache is None:
+            return
+        for key in doomed:
+            del self._live[key]
+        alive = sorted((n, key) for key, n in doomed.items() if self.cache.tokens(key) is not None)
+        if not alive:
+            return
+        longest, source = alive[-1]
+        data = self._snapshot(longest)
+        if data is None:
+            return
+        self.cache.capture(source, data)
+        for _, key in alive[:-1]:
+            self.cache.alias(key, source)
+
+    def _forget_live(self) -> None:
+        if self.cache is not None:
+            for key in self._live:
+                self.cache.forget(key)
+        self._live.clear()
 
     def _special_text(self, token: int) -> str:
         return bytes(self._llama.detokenize([token], special=True)).decode("utf-8", "replace")
