@@ -62,6 +62,15 @@ def anyio_backend() -> str:
 @contextmanager
 def cli_server(*args: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """Run the real `tercet serve` command on a free loopback port; yields its base URL."""
+    with cli_server_process(*args, env=env) as (_, base_url):
+        yield base_url
+
+
+@contextmanager
+def cli_server_process(
+    *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`cli_server`, yielding the process too (tests that kill it)."""
     command = [sys.executable, "-m", "tercet.cli.main", "serve", "--port", "0", *args]
     process = subprocess.Popen(
         command, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
@@ -82,7 +91,7 @@ def cli_server(*args: str, env: dict[str, str] | None = None) -> Iterator[str]:
         assert match, "tercet serve did not start:\n" + "".join(seen)
         # Keep draining stderr so the server never blocks on a full pipe.
         threading.Thread(target=process.stderr.read, daemon=True).start()
-        yield match.group(1)
+        yield process, match.group(1)
     finally:
         process.terminate()
         try:

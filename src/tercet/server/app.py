@@ -5,6 +5,7 @@ Paths match with or without `?beta=true` (the SDK's beta namespace and Claude Co
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -22,10 +23,12 @@ from starlette.types import Receive, Scope, Send
 
 import tercet
 from tercet.engine.base import Engine
+from tercet.files.store import LocalFileStore
 from tercet.server.admission import AdmissionQueue
 from tercet.server.config import ServerConfig
 from tercet.server.conversation import build_conversation
 from tercet.server.errors import install_error_handlers
+from tercet.server.files import files_router, resolve_file_sources
 from tercet.server.generation import GenerationPlan, complete, plan, stream_events
 from tercet.server.models import ModelRegistry
 from tercet.server.signatures import ThinkingSigner
@@ -61,6 +64,7 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
         yield
         for engine in registry.engines.values():
             await engine.aclose()
+        files.close()
 
     app = FastAPI(title="tercet", version=tercet.__version__, lifespan=lifespan)
     app.state.registry = registry
@@ -72,11 +76,14 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
     async def root() -> dict[str, str]:
         return {"service": "tercet", "version": tercet.__version__}
 
-    api = APIRouter(prefix="/v1", dependencies=[Depends(_authenticator(config))])
+    authenticate = _authenticator(config)
+    api = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
+    files = LocalFileStore(config.data_dir / "files")
 
     @api.post("/messages", response_model=None)
     async def create_message(request: Request) -> Response:
         body = await _read_body(request, MessageCreateRequest, config.max_body_bytes)
+        resolve_file_sources(body, files, request.state.owner)
         job = await plan(body, registry, lines, signer, _betas(request))
         if body.stream:
             return EventStreamResponse(job, config.ping_interval)
@@ -91,6 +98,7 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
     @api.post("/messages/count_tokens")
     async def count_tokens(request: Request) -> MessageTokensCount:
         body = await _read_body(request, CountTokensRequest, config.max_body_bytes)
+        resolve_file_sources(body, files, request.state.owner)
         engine = registry.resolve(body.model)
         thinking = thinks(body, _betas(request), adaptive_model=engine.spec.adaptive_thinking)
         # Without breakpoints: counting reads nothing from the cache and refreshes nothing.
@@ -111,6 +119,7 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
         return registry.info(model_id)
 
     app.include_router(api)
+    app.include_router(files_router(config, files, authenticate))
 
     @app.get("/stats", dependencies=[Depends(_authenticator(config))])
     async def stats() -> dict[str, Any]:
@@ -207,18 +216,28 @@ def _authenticator(config: ServerConfig) -> Callable[[Request], None]:
     keys = [k.encode() for k in config.api_keys]
 
     def authenticate(request: Request) -> None:
-        if not keys:
-            return
         presented = request.headers.get("x-api-key")
         authorization = request.headers.get("authorization", "")
         if presented is None and authorization.lower().startswith("bearer "):
             presented = authorization[7:].strip()
+        # What a request may see of stored files (its workspace): one per key. An open
+        # server still keeps the keys clients present apart, as namespaces.
+        request.state.owner = owner_of(presented)
+        if not keys:
+            return
         if presented is None:
             raise AuthenticationError("x-api-key header is required")
         if not any(hmac.compare_digest(presented.encode(), key) for key in keys):
             raise AuthenticationError("invalid x-api-key")
 
     return authenticate
+
+
+def owner_of(api_key: str | None) -> str:
+    """The workspace of an API key: a hash, so keys are never stored."""
+    if api_key is None:
+        return "anonymous"
+    return hashlib.sha256(api_key.encode()).hexdigest()[:32]
 
 
 async def _read_body(request: Request, model: type[Model], limit: int) -> Model:

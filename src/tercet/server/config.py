@@ -48,6 +48,10 @@ class ServerConfig(BaseModel):
     max_queue: int = Field(default=16, ge=0, description="requests that may wait for the engine")
     max_body_bytes: int = Field(default=32 * 1024 * 1024, description="larger bodies get 413")
     ping_interval: float = Field(default=10.0, gt=0, description="seconds between SSE pings")
+    max_file_bytes: int = Field(default=500 * 1000**2, description="larger uploads get 413")
+    file_quota_bytes: int = Field(
+        default=100 * 1000**3, description="stored file bytes per API key (workspace)"
+    )
 
     @property
     def is_loopback(self) -> bool:

@@ -1,0 +1,299 @@
+"""The Files API routes, and `file` sources in messages resolved to what the model reads.
+
+Uploads are parsed as they arrive (python-multipart's streaming parser) and written straight
+to the store's staging file, so a 500 MB upload never sits in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from tercet.files.documents import pdf_text
+from tercet.files.store import BlobWriter, FileStore, StoredFile
+from tercet.server.config import ServerConfig
+from tercet.wire.content import (
+    Base64DocumentSource,
+    DocumentBlockParam,
+    FileSource,
+    ImageBlockParam,
+    PlainTextSource,
+)
+from tercet.wire.errors import InvalidRequestError, NotFoundError, RequestTooLargeError
+from tercet.wire.files import DeletedFile, FileList, FileMetadata
+from tercet.wire.requests import PromptParams
+
+MAX_FILENAME = 500
+MAX_MIME_TYPE = 255
+MAX_LISTED_IDS = 100
+
+
+def files_router(
+    config: ServerConfig, store: FileStore, authenticate: Callable[[Request], None]
+) -> APIRouter:
+    router = APIRouter(prefix="/v1/files", dependencies=[Depends(authenticate)])
+
+    @router.post("")
+    async def upload(request: Request) -> FileMetadata:
+        owner: str = request.state.owner
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > config.max_file_bytes + 64 * 1024:
+            raise _too_large(config)
+        upload = _Upload(store, config.max_file_bytes, request.headers.get("content-type", ""))
+        try:
+            async for chunk in request.stream():
+                await anyio.to_thread.run_sync(upload.feed, chunk)
+            writer, filename, mime_type = upload.finished()
+            if store.usage(owner) + writer.size > config.file_quota_bytes:
+                raise RequestTooLargeError(
+                    f"storing this file would exceed the storage quota of "
+                    f"{config.file_quota_bytes} bytes for this API key; delete files first"
+                )
+            stored = await anyio.to_thread.run_sync(
+                lambda: store.commit(owner, writer, filename, mime_type, False)
+            )
+        finally:
+            upload.discard()  # a no-op once committed
+        return metadata(stored)
+
+    @router.get("")
+    async def list_files(
+        request: Request,
+        limit: int = Query(default=20, ge=1, le=1000),
+        before_id: str | None = None,
+        after_id: str | None = None,
+        page: str | None = None,
+    ) -> FileList:
+        """Newest first. Pages by `after_id`/`before_id` (the API's first form) or by the
+        opaque `page` cursor from `next_page` (the SDK's current form); `ids` picks files."""
+        owner: str = request.state.owner
+        # The SDK sends a list as `ids[]=a&ids[]=b`; plain repeats are accepted too.
+        ids = request.query_params.getlist("ids[]") + request.query_params.getlist("ids")
+        if len(ids) > MAX_LISTED_IDS:
+            raise InvalidRequestError(f"ids: at most {MAX_LISTED_IDS} ids may be given")
+        if ids:
+            found = [f for f in (store.get(owner, i) for i in dict.fromkeys(ids)) if f]
+            data = [metadata(f) for f in sorted(found, key=lambda f: f.created_at, reverse=True)]
+            return _file_list(data, has_more=False, forward=False)
+        if page is not None:
+            after_id = _cursor_id(page)
+        listed = store.list(owner, limit, before_id, after_id)
+        data = [metadata(f) for f in listed.files]
+        return _file_list(data, listed.has_more, forward=before_id is None)
+
+    @router.get("/{file_id}")
+    async def retrieve(request: Request, file_id: str) -> FileMetadata:
+        return metadata(_find(store, request.state.owner, file_id))
+
+    @router.get("/{file_id}/content")
+    async def download(request: Request, file_id: str) -> StreamingResponse:
+        stored = _find(store, request.state.owner, file_id)
+        if not stored.downloadable:
+            raise InvalidRequestError(
+                f"File {file_id} is not downloadable: only files the platform created "
+                "(such as code execution outputs) can be downloaded, not uploads"
+            )
+        return StreamingResponse(
+            store.read(stored),
+            media_type=stored.mime_type,
+            headers={"content-length": str(stored.size_bytes)},
+        )
+
+    @router.delete("/{file_id}")
+    async def delete(request: Request, file_id: str) -> DeletedFile:
+        if not store.delete(request.state.owner, file_id):
+            raise _not_found(file_id)
+        return DeletedFile(id=file_id)
+
+    return router
+
+
+def _file_list(data: list[FileMetadata], has_more: bool, forward: bool) -> FileList:
+    last = data[-1].id if data else None
+    cursor = "page_" + base64.urlsafe_b64encode(last.encode()).decode() if last else None
+    return FileList(
+        data=data,
+        first_id=data[0].id if data else None,
+        last_id=last,
+        has_more=has_more,
+        next_page=cursor if has_more and forward else None,
+    )
+
+
+def _cursor_id(page: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(page.removeprefix("page_").encode()).decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError("page: not a page cursor from `next_page`") from exc
+
+
+def metadata(stored: StoredFile) -> FileMetadata:
+    return FileMetadata(
+        id=stored.id,
+        filename=stored.filename,
+        mime_type=stored.mime_type,
+        size_bytes=stored.size_bytes,
+        created_at=stored.created_at.isoformat().replace("+00:00", "Z"),
+        downloadable=stored.downloadable,
+    )
+
+
+def resolve_file_sources(request: PromptParams, store: FileStore, owner: str) -> None:
+    """Replace `file` sources in documents with the text the model reads (in place), and
+    PDFs sent inline with their text. Images keep their source: text-only models refuse them."""
+    for index, message in enumerate(request.messages):
+        if isinstance(message.content, str):
+            continue
+        for position, block in enumerate(message.content):
+            if not isinstance(block, DocumentBlockParam | ImageBlockParam):
+                continue
+            where = f"messages.{index}.content.{position}.source"
+            source = block.source
+            if isinstance(source, FileSource):
+                stored = store.get(owner, source.file_id)
+                if stored is None:
+                    raise InvalidRequestError(f"{where}: file not found: {source.file_id}")
+                if isinstance(block, DocumentBlockParam):
+                    data = b"".join(store.read(stored))
+                    block.source = _document_text(data, stored.mime_type, where)
+            elif (
+                isinstance(source, Base64DocumentSource) and source.media_type == "application/pdf"
+            ):
+                try:
+                    data = base64.b64decode(source.data, validate=True)
+                except ValueError as exc:
+                    raise InvalidRequestError(f"{where}.data: not valid base64") from exc
+                block.source = _document_text(data, source.media_type, where)
+
+
+def _document_text(data: bytes, mime_type: str, where: str) -> PlainTextSource:
+    if mime_type == "application/pdf":
+        text = pdf_text(data)
+        if text is None:
+            raise InvalidRequestError(f"{where}: the PDF could not be read")
+    elif mime_type.startswith("text/") or mime_type == "application/json":
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequestError(f"{where}: the document is not UTF-8 text") from exc
+    else:
+        raise InvalidRequestError(
+            f"{where}: a document must be a PDF or plain text, not {mime_type}"
+        )
+    return PlainTextSource(type="text", media_type="text/plain", data=text)
+
+
+def _find(store: FileStore, owner: str, file_id: str) -> StoredFile:
+    stored = store.get(owner, file_id)
+    if stored is None:
+        raise _not_found(file_id)
+    return stored
+
+
+def _not_found(file_id: str) -> NotFoundError:
+    return NotFoundError(f"File not found: {file_id}")
+
+
+def _too_large(config: ServerConfig) -> RequestTooLargeError:
+    return RequestTooLargeError(
+        f"File exceeds the maximum allowed size of {config.max_file_bytes} bytes"
+    )
+
+
+class _Upload:
+    """One multipart upload, fed chunk by chunk; the part named `file` goes to the store."""
+
+    def __init__(self, store: FileStore, limit: int, content_type: str) -> None:
+        kind, options = parse_options_header(content_type)
+        boundary = options.get(b"boundary")
+        if kind != b"multipart/form-data" or not boundary:
+            raise InvalidRequestError("the upload must be multipart/form-data with a `file` part")
+        self._store = store
+        self._limit = limit
+        self._writer: BlobWriter | None = None
+        self._writing = False
+        self._filename = ""
+        self._mime_type = "application/octet-stream"
+        self._header_field = b""
+        self._header_value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._error: Exception | None = None
+        callbacks: Any = {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda d, s, e: self._add("_header_field", d[s:e]),
+            "on_header_value": lambda d, s, e: self._add("_header_value", d[s:e]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
+        self._parser = MultipartParser(boundary, callbacks)
+        self._done = False
+
+    def feed(self, chunk: bytes) -> None:
+        self._parser.write(chunk)
+        if self._error is not None:
+            raise self._error
+
+    def finished(self) -> tuple[BlobWriter, str, str]:
+        self._parser.finalize()
+        if self._writer is None or self._writing or not self._done:
+            raise InvalidRequestError("the upload has no complete `file` part")
+        if self._writer.size == 0:
+            raise InvalidRequestError("the file is empty")
+        return self._writer, self._filename, self._mime_type
+
+    def discard(self) -> None:
+        if self._writer is not None and self._writer.path.exists():
+            self._writer.discard()
+
+    def _add(self, name: str, data: bytes) -> None:
+        setattr(self, name, getattr(self, name) + data)
+
+    def _part_begin(self) -> None:
+        self._headers = {}
+
+    def _header_end(self) -> None:
+        self._headers[self._header_field.lower()] = self._header_value
+        self._header_field = self._header_value = b""
+
+    def _headers_finished(self) -> None:
+        _, disposition = parse_options_header(self._headers.get(b"content-disposition", b""))
+        if disposition.get(b"name") != b"file" or self._writer is not None:
+            return
+        filename = disposition.get(b"filename", b"").decode("utf-8", "replace")
+        mime_type = self._headers.get(b"content-type", b"").decode("latin-1").strip()
+        if not filename:
+            self._error = InvalidRequestError("file: the part needs a filename")
+        elif len(filename) > MAX_FILENAME:
+            self._error = InvalidRequestError(
+                f"file: the filename is longer than {MAX_FILENAME} characters"
+            )
+        elif len(mime_type) > MAX_MIME_TYPE:
+            self._error = InvalidRequestError("file: the content type is too long")
+        else:
+            self._filename = filename
+            self._mime_type = mime_type or "application/octet-stream"
+            self._writer = self._store.begin()
+            self._writing = True
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if not self._writing or self._writer is None or self._error is not None:
+            return
+        if self._writer.size + (end - start) > self._limit:
+            self._error = RequestTooLargeError(
+                f"File exceeds the maximum allowed size of {self._limit} bytes"
+            )
+            return
+        self._writer.write(data[start:end])
+
+    def _part_end(self) -> None:
+        if self._writing:
+            self._writing = False
+            self._done = True
