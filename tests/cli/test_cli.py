@@ -69,3 +69,24 @@ def test_chat_streams_replies_in_process() -> None:
     assert "out, " in result.stdout  # the usage line after the streamed reply
     reply = result.stdout.split("assistant> ", 1)[1].split("\n[", 1)[0]
     assert reply.strip()
+
+
+def test_files_commands(server: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    note = tmp_path / "report.txt"
+    note.write_text("quarterly figures\n")
+    common = ("files", "--base-url", server, "--api-key", "cli-files")
+    uploaded = run_tercet(*common, "upload", str(note))
+    assert uploaded.returncode == 0, uploaded.stderr
+    file_id = uploaded.stdout.strip()
+    assert file_id.startswith("file_")
+    listed = run_tercet(*common, "list")
+    assert listed.stdout.splitlines() == [
+        line for line in listed.stdout.splitlines() if line.startswith(file_id)
+    ]
+    assert "\t18\t" in listed.stdout and listed.stdout.rstrip().endswith("text/plain\treport.txt")
+    refused = run_tercet(*common, "download", file_id, "-o", str(tmp_path / "copy"))
+    assert refused.returncode == 1 and "not downloadable" in refused.stderr
+    assert run_tercet(*common, "delete", file_id).stdout.strip() == file_id
+    assert run_tercet(*common, "list").stdout == ""
+    missing = run_tercet(*common, "delete", file_id)
+    assert missing.returncode == 1 and "404" in missing.stderr

@@ -47,8 +47,13 @@ def files_router(
             raise _too_large(config)
         upload = _Upload(store, config.max_file_bytes, request.headers.get("content-type", ""))
         try:
+            pending = bytearray()  # the server hands over ~64 KB at a time: parse 1 MB at once
             async for chunk in request.stream():
-                await anyio.to_thread.run_sync(upload.feed, chunk)
+                pending += chunk
+                if len(pending) >= 1 << 20:
+                    await anyio.to_thread.run_sync(upload.feed, bytes(pending))
+                    pending.clear()
+            await anyio.to_thread.run_sync(upload.feed, bytes(pending))
             writer, filename, mime_type = upload.finished()
             if store.usage(owner) + writer.size > config.file_quota_bytes:
                 raise RequestTooLargeError(
