@@ -90,3 +90,20 @@ def test_files_commands(server: str, tmp_path) -> None:  # type: ignore[no-untyp
     assert run_tercet(*common, "list").stdout == ""
     missing = run_tercet(*common, "delete", file_id)
     assert missing.returncode == 1 and "404" in missing.stderr
+
+
+def test_sandbox_exec(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tercet.sandbox.runner import unavailable_reason
+
+    if unavailable_reason() is not None:
+        import pytest
+
+        pytest.skip(f"no sandbox here: {unavailable_reason()}")
+    base = ("sandbox", "exec", "--data-dir", str(tmp_path))
+    first = run_tercet(*base, "--container", "box1", "--", "sh", "-c", "echo 41 > n; cat n")
+    assert (first.returncode, first.stdout) == (0, "41\n"), first.stderr
+    again = run_tercet(*base, "--container", "box1", "--", "sh", "-c", "cat n; exit 3")
+    assert (again.returncode, again.stdout) == (3, "41\n")
+    fresh = run_tercet(*base, "--", "sh", "-c", "cat n")  # a new, empty container
+    assert fresh.returncode != 0 and "No such file" in fresh.stderr
+    assert run_tercet("sandbox", "exec", "--data-dir", str(tmp_path)).returncode == 2

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from tercet import __version__
-from tercet.cli import chat, files, serve
+from tercet.cli import chat, files, sandbox, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.register(commands)
     chat.register(commands)
     files.register(commands)
+    sandbox.register(commands)
     return parser
 
 

@@ -1,0 +1,28 @@
+"""Sandbox limits, as data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ExecutionLimits:
+    """What one execution may use."""
+
+    wall_seconds: float = 60.0
+    cpu_seconds: int = 60
+    memory_bytes: int = 1024 * MIB  # address space of each process
+    processes: int = 64  # for the container's user, all its processes together
+    file_bytes: int = 256 * MIB  # the largest file a process may write
+    output_bytes: int = 64 * 1024  # of stdout and of stderr each; the rest is cut, with a marker
+
+
+@dataclass(frozen=True)
+class ContainerLimits:
+    """What a container (a persistent workspace) may use."""
+
+    disk_bytes: int = 1024 * MIB
+    idle_seconds: float = 3600.0  # expires after this long unused, as Anthropic's containers
+    max_containers: int = 32

@@ -1,0 +1,203 @@
+"""Containers: private workspaces that persist between executions until they sit idle.
+
+Each container is a directory `<root>/<id>/workspace` (with `outputs/` for files meant to be
+handed back) and, when the server runs as root, a user id of its own, so one container's
+processes can neither read another's files nor count against its process limit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import string
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tercet.sandbox import runner
+from tercet.sandbox.config import ContainerLimits, ExecutionLimits
+from tercet.sandbox.runner import ExecResult
+
+_ID_ALPHABET = string.ascii_letters + string.digits
+_VALID_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+FIRST_UID = 200_000  # container users: far from the system's and people's ids
+OUTPUTS = "outputs"
+
+
+class ContainerError(Exception):
+    """A container cannot be used; `code` is the Anthropic error code for it."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Container:
+    id: str
+    uid: int
+    created_at: float
+    last_used: float
+    directory: Path
+
+    @property
+    def workspace(self) -> Path:
+        return self.directory / "workspace"
+
+    def expires_at(self, limits: ContainerLimits) -> float:
+        return self.last_used + limits.idle_seconds
+
+
+class ContainerManager:
+    """Creates, finds, runs in and expires containers under `root`."""
+
+    def __init__(
+        self,
+        root: Path,
+        limits: ContainerLimits | None = None,
+        execution: ExecutionLimits | None = None,
+        runtime: Path | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.root = root
+        self.limits = limits or ContainerLimits()
+        self.execution = execution or ExecutionLimits()
+        self.runtime = runtime
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._containers: dict[str, Container] = {}
+        self._expired: set[str] = set()
+        root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o711)  # container users may pass through, not list
+        self._load()
+
+    def create(self, container_id: str | None = None) -> Container:
+        if container_id is not None and not _VALID_ID.fullmatch(container_id):
+            raise ContainerError(
+                "invalid_tool_input", "a container id is 1-64 letters, digits, _ or -"
+            )
+        with self._lock:
+            self._expire()
+            if len(self._containers) >= self.limits.max_containers:
+                raise ContainerError(
+                    "too_many_requests",
+                    f"the limit of {self.limits.max_containers} live containers is reached",
+                )
+            new_id = container_id or "container_" + "".join(
+                secrets.choice(_ID_ALPHABET) for _ in range(24)
+            )
+            uid = self._free_uid()
+            now = self._clock()
+            container = Container(new_id, uid, now, now, self.root / new_id)
+            (container.workspace / OUTPUTS).mkdir(parents=True)
+            self._own(container)
+            self._containers[new_id] = container
+            self._save(container)
+            return container
+
+    def get(self, container_id: str) -> Container:
+        with self._lock:
+            self._expire()
+            container = (
+                self._containers.get(container_id) if _VALID_ID.fullmatch(container_id) else None
+            )
+            if container is None:
+                if container_id in self._expired:
+                    raise ContainerError("container_expired", f"{container_id} has expired")
+                raise ContainerError("unavailable", f"no container {container_id}")
+            return container
+
+    def run(self, container: Container, command: Sequence[str], stdin: bytes = b"") -> ExecResult:
+        """Run a command in the container's workspace, then check its disk use."""
+        container.last_used = self._clock()
+        result = runner.run(
+            command,
+            container.workspace,
+            self.execution,
+            uid=container.uid,
+            runtime=self.runtime,
+            stdin=stdin,
+        )
+        container.last_used = self._clock()
+        self._save(container)
+        used = disk_usage(container.workspace)
+        if used > self.limits.disk_bytes:
+            raise ContainerError(
+                "output_file_too_large",
+                f"the workspace holds {used} bytes, over its quota of {self.limits.disk_bytes}; "
+                "delete files to go on",
+            )
+        return result
+
+    def delete(self, container_id: str) -> None:
+        with self._lock:
+            container = self._containers.pop(container_id, None)
+            if container is not None:
+                shutil.rmtree(container.directory, ignore_errors=True)
+
+    def live(self) -> list[Container]:
+        with self._lock:
+            self._expire()
+            return list(self._containers.values())
+
+    def _expire(self) -> None:
+        now = self._clock()
+        for container in list(self._containers.values()):
+            if container.expires_at(self.limits) <= now:
+                del self._containers[container.id]
+                self._expired.add(container.id)
+                shutil.rmtree(container.directory, ignore_errors=True)
+
+    def _free_uid(self) -> int:
+        taken = {c.uid for c in self._containers.values()}
+        uid = FIRST_UID
+        while uid in taken:
+            uid += 1
+        return uid
+
+    def _own(self, container: Container) -> None:
+        if os.geteuid() != 0:
+            return
+        for path in (container.workspace, container.workspace / OUTPUTS):
+            os.chown(path, container.uid, container.uid)
+        os.chmod(container.workspace, 0o700)
+
+    def _save(self, container: Container) -> None:
+        record = {"uid": container.uid, "created_at": container.created_at}
+        record["last_used"] = container.last_used
+        (container.directory / "container.json").write_text(json.dumps(record))
+
+    def _load(self) -> None:
+        """Containers a previous run left; expired or broken ones are removed."""
+        for directory in self.root.iterdir():
+            try:
+                record = json.loads((directory / "container.json").read_text())
+                container = Container(
+                    directory.name,
+                    int(record["uid"]),
+                    float(record["created_at"]),
+                    float(record["last_used"]),
+                    directory,
+                )
+            except (OSError, ValueError, KeyError, TypeError):
+                shutil.rmtree(directory, ignore_errors=True)
+                continue
+            self._containers[container.id] = container
+        self._expire()
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes of the regular files under `path` (not following links)."""
+    total = 0
+    for directory, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(directory, name)).st_size
+            except OSError:
+                continue
+    return total

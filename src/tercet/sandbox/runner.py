@@ -1,0 +1,226 @@
+"""Running one command inside the sandbox.
+
+The command runs under bubblewrap with every namespace unshared (no network but its own
+loopback, its own PIDs, IPC and hostname), on a root that holds only read-only system
+directories, the Python runtime, a private /tmp and /proc, and the container's workspace at
+/workspace (the only writable place that outlives the execution). When the server runs as
+root, the sandbox runs as the container's own unprivileged user, so process limits apply.
+Limits are rlimits set before bubblewrap starts, plus a wall clock that kills the whole
+process group (and with it the sandbox's PID namespace).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from tercet.sandbox.config import ExecutionLimits
+
+WORKSPACE = "/workspace"
+RUNTIME = "/opt/python"  # where the runtime's virtual environment appears
+# System directories the runtime needs, bound read-only (symlinks such as /bin -> usr/bin are
+# recreated as symlinks).
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc/alternatives", "/etc/ssl")
+TRUNCATED = "\n[output truncated: {} more bytes]\n"
+FIRST_PROBE_UID = 65534  # nobody
+
+
+class SandboxUnavailable(RuntimeError):
+    """bubblewrap is missing or cannot create namespaces here."""
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    stdout: str
+    stderr: str
+    return_code: int
+    timed_out: bool = False
+
+
+def bubblewrap() -> str:
+    found = shutil.which("bwrap")
+    if found is None:
+        raise SandboxUnavailable(
+            "bubblewrap (bwrap) is not installed; ./scripts/setup installs Debian's `bubblewrap`"
+        )
+    return found
+
+
+@functools.cache
+def unavailable_reason() -> str | None:
+    """Why the sandbox cannot run here (no bubblewrap, or no namespaces allowed), or None."""
+    try:
+        probe = run(
+            ["/bin/true"], Path("/tmp"), ExecutionLimits(wall_seconds=20), uid=FIRST_PROBE_UID
+        )
+    except (SandboxUnavailable, OSError) as exc:
+        return str(exc)
+    if probe.return_code != 0:
+        return f"bubblewrap cannot create namespaces here: {probe.stderr.strip()}"
+    return None
+
+
+def run(
+    command: Sequence[str],
+    workspace: Path,
+    limits: ExecutionLimits,
+    *,
+    uid: int | None = None,
+    runtime: Path | None = None,
+    stdin: bytes = b"",
+) -> ExecResult:
+    """Run `command` with `workspace` mounted at /workspace; never raises for what the command
+    does (a timeout is `timed_out`, a signal a negative return code)."""
+    argv = _bwrap_argv(command, workspace, uid, runtime)
+    started = time.monotonic()
+    process = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # one process group, killed as one
+        preexec_fn=lambda: _apply_limits(limits, per_user=uid is not None and os.geteuid() == 0),
+        close_fds=True,
+    )
+    assert process.stdin and process.stdout and process.stderr
+    outputs = [
+        _Capture(process.stdout, limits.output_bytes),
+        _Capture(process.stderr, limits.output_bytes),
+    ]
+    try:
+        process.stdin.write(stdin)
+        process.stdin.close()
+    except BrokenPipeError:
+        pass
+    timed_out = False
+    try:
+        process.wait(timeout=max(limits.wall_seconds - (time.monotonic() - started), 0.1))
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        _kill_group(process.pid)
+        process.wait()
+    stdout, stderr = (capture.text() for capture in outputs)
+    return ExecResult(stdout, stderr, process.returncode, timed_out)
+
+
+def _bwrap_argv(
+    command: Sequence[str], workspace: Path, uid: int | None, runtime: Path | None
+) -> list[str]:
+    as_root = uid is not None and os.geteuid() == 0
+    # As root, bubblewrap sets up the namespaces itself (no user namespace, so that the
+    # command can become the container's user, a real user on the host, with no capabilities);
+    # otherwise it uses an unprivileged user namespace.
+    unshare = (
+        ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+        if as_root
+        else ["--unshare-all"]
+    )
+    argv = [bubblewrap(), *unshare, "--die-with-parent", "--new-session"]
+    for path in SYSTEM_PATHS:
+        if os.path.islink(path):
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.exists(path):
+            argv += _readable_bind(Path(path), Path(path))
+    if runtime is not None:  # at a fixed place, whose parents the sandbox's user may enter
+        argv += _readable_bind(runtime, Path(RUNTIME))
+        base = _base_prefix(runtime)  # the interpreter the environment was made from
+        if base is not None and not any(base.is_relative_to(p) for p in SYSTEM_PATHS):
+            argv += _readable_bind(base, base)
+    path_dirs = [f"{RUNTIME}/bin"] if runtime is not None else []
+    argv += [
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--tmpfs", "/tmp",
+        "--bind", str(workspace), WORKSPACE,
+        "--chdir", WORKSPACE,
+        "--clearenv",
+        "--setenv", "HOME", WORKSPACE,
+        "--setenv", "PATH", ":".join([*path_dirs, "/usr/local/bin", "/usr/bin", "/bin"]),
+        "--setenv", "LANG", "C.UTF-8",
+        "--setenv", "MPLBACKEND", "Agg",
+        "--setenv", "MPLCONFIGDIR", "/tmp",
+        "--",
+    ]  # fmt: skip
+    if as_root:
+        argv += [
+            "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+            "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--",
+        ]  # fmt: skip
+    return [*argv, *command]
+
+
+def _readable_bind(source: Path, target: Path) -> list[str]:
+    """Bind `source` read-only at `target`, creating the parents as directories anyone may
+    enter (bubblewrap would make them private to root)."""
+    parents = [str(p) for p in reversed(target.parents) if str(p) != "/"]
+    return [
+        *(arg for parent in parents for arg in ("--perms", "0755", "--dir", parent)),
+        "--ro-bind", str(source), str(target),
+    ]  # fmt: skip
+
+
+def _base_prefix(environment: Path) -> Path | None:
+    """The installation a virtual environment's Python comes from (`home` in pyvenv.cfg)."""
+    try:
+        for line in (environment / "pyvenv.cfg").read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "home":
+                return Path(value.strip()).parent
+    except OSError:
+        return None
+    return None
+
+
+def _apply_limits(limits: ExecutionLimits, per_user: bool) -> None:
+    """In the child, before bubblewrap starts: limits inherited by everything it runs.
+
+    The process limit counts every process of the user, so it is set only when the sandbox
+    runs as the container's own user (a server started as root); otherwise it would count the
+    operator's own processes too.
+    """
+    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
+    if per_user:
+        resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+class _Capture:
+    """Reads a pipe to its end on a thread, keeping the first `limit` bytes."""
+
+    def __init__(self, pipe: IO[bytes], limit: int) -> None:
+        self._pipe = pipe
+        self._limit = limit
+        self._kept = bytearray()
+        self._dropped = 0
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while chunk := self._pipe.read1(65536):  # type: ignore[attr-defined]
+            room = self._limit - len(self._kept)
+            self._kept += chunk[:room]
+            self._dropped += max(len(chunk) - room, 0)
+
+    def text(self) -> str:
+        self._thread.join(timeout=5)
+        text = self._kept.decode("utf-8", "replace")
+        return text + TRUNCATED.format(self._dropped) if self._dropped else text

@@ -1,0 +1,183 @@
+"""The sandbox on its own: limits, containers, and an escape suite. Each attempt must be
+contained and give a clear result; nothing here sends traffic off the machine."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from tercet.sandbox.config import ContainerLimits, ExecutionLimits
+from tercet.sandbox.containers import ContainerError, ContainerManager
+from tercet.sandbox.runner import unavailable_reason
+from tercet.sandbox.runtime import default_runtime
+
+pytestmark = pytest.mark.skipif(
+    unavailable_reason() is not None, reason=f"no sandbox here: {unavailable_reason()}"
+)
+LIMITS = ExecutionLimits(
+    wall_seconds=10, cpu_seconds=5, memory_bytes=512 * 2**20, processes=32, output_bytes=4096
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def manager(tmp_path: Path, clock: Clock) -> ContainerManager:
+    return ContainerManager(
+        tmp_path / "sandbox",
+        ContainerLimits(disk_bytes=8 * 2**20, idle_seconds=600, max_containers=3),
+        LIMITS,
+        runtime=default_runtime(),
+        clock=clock,
+    )
+
+
+def sh(manager: ContainerManager, script: str, container_id: str | None = None):  # type: ignore[no-untyped-def]
+    container = manager.get(container_id) if container_id else manager.create()
+    return manager.run(container, ["/bin/sh", "-c", script])
+
+
+def test_runs_python_with_the_data_science_set(manager: ContainerManager) -> None:
+    code = (
+        "import numpy, pandas, matplotlib.pyplot as plt\n"
+        "frame = pandas.DataFrame({'x': numpy.arange(4)})\n"
+        "plt.plot(frame.x); plt.savefig('outputs/plot.png')\n"
+        "print(frame.x.sum())\n"
+    )
+    container = manager.create()
+    result = manager.run(container, ["python", "-c", code])
+    assert (result.stdout, result.return_code) == ("6\n", 0), result.stderr
+    assert (container.workspace / "outputs" / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_container_keeps_its_files_until_it_expires(
+    manager: ContainerManager, clock: Clock
+) -> None:
+    container = manager.create()
+    sh(manager, "echo kept > note.txt", container.id)
+    assert sh(manager, "cat note.txt", container.id).stdout == "kept\n"
+    clock.now += 601
+    with pytest.raises(ContainerError) as caught:
+        manager.get(container.id)
+    assert caught.value.code == "container_expired"
+    assert not container.directory.exists()
+
+
+def test_limits_on_containers(manager: ContainerManager) -> None:
+    for _ in range(3):
+        manager.create()
+    with pytest.raises(ContainerError) as caught:
+        manager.create()
+    assert caught.value.code == "too_many_requests"
+    with pytest.raises(ContainerError) as caught:
+        manager.create("../escape")
+    assert caught.value.code == "invalid_tool_input"
+
+
+def test_output_is_truncated_with_a_marker(manager: ContainerManager) -> None:
+    result = sh(manager, "head -c 100000 /dev/zero | tr '\\0' x")
+    assert result.stdout.startswith("x" * 4096)
+    assert "[output truncated: 95904 more bytes]" in result.stdout
+
+
+# --- escapes ------------------------------------------------------------------------------
+
+
+def test_host_files_are_out_of_reach(manager: ContainerManager, tmp_path: Path) -> None:
+    database = tmp_path / "server.sqlite3"
+    sqlite3.connect(database).close()
+    box = manager.create().id
+    for attempt in ("cat /etc/shadow", f"ls {database}", f"ls {tmp_path}", "cat /etc/hostname"):
+        result = sh(manager, attempt, box)
+        assert result.return_code != 0 and "No such file or directory" in result.stderr, attempt
+    # Only what the runtime needs of the host is there, read-only.
+    listing = sh(manager, "ls -a /root /etc", box).stdout.split()
+    assert "shadow" not in listing and "passwd" not in listing
+
+
+def test_another_containers_workspace_is_out_of_reach(manager: ContainerManager) -> None:
+    other = manager.create()
+    sh(manager, "echo secret > mine.txt", other.id)
+    result = sh(manager, f"cat {other.workspace}/mine.txt; ls {manager.root}")
+    assert "secret" not in result.stdout and result.return_code != 0
+
+
+def test_writes_outside_the_workspace_stay_inside(manager: ContainerManager) -> None:
+    result = sh(manager, "touch /usr/evil; echo $?; echo x > /etc/evil && echo wrote")
+    assert "Read-only file system" in result.stderr or "Permission denied" in result.stderr
+    assert not Path("/usr/evil").exists() and not Path("/etc/evil").exists()
+
+
+def test_no_network_but_its_own_loopback(manager: ContainerManager) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    accepted: list[object] = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True).start()
+    code = (
+        "import socket\n"
+        "try:\n"
+        f"    socket.create_connection(('127.0.0.1', {port}), timeout=2); print('connected')\n"
+        "except OSError as e: print('refused', e)\n"
+        "print(sorted(n for _, n in socket.if_nameindex()))\n"
+    )
+    result = manager.run(manager.create(), ["python", "-c", code])
+    listener.close()
+    assert result.stdout.startswith("refused") and "['lo']" in result.stdout
+    assert not accepted
+
+
+def test_a_fork_bomb_is_contained(manager: ContainerManager) -> None:
+    result = sh(manager, "bomb() { bomb | bomb & }; bomb; sleep 2; echo survived")
+    assert result.timed_out or "survived" in result.stdout or result.return_code != 0
+    # The host still forks, and the next execution runs normally.
+    assert sh(manager, "echo fine").stdout == "fine\n"
+
+
+def test_a_memory_bomb_is_contained(manager: ContainerManager) -> None:
+    result = manager.run(manager.create(), ["python", "-c", "x = bytearray(2 * 1024**3)"])
+    assert result.return_code != 0 and "MemoryError" in result.stderr
+
+
+def test_a_busy_loop_is_stopped(manager: ContainerManager) -> None:
+    result = manager.run(manager.create(), ["python", "-c", "while True: pass"])
+    assert result.return_code != 0 or result.timed_out  # CPU limit (SIGXCPU) or wall clock
+
+
+def test_a_sleeper_is_killed_at_the_wall_clock(tmp_path: Path) -> None:
+    quick = ContainerManager(
+        tmp_path / "sandbox", execution=ExecutionLimits(wall_seconds=1), runtime=default_runtime()
+    )
+    result = quick.run(quick.create(), ["/bin/sh", "-c", "sleep 30 & sleep 30"])
+    assert result.timed_out
+
+
+def test_filling_the_disk_is_refused(manager: ContainerManager) -> None:
+    container = manager.create()
+    with pytest.raises(ContainerError) as caught:
+        sh(manager, "head -c 9000000 /dev/zero > big.bin", container.id)
+    assert caught.value.code == "output_file_too_large"
+    assert sh(manager, "rm big.bin && echo freed", container.id).stdout == "freed\n"
+
+
+def test_the_servers_process_cannot_be_signalled(manager: ContainerManager) -> None:
+    result = sh(manager, f"kill -9 {os.getpid()}; echo $?; ps -e 2>/dev/null | wc -l")
+    assert "No such process" in result.stderr
+    assert os.getpid()  # still here
