@@ -5,7 +5,7 @@ loopback, its own PIDs, IPC and hostname), on a root that holds only read-only s
 directories, the Python runtime, a private /tmp and /proc, and the container's workspace at
 /workspace (the only writable place that outlives the execution). When the server runs as
 root, the sandbox runs as the container's own unprivileged user, so process limits apply.
-Limits are rlimits set before bubblewrap starts, plus a wall clock that kills the whole
+Limits are rlimits set (by `prlimit`) before bubblewrap starts, plus a wall clock that kills the whole
 process group (and with it the sandbox's PID namespace).
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -82,7 +81,8 @@ def run(
 ) -> ExecResult:
     """Run `command` with `workspace` mounted at /workspace; never raises for what the command
     does (a timeout is `timed_out`, a signal a negative return code)."""
-    argv = _bwrap_argv(command, workspace, uid, runtime)
+    per_user = uid is not None and os.geteuid() == 0
+    argv = [*_limits_prefix(limits, per_user), *_bwrap_argv(command, workspace, uid, runtime)]
     started = time.monotonic()
     process = subprocess.Popen(
         argv,
@@ -90,7 +90,6 @@ def run(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,  # one process group, killed as one
-        preexec_fn=lambda: _apply_limits(limits, per_user=uid is not None and os.geteuid() == 0),
         close_fds=True,
     )
     assert process.stdin and process.stdout and process.stderr
@@ -183,19 +182,24 @@ def _base_prefix(environment: Path) -> Path | None:
     return None
 
 
-def _apply_limits(limits: ExecutionLimits, per_user: bool) -> None:
-    """In the child, before bubblewrap starts: limits inherited by everything it runs.
+def _limits_prefix(limits: ExecutionLimits, per_user: bool) -> list[str]:
+    """`prlimit` before bubblewrap: limits inherited by everything it runs. (A command rather
+    than a `preexec_fn`, so that Python can start the process without copying itself.)
 
     The process limit counts every process of the user, so it is set only when the sandbox
     runs as the container's own user (a server started as root); otherwise it would count the
     operator's own processes too.
     """
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
+    prefix = [
+        "prlimit",
+        f"--cpu={limits.cpu_seconds}:{limits.cpu_seconds + 1}",
+        f"--as={limits.memory_bytes}",
+        f"--fsize={limits.file_bytes}",
+        "--core=0",
+    ]
     if per_user:
-        resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        prefix.append(f"--nproc={limits.processes}")
+    return [*prefix, "--"]
 
 
 def _kill_group(pid: int) -> None:
