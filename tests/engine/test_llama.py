@@ -132,3 +132,17 @@ def test_parallel_calls_when_the_engine_and_request_allow_them(
     # disable_parallel_tool_use (parallel=False in the policy) still means one call.
     calls, finish = tool_calls(engine, REPEATING, parallel=False)
     assert len(calls) == 1 and finish.reason == "tool_use"
+
+
+def test_tool_inputs_never_hold_raw_control_characters(engine: LlamaCppEngine) -> None:
+    # Greedy, the model writes a newline inside this string: the grammar makes it escape it.
+    schema = {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}
+    tool = CustomToolParam(name="code_execution", description="Run Python", input_schema=schema)
+    conversation = Conversation(
+        system=(), turns=ask("Compute 2+2 in Python and print it.").turns, tools=[tool]
+    )
+    policy = ToolPolicy(schemas={"code_execution": schema}, choice="tool", name="code_execution")
+    events = run(engine, conversation, max_tokens=60, tools=policy)
+    written = "".join(e.partial_json for e in events if isinstance(e, ToolCallDelta))
+    assert written.startswith('{"code": "')
+    assert not any(ord(c) < 0x20 for c in written), written

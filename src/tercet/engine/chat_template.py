@@ -11,6 +11,7 @@ import binascii
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -26,6 +27,7 @@ from tercet.wire.content import (
     MCPToolUseBlockParam,
     PlainTextSource,
     SearchResultBlockParam,
+    ServerToolResultBlockParam,
     ServerToolUseBlockParam,
     TextBlockParam,
     ToolResultBlockParam,
@@ -208,6 +210,8 @@ class ChatTemplate:
             return (
                 f"<tool_response{marker}>\n{result_text(block, self._model_id)}\n</tool_response>"
             )
+        if isinstance(block, ServerToolResultBlockParam) and "code_execution" in block.type:
+            return f"<tool_response>\n{execution_text(block.content)}\n</tool_response>"
         return content_text(block, self._model_id)
 
 
@@ -224,6 +228,28 @@ def content_text(block: ContentBlockParam, model_id: str) -> str:
         return f"[search result: {block.title} ({block.source})]\n{body}"
     # Thinking blocks, server tool results and uploads carry nothing this model reads.
     return ""
+
+
+def execution_text(content: Any) -> str:
+    """A code execution result as the model reads it."""
+    if not isinstance(content, dict):
+        return str(content)
+    kind = str(content.get("type", ""))
+    if kind.endswith("_error"):
+        return f"error: {content.get('error_code')}"
+    if "stdout" in content:
+        parts = [str(content.get("stdout", ""))]
+        if content.get("stderr"):
+            parts.append(f"stderr:\n{content['stderr']}")
+        parts.append(f"return code: {content.get('return_code')}")
+        return "\n".join(p for p in parts if p)
+    if kind.endswith("view_result"):
+        return str(content.get("content", ""))
+    if kind.endswith("create_result"):
+        return "file updated" if content.get("is_file_update") else "file created"
+    if kind.endswith("str_replace_result"):
+        return "\n".join(str(line) for line in content.get("lines", []))
+    return json.dumps(content)
 
 
 def result_text(block: ToolResultBlockParam | MCPToolResultBlockParam, model_id: str) -> str:

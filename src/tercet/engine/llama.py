@@ -29,7 +29,7 @@ from typing import Any
 
 import llama_cpp
 import numpy as np
-from llama_cpp.llama_grammar import LlamaGrammar
+from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
 
 from tercet.cache.plan import CachePlan, CachePoint, plan_cache, prefix_keys
 from tercet.cache.store import CacheStats, PromptCache
@@ -673,9 +673,17 @@ def _names_grammar(tools: ToolPolicy) -> LlamaGrammar:
 def _schema_grammar(schema: str) -> LlamaGrammar:
     """A grammar for JSON matching `schema` (llama.cpp's converter), or any object if it fails."""
     try:
-        return LlamaGrammar.from_json_schema(schema, verbose=False)
+        gbnf = json_schema_to_gbnf(schema)
     except Exception:  # the converter rejects some valid schemas; fall back to any object
-        return LlamaGrammar.from_json_schema('{"type": "object"}', verbose=False)
+        gbnf = json_schema_to_gbnf('{"type": "object"}')
+    # The converter's string characters admit raw control characters (a newline, say), which
+    # JSON forbids inside strings; the model must escape them.
+    gbnf = gbnf.replace(_LOOSE_CHAR, _JSON_CHAR)
+    return LlamaGrammar.from_string(gbnf, verbose=False)
+
+
+_LOOSE_CHAR = 'char ::= [^"\\\\]'
+_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F]'
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,11 @@ exact and fast. It is never evidence that a feature works with a real model.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from tercet.engine.base import (
     Conversation,
@@ -18,19 +21,33 @@ from tercet.engine.base import (
     PreparedPrompt,
     SamplingParams,
     TextChunk,
+    ToolCallDelta,
+    ToolCallStart,
 )
+from tercet.engine.chat_template import execution_text
 from tercet.engine.stops import StopSequenceMatcher
+from tercet.wire.content import ServerToolResultBlockParam
+
+
+@dataclass(frozen=True)
+class ScriptedCall:
+    """A scripted reply that is one tool call."""
+
+    name: str
+    input: dict[str, Any]
 
 
 class ScriptedEngine:
-    """Replies with `replies` in turn (cycling), one word per token, `delay` seconds per token.
+    """Replies with `replies` in turn (cycling), one word per token, `delay` seconds per token;
+    a `ScriptedCall` reply is a tool call.
 
-    `log` records what happened to each generation: "finished" or "cancelled".
+    `log` records what happened to each generation: "finished" or "cancelled"; `prompts` the
+    text of each prompt it was given (tool results included).
     """
 
     def __init__(
         self,
-        replies: Sequence[str] = ("Hello from the script.",),
+        replies: Sequence[str | ScriptedCall] = ("Hello from the script.",),
         *,
         model_id: str = "scripted",
         context_window: int = 4096,
@@ -40,6 +57,7 @@ class ScriptedEngine:
         self._turn = 0
         self.delay = delay
         self.log: list[str] = []
+        self.prompts: list[str] = []
         self._spec = ModelSpec(
             id=model_id,
             display_name="Scripted test engine",
@@ -53,10 +71,9 @@ class ScriptedEngine:
 
     async def prepare(self, conversation: Conversation) -> PreparedPrompt:
         parts = [conversation.system_text or ""]
-        parts += [
-            f"{t.role}: {getattr(b, 'text', '')}" for t in conversation.turns for b in t.blocks
-        ]
+        parts += [f"{t.role}: {_text(b)}" for t in conversation.turns for b in t.blocks]
         text = "\n".join(parts)
+        self.prompts.append(text)
         return PreparedPrompt(tokens=list(range(len(text.split()) + 1)), text=text)
 
     async def generate(
@@ -67,6 +84,12 @@ class ScriptedEngine:
             return
         reply = self._replies[self._turn % len(self._replies)]
         self._turn += 1
+        if isinstance(reply, ScriptedCall):
+            yield ToolCallStart(reply.name)
+            yield ToolCallDelta(json.dumps(reply.input))
+            self.log.append("finished")
+            yield Finish("tool_use", 1)
+            return
         stops = StopSequenceMatcher(params.stop_sequences)
         finished = False
         try:
@@ -97,3 +120,9 @@ class ScriptedEngine:
 
     async def aclose(self) -> None:
         return None
+
+
+def _text(block: object) -> str:
+    if isinstance(block, ServerToolResultBlockParam):
+        return execution_text(block.content)
+    return str(getattr(block, "text", ""))

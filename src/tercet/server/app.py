@@ -24,7 +24,10 @@ from starlette.types import Receive, Scope, Send
 import tercet
 from tercet.engine.base import Engine
 from tercet.files.store import LocalFileStore
+from tercet.sandbox.containers import ContainerManager
+from tercet.sandbox.runtime import default_runtime
 from tercet.server.admission import AdmissionQueue
+from tercet.server.code_execution import CodeExecutor
 from tercet.server.config import ServerConfig
 from tercet.server.conversation import build_conversation
 from tercet.server.errors import install_error_handlers
@@ -79,12 +82,28 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
     authenticate = _authenticator(config)
     api = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
     files = LocalFileStore(config.data_dir / "files")
+    containers = ContainerManager(
+        config.data_dir / "sandbox",
+        config.container_limits,
+        config.execution_limits,
+        runtime=default_runtime(),
+    )
+    code_execution = CodeExecutor(containers, files)
 
     @api.post("/messages", response_model=None)
     async def create_message(request: Request) -> Response:
         body = await _read_body(request, MessageCreateRequest, config.max_body_bytes)
         resolve_file_sources(body, files, request.state.owner)
-        job = await plan(body, registry, lines, signer, _betas(request))
+        job = await plan(
+            body,
+            registry,
+            lines,
+            signer,
+            _betas(request),
+            code_execution=code_execution,
+            owner=request.state.owner,
+            max_tool_iterations=config.max_tool_iterations,
+        )
         if body.stream:
             return EventStreamResponse(job, config.ping_interval)
         try:

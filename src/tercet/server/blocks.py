@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 
 from tercet.engine.base import TextChunk, ThinkingChunk, ToolCallDelta, ToolCallStart
 from tercet.server.signatures import ThinkingSigner
-from tercet.wire.content import TextBlock, ThinkingBlock, ToolUseBlock
+from tercet.wire.content import (
+    ContentBlockParam,
+    ServerToolResultBlock,
+    ServerToolResultBlockParam,
+    ServerToolUseBlock,
+    ServerToolUseBlockParam,
+    TextBlock,
+    TextBlockParam,
+    ThinkingBlock,
+    ToolUseBlock,
+)
 from tercet.wire.events import (
     ContentBlockDeltaEvent,
     ContentBlockStartEvent,
@@ -33,9 +44,17 @@ class BlockWriter:
         thinking: bool,
         omit_thinking: bool,
         tool_use_ids: Callable[[], str],
+        server_tools: frozenset[str] = frozenset(),
+        server_tool_use_ids: Callable[[], str] = lambda: "",
     ) -> None:
         self._signer = signer
         self._tool_use_ids = tool_use_ids
+        self._server_tools = server_tools
+        self._server_tool_use_ids = server_tool_use_ids
+        # What the reply holds so far, as blocks a client would send back (for continuing it
+        # after a server tool ran); thinking is not kept.
+        self.written: list[ContentBlockParam] = []
+        self._input = ""
         self._thinking_due = thinking
         self._omit = omit_thinking
         self._index = -1
@@ -51,8 +70,32 @@ class BlockWriter:
         if isinstance(event, TextChunk):
             return self._text(event.text)
         if isinstance(event, ToolCallStart):
-            return self._tool_use(self._tool_use_ids(), event.name)
+            return self._tool_use(event.name)
         return self._tool_input(event.partial_json)
+
+    def server_call(self) -> ServerToolUseBlockParam | None:
+        """The server tool call the reply ended with, its input complete, if it did."""
+        last = self.written[-1] if self.written else None
+        if not isinstance(last, ServerToolUseBlockParam):
+            return None
+        try:
+            arguments = json.loads(self._input)
+        except ValueError:
+            arguments = None
+        last.input = arguments if isinstance(arguments, dict) else {}
+        return last
+
+    def result(self, block: ServerToolResultBlock) -> Iterator[StreamEvent]:
+        """A server tool's result, as one whole block."""
+        yield from self._close_open()
+        self._index += 1
+        yield ContentBlockStartEvent(index=self._index, content_block=block)
+        yield ContentBlockStopEvent(index=self._index)
+        self.written.append(
+            ServerToolResultBlockParam(
+                type=block.type, tool_use_id=block.tool_use_id, content=block.content
+            )
+        )
 
     def _thinking(self, text: str) -> Iterator[StreamEvent]:
         if self._open != "thinking":
@@ -65,15 +108,32 @@ class BlockWriter:
     def _text(self, text: str) -> Iterator[StreamEvent]:
         if self._open != "text":
             yield from self._start_after_thinking("text", TextBlock(text=""))
+            self.written.append(TextBlockParam(type="text", text=""))
+        last = self.written[-1]
+        assert isinstance(last, TextBlockParam)
+        last.text += text
         yield ContentBlockDeltaEvent(index=self._index, delta=TextDelta(text=text))
 
-    def _tool_use(self, tool_use_id: str, name: str) -> Iterator[StreamEvent]:
-        block = ToolUseBlock(id=tool_use_id, name=name, input={})
+    def _tool_use(self, name: str) -> Iterator[StreamEvent]:
+        self._input = ""
+        block: ToolUseBlock | ServerToolUseBlock
+        if name in self._server_tools:
+            block = ServerToolUseBlock(id=self._server_tool_use_ids(), name=name, input={})
+            self.written.append(
+                ServerToolUseBlockParam(type="server_tool_use", id=block.id, name=name, input={})
+            )
+        else:
+            block = ToolUseBlock(id=self._tool_use_ids(), name=name, input={})
         yield from self._start_after_thinking("tool_use", block)
 
     def _tool_input(self, partial_json: str) -> Iterator[StreamEvent]:
+        self._input += partial_json
         delta = InputJSONDelta(partial_json=partial_json)
         yield ContentBlockDeltaEvent(index=self._index, delta=delta)
+
+    def close(self) -> Iterator[StreamEvent]:
+        """Close the open block (before the server adds one of its own)."""
+        yield from self._close_open()
 
     def finish(self) -> Iterator[StreamEvent]:
         """At the end of the reply: emit a thinking block still due, and close the open block."""
@@ -93,7 +153,7 @@ class BlockWriter:
         self._open = None
 
     def _start_after_thinking(
-        self, kind: str, block: TextBlock | ToolUseBlock
+        self, kind: str, block: TextBlock | ToolUseBlock | ServerToolUseBlock
     ) -> Iterator[StreamEvent]:
         """Open an answer block, first emitting the thinking block if one is still due."""
         yield from self._close_open()

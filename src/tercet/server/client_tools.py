@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tercet.server.code_execution import code_execution_tools
 from tercet.wire.errors import InvalidRequestError
 from tercet.wire.requests import BuiltinToolParam, CustomToolParam, ToolParam
 
@@ -119,14 +120,14 @@ def offered_tools(tools: Sequence[ToolParam] | None) -> list[CustomToolParam]:
             offered.append(tool)
             continue
         kind = CLIENT_TOOL_KINDS.get(tool.type)
-        if kind is None:
+        if kind is None:  # a server tool: offered below, if the server runs it
             continue
         if tool.name is not None and tool.name != kind.name:
             raise InvalidRequestError(
                 f"tools.{index}.name: a `{tool.type}` tool must be named `{kind.name}`"
             )
         offered.append(_as_custom(tool, kind))
-    return offered
+    return offered + code_execution_tools(tools)
 
 
 def _as_custom(tool: BuiltinToolParam, kind: ClientToolKind) -> CustomToolParam:

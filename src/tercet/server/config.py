@@ -9,6 +9,8 @@ from pathlib import Path
 import platformdirs
 from pydantic import BaseModel, Field
 
+from tercet.sandbox.config import ContainerLimits, ExecutionLimits
+
 DATA_DIR_ENV = "TERCET_DATA_DIR"
 API_KEYS_ENV = "TERCET_API_KEYS"
 
@@ -52,6 +54,11 @@ class ServerConfig(BaseModel):
     file_quota_bytes: int = Field(
         default=100 * 1000**3, description="stored file bytes per API key (workspace)"
     )
+    max_tool_iterations: int = Field(
+        default=10, ge=1, description="server tool calls in one response before pause_turn"
+    )
+    container_limits: ContainerLimits = Field(default_factory=ContainerLimits)
+    execution_limits: ExecutionLimits = Field(default_factory=ExecutionLimits)
 
     @property
     def is_loopback(self) -> bool:

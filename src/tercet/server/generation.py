@@ -13,20 +13,27 @@ from collections.abc import AsyncGenerator, Mapping, Set
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 
+import anyio
+
 from tercet.engine.base import (
+    Conversation,
     Engine,
     Finish,
     FinishReason,
     PreparedPrompt,
     SamplingParams,
+    Turn,
 )
+from tercet.sandbox.containers import Container, ContainerError
 from tercet.server.admission import AdmissionQueue, Ticket
 from tercet.server.blocks import BlockWriter
+from tercet.server.code_execution import SERVER_TOOL_NAMES, CodeExecutor, code_execution_tools
 from tercet.server.conversation import build_conversation
 from tercet.server.models import ModelRegistry
 from tercet.server.signatures import ThinkingSigner
 from tercet.server.thinking import check_thinking_blocks, interleaves, thinking_budget
 from tercet.server.tools import tool_policy
+from tercet.wire.content import ContainerUploadBlockParam, ContentBlockParam
 from tercet.wire.errors import InvalidRequestError, PromptTooLongError
 from tercet.wire.events import (
     MessageAccumulator,
@@ -57,6 +64,15 @@ def new_id(prefix: str) -> str:
 
 
 @dataclass
+class ServerToolRuns:
+    """What the server needs to run code execution calls within one request."""
+
+    executor: CodeExecutor
+    owner: str
+    max_iterations: int
+
+
+@dataclass
 class GenerationPlan:
     """A request that passed every check and holds a place in the engine's line."""
 
@@ -66,6 +82,8 @@ class GenerationPlan:
     params: SamplingParams
     ticket: Ticket
     signer: ThinkingSigner
+    conversation: Conversation
+    tool_runs: ServerToolRuns | None = None  # when the request offers code execution
 
     @property
     def omit_thinking(self) -> bool:
@@ -81,6 +99,10 @@ async def plan(
     lines: Mapping[str, AdmissionQueue],
     signer: ThinkingSigner,
     betas: Set[str] = frozenset(),
+    *,
+    code_execution: CodeExecutor | None = None,
+    owner: str = "anonymous",
+    max_tool_iterations: int = 10,
 ) -> GenerationPlan:
     engine = registry.resolve(request.model)
     spec = engine.spec
@@ -125,7 +147,10 @@ async def plan(
         tools=tools,
     )
     ticket = lines[spec.id].join()
-    return GenerationPlan(request, engine, prompt, params, ticket, signer)
+    runs = None
+    if code_execution is not None and code_execution_tools(request.tools):
+        runs = ServerToolRuns(code_execution, owner, max_iterations=max_tool_iterations)
+    return GenerationPlan(request, engine, prompt, params, ticket, signer, conversation, runs)
 
 
 async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None]:
@@ -151,33 +176,70 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
     )
     finish: Finish | None = None
     thinking = job.params.thinking_budget is not None
+    runs = job.tool_runs
     blocks = BlockWriter(
         job.signer,
         thinking=thinking,
         omit_thinking=job.omit_thinking,
         tool_use_ids=lambda: new_id("toolu"),
+        server_tools=SERVER_TOOL_NAMES if runs else frozenset(),
+        server_tool_use_ids=lambda: new_id("srvtoolu"),
     )
+    prompt, params = job.prompt, job.params
+    container: Container | ContainerError | None = None
+    stop_reason: StopReason | None = None
+    output_tokens = thinking_tokens = iterations = 0
     try:
-        async with job.ticket, aclosing(job.engine.generate(job.prompt, job.params)) as events:
-            async for event in events:
-                if isinstance(event, Finish):
-                    finish = event
-                else:
-                    for block_event in blocks.add(event):
-                        yield block_event
+        async with job.ticket:
+            while True:
+                async with aclosing(job.engine.generate(prompt, params)) as events:
+                    async for event in events:
+                        if isinstance(event, Finish):
+                            finish = event
+                        else:
+                            for block_event in blocks.add(event):
+                                yield block_event
+                if finish is None:
+                    raise RuntimeError("the engine ended without saying why")
+                output_tokens += finish.output_tokens
+                thinking_tokens += finish.thinking_tokens
+                call = blocks.server_call() if runs and finish.reason == "tool_use" else None
+                if runs is None or call is None:
+                    break
+                # The model called a server tool: run it, show the result, let the model go on.
+                for block_event in blocks.close():
+                    yield block_event
+                if container is None:
+                    container = await _open_container(runs, job.request)
+                result = await anyio.to_thread.run_sync(
+                    runs.executor.execute, container, call.name, call.id, call.input, runs.owner
+                )
+                for block_event in blocks.result(result):
+                    yield block_event
+                iterations += 1
+                if iterations >= runs.max_iterations:
+                    stop_reason = "pause_turn"  # the client sends the turn back to go on
+                    break
+                if output_tokens >= job.params.max_tokens:
+                    stop_reason = "max_tokens"
+                    break
+                prompt, params = await _continuation(job, blocks.written, output_tokens)
     finally:
         job.ticket.leave()
-    if finish is None:
-        raise RuntimeError("the engine ended without saying why")
+    assert finish is not None
     for block_event in blocks.finish():
         yield block_event
-    details = OutputTokensDetails(thinking_tokens=finish.thinking_tokens) if thinking else None
+    details = OutputTokensDetails(thinking_tokens=thinking_tokens) if thinking else None
     yield MessageDeltaEvent(
         delta=MessageDelta(
-            stop_reason=STOP_REASONS[finish.reason], stop_sequence=finish.stop_sequence
+            stop_reason=stop_reason or STOP_REASONS[finish.reason],
+            stop_sequence=finish.stop_sequence,
+            container=runs.executor.info(container)
+            if runs is not None and isinstance(container, Container)
+            else None,
         ),
         usage=MessageDeltaUsage(
-            output_tokens=finish.output_tokens,
+            output_tokens=output_tokens,
             input_tokens=input_tokens
             if finish.input_tokens is None
             else finish.input_tokens - cache.read - cache.written,
@@ -187,6 +249,46 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
         ),
     )
     yield MessageStopEvent()
+
+
+async def _open_container(
+    runs: ServerToolRuns, request: MessageCreateRequest
+) -> Container | ContainerError:
+    """The request's container, with its `container_upload` files placed in it."""
+    container = await anyio.to_thread.run_sync(runs.executor.container, request.container)
+    if isinstance(container, Container):
+        for message in request.messages:
+            for block in message.content if not isinstance(message.content, str) else ():
+                if isinstance(block, ContainerUploadBlockParam):
+                    await anyio.to_thread.run_sync(
+                        runs.executor.upload, container, block, runs.owner
+                    )
+    return container
+
+
+async def _continuation(
+    job: GenerationPlan, written: list[ContentBlockParam], output_tokens: int
+) -> tuple[PreparedPrompt, SamplingParams]:
+    """The prompt that continues the reply after a server tool's result, and its sampling:
+    the model now chooses freely (a forced choice applied to the first call), without
+    thinking again (it is shown once, first)."""
+    conversation = job.conversation
+    turns = list(conversation.turns)
+    earlier: list[ContentBlockParam] = []
+    if conversation.prefill is not None:
+        earlier = list(turns.pop().blocks)
+    turns.append(Turn("assistant", [*earlier, *written]))
+    prompt = await job.engine.prepare(
+        replace(conversation, turns=turns, thinking=False, breakpoints=())
+    )
+    tools = job.params.tools
+    params = replace(
+        job.params,
+        max_tokens=job.params.max_tokens - output_tokens,
+        thinking_budget=None,
+        tools=replace(tools, choice="auto", name=None) if tools else None,
+    )
+    return prompt, params
 
 
 async def complete(job: GenerationPlan) -> Message:

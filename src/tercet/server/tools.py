@@ -16,8 +16,8 @@ from tercet.wire.requests import (
 def tool_policy(request: MessageCreateRequest, *, thinking: bool) -> ToolPolicy | None:
     """The calls the model may make, or None when it may only answer in text.
 
-    Custom tools and Anthropic-defined client tools (bash, text editor, memory) can be called;
-    server tools are the server's to run and never appear here.
+    Custom tools, Anthropic-defined client tools (bash, text editor, memory) and the code
+    execution tool's sub-tools (which the server runs itself) can be called.
     """
     schemas = {t.name: t.input_schema for t in offered_tools(request.tools)}
     choice = request.tool_choice

@@ -1,0 +1,221 @@
+"""The code execution server tool: the loop, containers, files and errors with a scripted model
+(exact control flow), and the real model calling it through the SDK."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+
+from tercet.engine.scripted import ScriptedCall, ScriptedEngine
+from tercet.sandbox.config import ExecutionLimits
+from tercet.sandbox.runner import unavailable_reason
+from tercet.server.app import create_app
+from tercet.server.config import ServerConfig
+from tercet.server.runner import BackgroundServer
+from tests.conftest import CLAUDE_MODEL
+
+pytestmark = pytest.mark.skipif(
+    unavailable_reason() is not None, reason=f"no sandbox here: {unavailable_reason()}"
+)
+BASH_TOOL = {"type": "code_execution_20250825", "name": "code_execution"}
+PYTHON_TOOL = {"type": "code_execution_20250522", "name": "code_execution"}
+
+
+def bash(command: str) -> ScriptedCall:
+    return ScriptedCall("bash_code_execution", {"command": command})
+
+
+@contextmanager
+def scripted_server(
+    tmp_path: Path, replies: list[str | ScriptedCall], **config: Any
+) -> Iterator[tuple[anthropic.Anthropic, ScriptedEngine]]:
+    engine = ScriptedEngine(replies)
+    settings = ServerConfig(data_dir=tmp_path, api_keys=[], **config)
+    with BackgroundServer(create_app(settings, [engine])) as running:
+        client = anthropic.Anthropic(base_url=running.base_url, api_key="k", max_retries=0)
+        yield client, engine
+
+
+def ask(client: anthropic.Anthropic, text: str = "Go.", **params: Any) -> Any:
+    body: dict[str, Any] = {
+        "model": CLAUDE_MODEL,
+        "max_tokens": 500,
+        "tools": [BASH_TOOL],
+        "messages": [{"role": "user", "content": text}],
+    }
+    return client.messages.create(**(body | params))
+
+
+def test_the_server_runs_the_call_and_the_model_goes_on(tmp_path: Path) -> None:
+    replies: list[str | ScriptedCall] = [bash("echo $((6 * 7))"), "The answer is 42."]
+    with scripted_server(tmp_path, replies) as (client, engine):
+        message = ask(client)
+        assert [b.type for b in message.content] == [
+            "server_tool_use",
+            "bash_code_execution_tool_result",
+            "text",
+        ]
+        call, result, answer = message.content
+        assert call.id.startswith("srvtoolu_") and call.input == {"command": "echo $((6 * 7))"}
+        assert result.tool_use_id == call.id
+        assert result.content.type == "bash_code_execution_result"
+        assert (result.content.stdout, result.content.return_code) == ("42\n", 0)
+        assert answer.text == "The answer is 42." and message.stop_reason == "end_turn"
+        assert "42" in engine.prompts[-1]  # the model read the result
+        assert message.container is not None and message.container.id.startswith("container_")
+
+
+def test_streamed_in_order(tmp_path: Path) -> None:
+    with scripted_server(tmp_path, [bash("echo hi"), "Done."]) as (client, _):
+        with client.messages.stream(
+            model=CLAUDE_MODEL,
+            max_tokens=100,
+            tools=[BASH_TOOL],  # type: ignore[list-item]
+            messages=[{"role": "user", "content": "Go."}],
+        ) as stream:
+            starts = [e.content_block.type for e in stream if e.type == "content_block_start"]
+            final = stream.get_final_message()
+        assert starts == ["server_tool_use", "bash_code_execution_tool_result", "text"]
+        assert final.container is not None
+
+
+def test_containers_keep_files_across_requests(tmp_path: Path) -> None:
+    replies: list[str | ScriptedCall] = [
+        bash("echo saved > note.txt"),
+        "ok",
+        bash("cat note.txt"),
+        "ok",
+    ]
+    with scripted_server(tmp_path, replies) as (client, _):
+        first = ask(client)
+        second = ask(client, container=first.container.id)
+        assert second.container.id == first.container.id
+        assert second.content[1].content.stdout == "saved\n"
+        fresh = ask(client)  # no container named: a new, empty one
+        assert fresh.container.id != first.container.id
+
+
+def test_uploaded_csv_is_read_and_outputs_come_back_as_files(tmp_path: Path) -> None:
+    code = (
+        "import pandas, matplotlib.pyplot as plt\n"
+        "frame = pandas.read_csv('data.csv')\n"
+        "print(frame.value.sum())\n"
+        "frame.plot(); plt.savefig('outputs/plot.png')\n"
+    )
+    replies: list[str | ScriptedCall] = [ScriptedCall("code_execution", {"code": code}), "ok"]
+    with scripted_server(tmp_path, replies) as (client, _):
+        csv = client.beta.files.upload(
+            file=("data.csv", io.BytesIO(b"value\n1\n2\n3\n"), "text/csv")
+        )
+        message = ask(
+            client,
+            tools=[PYTHON_TOOL],
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Sum the values and plot them."},
+                        {"type": "container_upload", "file_id": csv.id},
+                    ],
+                }
+            ],
+        )
+        result = message.content[1]
+        assert result.type == "code_execution_tool_result"
+        assert result.content.stdout == "6\n", result.content.stderr
+        (output,) = result.content.content
+        plot = client.beta.files.retrieve_metadata(output.file_id)
+        assert (plot.filename, plot.mime_type, plot.downloadable) == ("plot.png", "image/png", True)
+        assert client.beta.files.download(output.file_id).read()[:4] == b"\x89PNG"
+
+
+def test_the_text_editor(tmp_path: Path) -> None:
+    editor = "text_editor_code_execution"
+    replies: list[str | ScriptedCall] = [
+        ScriptedCall(editor, {"command": "create", "path": "a.txt", "file_text": "one\ntwo\n"}),
+        ScriptedCall(
+            editor,
+            {
+                "command": "str_replace",
+                "path": "/workspace/a.txt",
+                "old_str": "two",
+                "new_str": "2",
+            },
+        ),
+        ScriptedCall(editor, {"command": "view", "path": "a.txt"}),
+        ScriptedCall(editor, {"command": "view", "path": "../../etc/passwd"}),
+        ScriptedCall(editor, {"command": "view", "path": "missing.txt"}),
+        "done",
+    ]
+    with scripted_server(tmp_path, replies) as (client, _):
+        results = [b.content for b in ask(client).content if b.type.endswith("_result")]
+        assert results[0].type == "text_editor_code_execution_create_result"
+        assert results[1].lines == ["-two", "+2"] and results[1].old_start == 2
+        assert results[2].content == "one\n2\n" and results[2].total_lines == 2
+        assert [r.error_code for r in results[3:]] == ["invalid_tool_input", "file_not_found"]
+
+
+def test_iterations_end_in_pause_turn_and_continue(tmp_path: Path) -> None:
+    replies: list[str | ScriptedCall] = [bash("echo 1"), bash("echo 2"), "finished"]
+    with scripted_server(tmp_path, replies, max_tool_iterations=2) as (client, _):
+        first = ask(client)
+        assert first.stop_reason == "pause_turn"
+        assert [b.type for b in first.content].count("bash_code_execution_tool_result") == 2
+        # Sending the turn back as it is continues it.
+        going_on = ask(
+            client,
+            container=first.container.id,
+            messages=[
+                {"role": "user", "content": "Go."},
+                {"role": "assistant", "content": first.content},
+            ],
+        )
+        assert going_on.stop_reason == "end_turn" and going_on.content[-1].text == "finished"
+
+
+def test_failures_are_result_blocks(tmp_path: Path) -> None:
+    replies: list[str | ScriptedCall] = [bash("sleep 5"), "ok", bash("echo hi"), "ok"]
+    limits = ExecutionLimits(wall_seconds=1)
+    with scripted_server(tmp_path, replies, execution_limits=limits) as (client, _):
+        slow = ask(client)
+        assert slow.content[1].content.type == "bash_code_execution_tool_result_error"
+        assert slow.content[1].content.error_code == "execution_time_exceeded"
+        assert slow.stop_reason == "end_turn"  # the model went on after the error
+        unknown = ask(client, container="container_never_made")
+        assert unknown.content[1].content.error_code == "unavailable"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_real_model_calls_it(client: anthropic.Anthropic, stream: bool) -> None:
+    # Forced, as the 135M model would not choose the tool; its command is its own.
+    params: dict[str, Any] = {
+        "model": CLAUDE_MODEL,
+        "max_tokens": 120,
+        "tools": [BASH_TOOL],
+        "tool_choice": {"type": "tool", "name": "bash_code_execution"},
+        "messages": [{"role": "user", "content": "List the files here."}],
+        "extra_body": {"temperature": 0},
+    }
+    if stream:
+        with client.messages.stream(**params) as events:
+            message = events.get_final_message()
+    else:
+        message = client.messages.create(**params)
+    kinds = [b.type for b in message.content]
+    assert kinds[:2] == ["server_tool_use", "bash_code_execution_tool_result"], kinds
+    call, result = message.content[:2]
+    assert call.name == "bash_code_execution" and isinstance(call.input["command"], str)
+    assert result.tool_use_id == call.id
+    assert result.content.type in (
+        "bash_code_execution_result",
+        "bash_code_execution_tool_result_error",
+    )
+    assert message.container is not None
+    again = client.messages.create(**(params | {"extra_body": {"container": message.container.id}}))
+    assert again.container is not None and again.container.id == message.container.id
