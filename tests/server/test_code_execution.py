@@ -13,7 +13,7 @@ import anthropic
 import pytest
 
 from tercet.engine.scripted import ScriptedCall, ScriptedEngine
-from tercet.sandbox.config import ExecutionLimits
+from tercet.sandbox.config import ContainerLimits, ExecutionLimits
 from tercet.sandbox.runner import unavailable_reason
 from tercet.server.app import create_app
 from tercet.server.config import ServerConfig
@@ -219,3 +219,30 @@ def test_the_real_model_calls_it(client: anthropic.Anthropic, stream: bool) -> N
     assert message.container is not None
     again = client.messages.create(**(params | {"extra_body": {"container": message.container.id}}))
     assert again.container is not None and again.container.id == message.container.id
+
+
+def test_the_server_keeps_serving_while_code_runs(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    replies: list[str | ScriptedCall] = [bash("python3 -c 'while True: pass'"), "ok"]
+    limits = ExecutionLimits(wall_seconds=4)
+    with scripted_server(tmp_path, replies, execution_limits=limits) as (client, _):
+        busy = threading.Thread(target=ask, args=(client,))
+        busy.start()
+        time.sleep(1)  # the loop is running in the sandbox now
+        started = time.monotonic()
+        assert [m.id for m in client.models.list()] == ["scripted"]
+        assert list(client.beta.files.list()) == []
+        assert time.monotonic() - started < 1
+        assert busy.is_alive()
+        busy.join()
+
+
+def test_too_many_containers_is_a_result(tmp_path: Path) -> None:
+    replies: list[str | ScriptedCall] = [bash("true"), "ok"]
+    limits = ContainerLimits(max_containers=1)
+    with scripted_server(tmp_path, replies, container_limits=limits) as (client, _):
+        assert ask(client).content[1].content.type == "bash_code_execution_result"
+        refused = ask(client)  # a second container while the first is alive
+        assert refused.content[1].content.error_code == "too_many_requests"
