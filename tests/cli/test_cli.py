@@ -6,8 +6,11 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import anthropic
+import pytest
 
 from tests.conftest import CLAUDE_MODEL, cli_server
 
@@ -107,3 +110,91 @@ def test_sandbox_exec(tmp_path) -> None:  # type: ignore[no-untyped-def]
     fresh = run_tercet(*base, "--", "sh", "-c", "cat n")  # a new, empty container
     assert fresh.returncode != 0 and "No such file" in fresh.stderr
     assert run_tercet("sandbox", "exec", "--data-dir", str(tmp_path)).returncode == 2
+
+
+def run_files_in(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`tercet files ...` run in `folder`, where downloads land by default."""
+    return subprocess.run(
+        [sys.executable, "-m", "tercet.cli.main", "files", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def downloads(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A server holding downloadable files under the names given; yields its URL and the
+    ids by name."""
+    from tercet.engine.scripted import ScriptedEngine
+    from tercet.files.store import LocalFileStore
+    from tercet.server.app import create_app, owner_of
+    from tercet.server.config import ServerConfig
+    from tercet.server.runner import BackgroundServer
+
+    store = LocalFileStore(tmp_path / "data" / "files")
+    ids = {}
+    for name in ("report.csv", ".bashrc", "../escape.txt", "sub/dir.txt", "..", ""):
+        writer = store.begin()
+        writer.write(f"content of {name!r}".encode())
+        ids[name] = store.commit(owner_of("cli-dl"), writer, name, "text/plain", True).id
+    store.close()
+    config = ServerConfig(data_dir=tmp_path / "data", api_keys=[])
+    with BackgroundServer(create_app(config, [ScriptedEngine(["ok"])])) as running:
+        yield running.base_url, ids
+
+
+def test_files_download_never_overwrites_unless_forced(
+    downloads: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    server, ids = downloads
+    here = tmp_path / "here"
+    here.mkdir()
+    common = ("--base-url", server, "--api-key", "cli-dl")
+    saved = run_files_in(here, *common, "download", ids["report.csv"])
+    assert saved.returncode == 0, saved.stderr
+    assert (here / "report.csv").read_text() == "content of 'report.csv'"
+    (here / "report.csv").write_text("mine")
+    refused = run_files_in(here, *common, "download", ids["report.csv"])
+    assert refused.returncode == 1 and "already exists" in refused.stderr
+    assert "--force" in refused.stderr and "Traceback" not in refused.stderr
+    assert (here / "report.csv").read_text() == "mine"
+    (here / "copy.csv").write_text("mine too")
+    refused = run_files_in(here, *common, "download", ids["report.csv"], "-o", "copy.csv")
+    assert refused.returncode == 1 and (here / "copy.csv").read_text() == "mine too"
+    forced = run_files_in(here, *common, "download", ids["report.csv"], "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert (here / "report.csv").read_text() == "content of 'report.csv'"
+    into = run_files_in(here, *common, "download", ids["report.csv"], "-o", str(tmp_path))
+    assert into.returncode == 0 and (tmp_path / "report.csv").is_file()
+
+
+def test_files_download_saves_unsafe_names_under_the_id(
+    downloads: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    server, ids = downloads
+    here = tmp_path / "deep" / "here"
+    here.mkdir(parents=True)
+    common = ("--base-url", server, "--api-key", "cli-dl")
+    for name in (".bashrc", "../escape.txt", "sub/dir.txt", "..", ""):
+        saved = run_files_in(here, *common, "download", ids[name])
+        assert saved.returncode == 0, saved.stderr
+        assert saved.stdout.strip() == ids[name]
+        assert (here / ids[name]).read_text() == f"content of {name!r}"
+    assert sorted(p.name for p in here.iterdir()) == sorted(
+        ids[n] for n in ids if n != "report.csv"
+    )
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["here"]
+
+
+def test_files_errors_are_messages_not_tracebacks(
+    downloads: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    server, _ = downloads
+    common = ("--base-url", server, "--api-key", "cli-dl")
+    for args in (("download", ""), ("download", "file_missing"), ("delete", "")):
+        result = run_files_in(tmp_path, *common, *args)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert list(tmp_path.glob("file_*")) == []

@@ -18,9 +18,15 @@ import httpx
 import pytest
 
 from tercet.engine.scripted import ScriptedEngine
+from tercet.files import store as store_module
+from tercet.files.store import LocalFileStore, StoredFile
+from tercet.server import files as files_module
 from tercet.server.app import create_app
 from tercet.server.config import ServerConfig
+from tercet.server.files import resolve_file_sources_async
 from tercet.server.runner import BackgroundServer
+from tercet.wire.content import DocumentBlockParam, PlainTextSource
+from tercet.wire.requests import MessageCreateRequest
 from tests.conftest import CLAUDE_MODEL, cli_server_process
 
 NOTE = "The secret word of the lighthouse keeper is marmalade. " * 20
@@ -256,7 +262,6 @@ def test_sigkill_mid_upload_leaves_no_trace(tmp_path: Path) -> None:
 def test_platform_files_can_be_downloaded(tmp_path: Path) -> None:
     # Files the platform creates (code execution outputs, later) are downloadable; one is
     # stored here directly, as the code execution tool will.
-    from tercet.files.store import LocalFileStore
     from tercet.server.app import owner_of
 
     content = b"x,y\n1,2\n" * 1000
@@ -289,3 +294,190 @@ def test_an_image_file_to_a_text_only_model_is_refused(server: str) -> None:
                 }
             ],
         )
+
+
+def commit_bytes(
+    store: LocalFileStore, owner: str, data: bytes, mime: str = "text/plain"
+) -> StoredFile:
+    writer = store.begin()
+    writer.write(data)
+    return store.commit(owner, writer, "f.txt", mime, downloadable=False)
+
+
+def test_a_delete_during_a_commit_of_the_same_content_keeps_the_blob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: the blob was renamed into place outside the lock, before its row existed;
+    # deleting the other file with the same content in between unlinked the blob.
+    store = LocalFileStore(tmp_path / "files")
+    twin = commit_bytes(store, "o", b"the same bytes")
+    fsync_directory = store_module._fsync_directory
+    deleted = threading.Event()
+
+    def delete_twin() -> None:
+        store.delete("o", twin.id)
+        deleted.set()
+
+    def delete_twin_between_rename_and_insert(path: Path) -> None:
+        fsync_directory(path)
+        threading.Thread(target=delete_twin, daemon=True).start()
+        deleted.wait(1)  # the delete waits for the commit now; before, it ran right here
+
+    monkeypatch.setattr(store_module, "_fsync_directory", delete_twin_between_rename_and_insert)
+    kept = commit_bytes(store, "o", b"the same bytes")
+    assert deleted.wait(10)
+    assert [f.id for f in store.list("o", 10, None, None).files] == [kept.id]
+    assert b"".join(store.read(kept)) == b"the same bytes"
+    store.close()
+
+
+def test_concurrent_uploads_cannot_both_fit_the_quota(
+    small_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: the quota was checked before the commit, so two uploads could both pass.
+    commit = LocalFileStore.commit
+
+    def slow_commit(self: LocalFileStore, *args: Any, **kwargs: Any) -> StoredFile:
+        time.sleep(0.5)  # both uploads are past any check made before committing
+        return commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(LocalFileStore, "commit", slow_commit)
+    client = keyed(small_server, "racing")
+    outcomes: list[Any] = []
+
+    def send(fill: bytes) -> None:
+        try:
+            outcomes.append(upload(client, "x.bin", fill * 1000))
+        except anthropic.APIStatusError as exc:
+            outcomes.append(exc)
+
+    senders = [threading.Thread(target=send, args=(fill,)) for fill in (b"a", b"b")]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join()
+    refused = [o for o in outcomes if isinstance(o, anthropic.APIStatusError)]
+    assert len(refused) == 1, outcomes
+    assert refused[0].status_code == 413 and "storage quota of 1500" in refused[0].message
+    assert len(list(client.beta.files.list())) == 1
+
+
+def test_a_malformed_multipart_body_is_a_400(server: str) -> None:
+    # Regression: python-multipart's parse errors were 500s.
+    headers = {"x-api-key": "files-malformed", "content-type": "multipart/form-data; boundary=b"}
+    for body in (b"garbage", b"--b\r\nnot a header\r\n\r\nx\r\n--b--\r\n", b"--bX"):
+        response = httpx.post(f"{server}/v1/files", content=body, headers=headers)
+        assert response.status_code == 400, response.text
+        error = response.json()
+        assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+        assert "not well-formed multipart/form-data" in error["error"]["message"]
+    assert list(keyed(server, "files-malformed").beta.files.list()) == []
+
+
+def a_request(*content: dict[str, Any]) -> MessageCreateRequest:
+    return MessageCreateRequest.model_validate(
+        {
+            "model": CLAUDE_MODEL,
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": [*content, {"type": "text", "text": "?"}]}],
+        }
+    )
+
+
+@pytest.mark.anyio
+async def test_documents_are_read_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalFileStore(tmp_path / "files")
+    stored = commit_bytes(store, "o", NOTE.encode())
+    readers: list[int] = []
+    read = store.read
+
+    def recording_read(file: StoredFile) -> Iterator[bytes]:
+        readers.append(threading.get_ident())
+        return read(file)
+
+    monkeypatch.setattr(store, "read", recording_read)
+    request = a_request({"type": "document", "source": {"type": "file", "file_id": stored.id}})
+    await resolve_file_sources_async(request, store, "o")
+    assert readers and threading.get_ident() not in readers
+    block = request.messages[0].content[0]
+    assert isinstance(block, DocumentBlockParam)
+    assert block.source == PlainTextSource(type="text", media_type="text/plain", data=NOTE)
+    store.close()
+
+
+def count(client: anthropic.Anthropic, messages: list[Any]) -> int:
+    return client.messages.count_tokens(
+        model=CLAUDE_MODEL,
+        messages=messages,
+        tools=[{"name": "read_note", "input_schema": {"type": "object"}}],
+    ).input_tokens
+
+
+def test_documents_a_request_reads_are_bounded(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = keyed(server, "files-bounded")
+    note = upload(client, "note.txt", b"n" * 600)
+    other = upload(client, "other.txt", b"o" * 600)
+    monkeypatch.setattr(files_module, "MAX_DOCUMENT_BYTES", 1000)
+
+    def documents(*ids: str) -> list[Any]:
+        blocks = [{"type": "document", "source": {"type": "file", "file_id": i}} for i in ids]
+        return [{"role": "user", "content": [*blocks, {"type": "text", "text": "?"}]}]
+
+    assert count(client, documents(note.id, note.id)) > 0  # one file, read once
+    with pytest.raises(anthropic.BadRequestError, match="total at most 1000 bytes") as caught:
+        count(client, documents(note.id, other.id))
+    assert "messages.0.content.1.source" in caught.value.message
+    big = upload(client, "big.txt", b"b" * 1001)
+    with pytest.raises(anthropic.BadRequestError, match="total at most 1000 bytes"):
+        count(client, documents(big.id))
+
+
+def test_documents_in_tool_results_read_the_file(server: str) -> None:
+    # Regression: only documents at the top level of a message were resolved.
+    client = keyed(server, "files-tool-results")
+    stored = upload(client, "note.txt", NOTE.encode())
+
+    def answered_with(source: dict[str, Any]) -> list[Any]:
+        return [
+            {"role": "user", "content": "Read the note."},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "tool_use", "id": "toolu_1", "name": "read_note", "input": {}}
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_1",
+                        "content": [{"type": "document", "source": source}],
+                    }
+                ],
+            },
+        ]
+
+    by_file = count(client, answered_with({"type": "file", "file_id": stored.id}))
+    inline = count(
+        client, answered_with({"type": "text", "media_type": "text/plain", "data": NOTE})
+    )
+    assert by_file == inline
+    pdf = base64.b64encode(tiny_pdf("The secret word is marmalade")).decode()
+    as_pdf = count(
+        client, answered_with({"type": "base64", "media_type": "application/pdf", "data": pdf})
+    )
+    as_text = count(
+        client,
+        answered_with(
+            {"type": "text", "media_type": "text/plain", "data": "The secret word is marmalade"}
+        ),
+    )
+    assert as_pdf == as_text
+    with pytest.raises(anthropic.BadRequestError, match="file not found") as caught:
+        count(client, answered_with({"type": "file", "file_id": "file_missing"}))
+    assert "messages.2.content.0.content.0.source" in caught.value.message

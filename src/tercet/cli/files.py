@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+from anthropic.resources.beta.files import Files
 
 
 def register(commands: Any) -> None:
@@ -38,7 +39,13 @@ def register(commands: Any) -> None:
     listing.add_argument("--limit", type=int, default=100, help="at most this many")
     download = actions.add_parser("download", help="save a downloadable file's content")
     download.add_argument("file_id")
-    download.add_argument("-o", "--output", type=Path, help="default: the file's own name")
+    download.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="a file, or a folder to save it in (default: the file's own name, or its id)",
+    )
+    download.add_argument("--force", action="store_true", help="overwrite an existing file")
     delete = actions.add_parser("delete", help="delete files")
     delete.add_argument("file_ids", nargs="+")
     parser.set_defaults(run=run)
@@ -65,19 +72,65 @@ def run(args: argparse.Namespace) -> int:
                     f"{stored.mime_type}\t{stored.filename}\t{mark}".rstrip()
                 )
         elif args.action == "download":
-            # Only the last part of the stored name: it is metadata, never a path to follow.
-            stored_name = Path(files.retrieve_metadata(args.file_id).filename).name
-            safe = stored_name if stored_name not in ("", ".", "..") else args.file_id
-            name = args.output or Path(safe)
-            files.download(args.file_id).write_to_file(name)
-            print(name)
+            return _download(files, args.file_id, args.output, args.force)
         else:
             for file_id in args.file_ids:
                 print(files.delete(file_id).id)
     except anthropic.APIStatusError as exc:
-        print(f"error: {exc.status_code} {exc.message}", file=sys.stderr)
+        print(f"error: {exc.status_code} {_api_message(exc)}", file=sys.stderr)
         return 1
-    except (anthropic.APIConnectionError, OSError) as exc:
+    except (anthropic.AnthropicError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _download(files: Files, file_id: str, output: Path | None, force: bool) -> int:
+    if output is None or output.is_dir():
+        name = _safe_name(files.retrieve_metadata(file_id).filename, file_id)
+        output = name if output is None else output / name
+    if output.exists() and not force:
+        return _refuse_overwrite(output)
+    with files.with_streaming_response.download(file_id) as response:
+        try:
+            # Exclusive unless forced: a file that appeared meanwhile is not overwritten.
+            target = output.open("wb" if force else "xb")
+        except FileExistsError:
+            return _refuse_overwrite(output)
+        with target:
+            try:
+                for chunk in response.iter_bytes():
+                    target.write(chunk)
+            except BaseException:
+                output.unlink(missing_ok=True)  # no half-written file left behind
+                raise
+    print(output)
+    return 0
+
+
+def _api_message(exc: anthropic.APIStatusError) -> str:
+    """The message of an Anthropic error envelope, else the SDK's own text."""
+    body = exc.body
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    return exc.message
+
+
+def _refuse_overwrite(output: Path) -> int:
+    print(f"error: {output} already exists; pass --force to overwrite it", file=sys.stderr)
+    return 1
+
+
+def _safe_name(stored: str, file_id: str) -> Path:
+    """The stored name if it is a plain name in this folder, else the file's id: the name
+    is the uploader's metadata, never a path to follow or a dotfile to replace."""
+    unsafe = (
+        not stored
+        or stored.startswith(".")  # also "." and ".."
+        or "/" in stored
+        or "\\" in stored
+        or (os.altsep is not None and os.altsep in stored)
+        or "\x00" in stored
+    )
+    return Path(file_id if unsafe else stored)

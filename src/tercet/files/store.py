@@ -3,7 +3,10 @@
 A blob is written to a temporary file, fsynced, and renamed to `blobs/<sha256[:2]>/<sha256>`;
 only then is its metadata row inserted. A crash therefore leaves at worst a temporary file or
 an unreferenced blob, never a listed file with partial content; both are collected on start.
-Files belong to an owner (one per API key); another owner sees none of them.
+The rename and the insert happen under the store's lock, as do a delete and its "is the blob
+still referenced?" test, so deleting one file never takes the content of another that is
+being committed with the same bytes. Files belong to an owner (one per API key); another
+owner sees none of them.
 """
 
 from __future__ import annotations
@@ -41,6 +44,14 @@ class FilePage:
     has_more: bool
 
 
+class QuotaExceededError(Exception):
+    """`commit` refused a file: the owner's files would total more than `quota_bytes`."""
+
+    def __init__(self, quota_bytes: int) -> None:
+        super().__init__(f"the files would total more than the quota of {quota_bytes} bytes")
+        self.quota_bytes = quota_bytes
+
+
 class BlobWriter:
     """An upload in progress: bytes go straight to a temporary file, hashed on the way."""
 
@@ -74,8 +85,17 @@ class FileStore(Protocol):
     def begin(self) -> BlobWriter: ...
 
     def commit(
-        self, owner: str, writer: BlobWriter, filename: str, mime_type: str, downloadable: bool
-    ) -> StoredFile: ...
+        self,
+        owner: str,
+        writer: BlobWriter,
+        filename: str,
+        mime_type: str,
+        downloadable: bool,
+        quota_bytes: int | None = None,
+    ) -> StoredFile:
+        """Store the written content as a file; the writer is used up either way. Raises
+        `QuotaExceededError` if the owner's files would then total more than `quota_bytes`."""
+        ...
 
     def get(self, owner: str, file_id: str) -> StoredFile | None: ...
 
@@ -115,13 +135,21 @@ class LocalFileStore:
         return BlobWriter(self._staging / f"{secrets.token_hex(16)}.part")
 
     def commit(
-        self, owner: str, writer: BlobWriter, filename: str, mime_type: str, downloadable: bool
+        self,
+        owner: str,
+        writer: BlobWriter,
+        filename: str,
+        mime_type: str,
+        downloadable: bool,
+        quota_bytes: int | None = None,
     ) -> StoredFile:
-        digest = writer.finish()
-        blob = self._blob_path(digest)
-        blob.parent.mkdir(exist_ok=True)
-        writer.path.replace(blob)  # the same content twice is one blob
-        _fsync_directory(blob.parent)
+        """Store the written content as a file; the writer is used up either way. Raises
+        `QuotaExceededError` if the owner's files would then total more than `quota_bytes`."""
+        try:
+            digest = writer.finish()  # the slow fsync, outside the lock
+        except BaseException:
+            writer.discard()
+            raise
         stored = StoredFile(
             id="file_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(24)),
             owner=owner,
@@ -132,7 +160,19 @@ class LocalFileStore:
             downloadable=downloadable,
             sha256=digest,
         )
+        blob = self._blob_path(digest)
         with self._lock:
+            # Checked here, under the lock, so two uploads cannot both fit the same room.
+            if quota_bytes is not None and self._usage(owner) + writer.size > quota_bytes:
+                writer.discard()
+                raise QuotaExceededError(quota_bytes)
+            try:
+                blob.parent.mkdir(exist_ok=True)
+                writer.path.replace(blob)  # the same content twice is one blob
+                _fsync_directory(blob.parent)
+            except BaseException:
+                writer.discard()
+                raise
             self._db.execute(
                 "INSERT INTO files (id, owner, filename, mime_type, size_bytes, created_at,"
                 " downloadable, sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -199,13 +239,16 @@ class LocalFileStore:
 
     def usage(self, owner: str) -> int:
         with self._lock:
-            row = self._db.execute(
-                "SELECT COALESCE(SUM(size_bytes), 0) FROM files WHERE owner = ?", (owner,)
-            ).fetchone()
-        return int(row[0])
+            return self._usage(owner)
 
     def close(self) -> None:
         self._db.close()
+
+    def _usage(self, owner: str) -> int:
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(size_bytes), 0) FROM files WHERE owner = ?", (owner,)
+        ).fetchone()
+        return int(row[0])
 
     def _blob_path(self, digest: str) -> Path:
         return self._blobs / digest[:2] / digest

@@ -1,22 +1,24 @@
 """The Files API routes, and `file` sources in messages resolved to what the model reads.
 
 Uploads are parsed as they arrive (python-multipart's streaming parser) and written straight
-to the store's staging file, so a 500 MB upload never sits in memory.
+to the store's staging file, so a 500 MB upload never sits in memory. Documents a request
+refers to are read and converted on a worker thread, up to `MAX_DOCUMENT_BYTES` per request.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from tercet.files.documents import pdf_text
-from tercet.files.store import BlobWriter, FileStore, StoredFile
+from tercet.files.store import BlobWriter, FileStore, QuotaExceededError, StoredFile
 from tercet.server.config import ServerConfig
 from tercet.wire.content import (
     Base64DocumentSource,
@@ -24,6 +26,7 @@ from tercet.wire.content import (
     FileSource,
     ImageBlockParam,
     PlainTextSource,
+    ToolResultBlockParam,
 )
 from tercet.wire.errors import InvalidRequestError, NotFoundError, RequestTooLargeError
 from tercet.wire.files import DeletedFile, FileList, FileMetadata
@@ -32,6 +35,9 @@ from tercet.wire.requests import PromptParams
 MAX_FILENAME = 500
 MAX_MIME_TYPE = 255
 MAX_LISTED_IDS = 100
+# What one request's documents may total, read from the store or sent inline: Anthropic's
+# own request limit, and more text than any context window holds.
+MAX_DOCUMENT_BYTES = 32 * 1024 * 1024
 
 
 def files_router(
@@ -55,14 +61,17 @@ def files_router(
                     pending.clear()
             await anyio.to_thread.run_sync(upload.feed, bytes(pending))
             writer, filename, mime_type = upload.finished()
-            if store.usage(owner) + writer.size > config.file_quota_bytes:
+            try:
+                stored = await anyio.to_thread.run_sync(
+                    lambda: store.commit(
+                        owner, writer, filename, mime_type, False, config.file_quota_bytes
+                    )
+                )
+            except QuotaExceededError as exc:
                 raise RequestTooLargeError(
                     f"storing this file would exceed the storage quota of "
-                    f"{config.file_quota_bytes} bytes for this API key; delete files first"
-                )
-            stored = await anyio.to_thread.run_sync(
-                lambda: store.commit(owner, writer, filename, mime_type, False)
-            )
+                    f"{exc.quota_bytes} bytes for this API key; delete files first"
+                ) from exc
         finally:
             upload.discard()  # a no-op once committed
         return metadata(stored)
@@ -151,30 +160,81 @@ def metadata(stored: StoredFile) -> FileMetadata:
 
 def resolve_file_sources(request: PromptParams, store: FileStore, owner: str) -> None:
     """Replace `file` sources in documents with the text the model reads (in place), and
-    PDFs sent inline with their text. Images keep their source: text-only models refuse them."""
+    PDFs sent inline with their text, in messages and in their tool results. Images keep
+    their source: text-only models refuse them. Reads blobs: call it off the event loop
+    (`resolve_file_sources_async`)."""
+    budget = _DocumentBudget(MAX_DOCUMENT_BYTES)
+    texts: dict[str, PlainTextSource] = {}  # a file referred to twice is read once
+    for where, block in _source_blocks(request):
+        source = block.source
+        if isinstance(source, FileSource):
+            stored = store.get(owner, source.file_id)
+            if stored is None:
+                raise InvalidRequestError(f"{where}: file not found: {source.file_id}")
+            if isinstance(block, DocumentBlockParam):
+                if source.file_id not in texts:
+                    data = _read(store, stored, budget, where)
+                    texts[source.file_id] = _document_text(data, stored.mime_type, where)
+                block.source = texts[source.file_id]
+        elif isinstance(source, Base64DocumentSource) and source.media_type == "application/pdf":
+            try:
+                data = base64.b64decode(source.data, validate=True)
+            except ValueError as exc:
+                raise InvalidRequestError(f"{where}.data: not valid base64") from exc
+            budget.spend(len(data), where)
+            block.source = _document_text(data, source.media_type, where)
+
+
+async def resolve_file_sources_async(request: PromptParams, store: FileStore, owner: str) -> None:
+    """`resolve_file_sources` on a worker thread, so reading and parsing documents never
+    holds up the event loop."""
+    await anyio.to_thread.run_sync(resolve_file_sources, request, store, owner)
+
+
+def _source_blocks(
+    request: PromptParams,
+) -> Iterator[tuple[str, DocumentBlockParam | ImageBlockParam]]:
+    """Every document and image block, with where it is, including those in tool results."""
     for index, message in enumerate(request.messages):
         if isinstance(message.content, str):
             continue
         for position, block in enumerate(message.content):
-            if not isinstance(block, DocumentBlockParam | ImageBlockParam):
-                continue
-            where = f"messages.{index}.content.{position}.source"
-            source = block.source
-            if isinstance(source, FileSource):
-                stored = store.get(owner, source.file_id)
-                if stored is None:
-                    raise InvalidRequestError(f"{where}: file not found: {source.file_id}")
-                if isinstance(block, DocumentBlockParam):
-                    data = b"".join(store.read(stored))
-                    block.source = _document_text(data, stored.mime_type, where)
-            elif (
-                isinstance(source, Base64DocumentSource) and source.media_type == "application/pdf"
-            ):
-                try:
-                    data = base64.b64decode(source.data, validate=True)
-                except ValueError as exc:
-                    raise InvalidRequestError(f"{where}.data: not valid base64") from exc
-                block.source = _document_text(data, source.media_type, where)
+            where = f"messages.{index}.content.{position}"
+            if isinstance(block, DocumentBlockParam | ImageBlockParam):
+                yield f"{where}.source", block
+            elif isinstance(block, ToolResultBlockParam) and not isinstance(block.content, str):
+                for inner, part in enumerate(block.content):
+                    if isinstance(part, DocumentBlockParam | ImageBlockParam):
+                        yield f"{where}.content.{inner}.source", part
+
+
+class _DocumentBudget:
+    """How many bytes of documents one request may still read."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def spend(self, size: int, where: str) -> None:
+        if size > self.left:
+            raise InvalidRequestError(
+                f"{where}: the documents of one request may total at most {self.limit} bytes;"
+                f" this one ({size} bytes) goes beyond that"
+            )
+        self.left -= size
+
+
+def _read(store: FileStore, stored: StoredFile, budget: _DocumentBudget, where: str) -> bytes:
+    budget.spend(stored.size_bytes, where)
+    data = bytearray()
+    try:
+        for chunk in store.read(stored):
+            data += chunk
+            if len(data) > stored.size_bytes:  # never read past what the budget paid for
+                raise InvalidRequestError(f"{where}: the file changed while it was read")
+    except FileNotFoundError as exc:  # deleted since it was looked up
+        raise InvalidRequestError(f"{where}: file not found: {stored.id}") from exc
+    return bytes(data)
 
 
 def _document_text(data: bytes, mime_type: str, where: str) -> PlainTextSource:
@@ -211,6 +271,13 @@ def _too_large(config: ServerConfig) -> RequestTooLargeError:
     )
 
 
+def _malformed(exc: MultipartParseError) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"the upload is not well-formed multipart/form-data ({exc}); send the file as a"
+        " `file` part of a multipart/form-data body"
+    )
+
+
 class _Upload:
     """One multipart upload, fed chunk by chunk; the part named `file` goes to the store."""
 
@@ -242,12 +309,18 @@ class _Upload:
         self._done = False
 
     def feed(self, chunk: bytes) -> None:
-        self._parser.write(chunk)
+        try:
+            self._parser.write(chunk)
+        except MultipartParseError as exc:
+            raise _malformed(exc) from exc
         if self._error is not None:
             raise self._error
 
     def finished(self) -> tuple[BlobWriter, str, str]:
-        self._parser.finalize()
+        try:
+            self._parser.finalize()
+        except MultipartParseError as exc:
+            raise _malformed(exc) from exc
         if self._writer is None or self._writing or not self._done:
             raise InvalidRequestError("the upload has no complete `file` part")
         if self._writer.size == 0:
