@@ -31,7 +31,7 @@ from tercet.server.code_execution import CodeExecutor
 from tercet.server.config import ServerConfig
 from tercet.server.conversation import build_conversation
 from tercet.server.errors import install_error_handlers
-from tercet.server.files import files_router, resolve_file_sources
+from tercet.server.files import files_router, resolve_file_sources_async
 from tercet.server.generation import GenerationPlan, complete, plan, stream_events
 from tercet.server.models import ModelRegistry
 from tercet.server.signatures import ThinkingSigner
@@ -93,7 +93,7 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
     @api.post("/messages", response_model=None)
     async def create_message(request: Request) -> Response:
         body = await _read_body(request, MessageCreateRequest, config.max_body_bytes)
-        resolve_file_sources(body, files, request.state.owner)
+        await resolve_file_sources_async(body, files, request.state.owner)
         job = await plan(
             body,
             registry,
@@ -117,7 +117,7 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
     @api.post("/messages/count_tokens")
     async def count_tokens(request: Request) -> MessageTokensCount:
         body = await _read_body(request, CountTokensRequest, config.max_body_bytes)
-        resolve_file_sources(body, files, request.state.owner)
+        await resolve_file_sources_async(body, files, request.state.owner)
         engine = registry.resolve(body.model)
         thinking = thinks(body, _betas(request), adaptive_model=engine.spec.adaptive_thinking)
         # Without breakpoints: counting reads nothing from the cache and refreshes nothing.

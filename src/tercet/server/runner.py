@@ -14,7 +14,9 @@ from fastapi import FastAPI
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket; port 0 picks a free one (read it back with `getsockname`)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: uvicorn sets TCP_NODELAY only on sockets that say so, and
+    # without it back-to-back small responses wait on delayed ACKs (~40 ms each).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)

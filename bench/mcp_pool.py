@@ -7,29 +7,22 @@ health check, timeout scope, result conversion). Prints p50 and p95 of each and 
 and what opening a connection costs (connect, handshake and tool list, on a fresh pool).
 Target: a pooled call within 1.2x the floor.
 
-    .venv/bin/python bench/mcp.py [--calls 200]
+    .venv/bin/python bench/mcp_pool.py [--calls 200]
 """
 
 from __future__ import annotations
 
+import argparse
+import socket
+import statistics
+import subprocess
 import sys
-from pathlib import Path
+import time
 
-# This file shares its name with the MCP SDK: run as a script, its folder comes first on
-# sys.path and `import mcp` would import this file. Take the folder off before any import.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _HERE]
+import anyio
+from mcp.client import Client
 
-import argparse  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-
-import anyio  # noqa: E402
-from mcp.client import Client  # noqa: E402
-
-from tercet.mcp import McpPool  # noqa: E402
+from tercet.mcp import McpPool
 
 TEXT = "the quick brown fox jumps over the lazy dog"
 
