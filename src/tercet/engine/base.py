@@ -51,6 +51,8 @@ class Conversation:
     tools: Sequence[CustomToolParam] = ()  # every tool the model may call, with its schema
     thinking: bool = False  # the reply starts with a thinking phase
     breakpoints: Sequence[Breakpoint] = ()  # in prompt order
+    # Who may read the prefixes this prompt caches: requests in other scopes never share them.
+    cache_scope: str = ""
 
     @property
     def prefill(self) -> Turn | None:

@@ -29,8 +29,10 @@ from tercet.wire.requests import MessageParam, PromptParams
 ATTRIBUTION_PREFIX = "x-anthropic-billing-header:"
 
 
-def build_conversation(request: PromptParams) -> Conversation:
-    """Check the message rules and merge same-role neighbours; raises `InvalidRequestError`."""
+def build_conversation(request: PromptParams, *, cache_scope: str = "") -> Conversation:
+    """Check the message rules and merge same-role neighbours; raises `InvalidRequestError`.
+
+    `cache_scope` is who the request is from: cached prefixes are shared only within it."""
     if not request.messages:
         raise InvalidRequestError("messages: at least one message is required")
     turns: list[Turn] = []
@@ -54,7 +56,10 @@ def build_conversation(request: PromptParams) -> Conversation:
             "messages: final assistant content cannot end with trailing whitespace"
         )
     conversation = Conversation(
-        system=_system_blocks(request), turns=turns, tools=offered_tools(request.tools)
+        system=_system_blocks(request),
+        turns=turns,
+        tools=offered_tools(request.tools),
+        cache_scope=cache_scope,
     )
     return replace(conversation, breakpoints=find_breakpoints(conversation, request.cache_control))
 

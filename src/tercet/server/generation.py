@@ -119,7 +119,7 @@ async def plan(
     budget = thinking_budget(request, betas, adaptive_model=spec.adaptive_thinking)
     tools = tool_policy(request, thinking=budget is not None)
     check_thinking_blocks(request, signer)
-    conversation = build_conversation(request)
+    conversation = build_conversation(request, cache_scope=owner)
     if budget is not None:
         prefill = conversation.prefill
         if prefill is not None and any(b.type == "text" for b in prefill.blocks):
