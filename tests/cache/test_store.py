@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import pytest
+
+from tercet.cache import store as store_module
 from tercet.cache.config import CacheConfig
 from tercet.cache.store import PromptCache
 
@@ -64,6 +68,7 @@ def test_entries_expire_and_hits_extend_them(tmp_path: Path) -> None:
     assert cache.contains("long")
     clock.now += 3600
     assert not cache.contains("long")
+    cache.flush()  # a lookup only queues the removal
     assert list(tmp_path.iterdir()) == []  # the 1-hour entry's files went with it
 
 
@@ -134,3 +139,58 @@ def test_an_alias_keeps_its_source_alive(tmp_path: Path) -> None:
     cache.put_live("orphan", 5, "5m")
     cache.alias("orphan", "missing")
     assert not cache.contains("orphan")
+
+
+def test_lookups_do_not_wait_for_the_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = store(tmp_path, Clock(), ram=50)
+    cache.put("a", 10, data(40, 1), "5m")
+    writing, release = threading.Event(), threading.Event()
+    original = store_module._write_atomic
+
+    def slow_write(path: Path, payload: bytes | bytearray) -> None:
+        writing.set()
+        release.wait(5)
+        original(path, payload)
+
+    monkeypatch.setattr(store_module, "_write_atomic", slow_write)
+    putter = threading.Thread(target=cache.put, args=("b", 10, data(40, 2), "5m"))
+    putter.start()  # over the RAM budget: "a" goes to disk, slowly
+    assert writing.wait(5)
+    # Meanwhile lookups answer, and "a" is served from memory until its file is whole.
+    assert cache.contains("b") and cache.tokens("a") == 10
+    assert cache.get("a") == (data(40, 1), 10)
+    assert cache.stats().disk_entries == 1
+    assert putter.is_alive()  # put itself returns once its files are written
+    release.set()
+    putter.join(5)
+    assert (tmp_path / "a.kv").read_bytes() == data(40, 1)
+    assert cache.get("a") == (data(40, 1), 10)
+
+
+def test_a_refresh_for_an_hour_survives_a_restart(tmp_path: Path) -> None:
+    clock = Clock()
+    cache = store(tmp_path, clock)
+    cache.put("minutes", 10, data(8, 3), "5m")  # fits in RAM: not on disk
+    cache.put("source", 20, data(8, 4), "1h")
+    cache.put_live("alias", 10, "5m")
+    cache.alias("alias", "source")
+    clock.now += 240
+    cache.refresh("minutes", "1h")  # a hit by a 1-hour breakpoint: kept as one is
+    clock.now += 1800
+    cache.refresh("alias", "1h")  # the state that serves it lives as long, on disk too
+    cache.flush()
+    clock.now += 1660  # past the source's first hour, within the refreshed ones
+    reopened = store(tmp_path, clock)
+    assert reopened.get("minutes") == (data(8, 3), 10)
+    assert reopened.get("source") == (data(8, 4), 20)
+
+
+def test_a_second_put_rewrites_the_entry_on_disk(tmp_path: Path) -> None:
+    clock = Clock()
+    cache = store(tmp_path, clock, ram=50)
+    cache.put("a", 10, data(40, 1), "5m")
+    cache.put("b", 10, data(40, 2), "5m")  # "a" goes to disk, to expire in five minutes
+    clock.now += 200
+    cache.put("a", 10, data(40, 1), "5m")  # saved again: five more minutes, on disk too
+    clock.now += 200
+    assert store(tmp_path, clock).get("a") == (data(40, 1), 10)
