@@ -44,11 +44,18 @@ class CachePlan:
     restorable: tuple[CachePoint, ...]
 
 
-def prefix_keys(fingerprint: str, tokens: Sequence[int], lengths: Sequence[int]) -> list[str]:
+def prefix_keys(
+    fingerprint: str, scope: str, tokens: Sequence[int], lengths: Sequence[int]
+) -> list[str]:
     """The cache key of each prefix `tokens[:n]` for n in `lengths` (ascending): a hash of the
-    model's fingerprint and the tokens, computed in one pass."""
+    model's fingerprint, the cache scope and the tokens, computed in one pass.
+
+    The scope (the request's owner) keeps owners apart: a hit would tell one owner, by its
+    billing and its speed, that another sent the same prefix."""
     data = np.asarray(tokens, dtype=np.int32).tobytes()
-    hasher = hashlib.sha256(fingerprint.encode())
+    scoped = scope.encode()
+    # Length-prefixed, so that no scope's bytes can run on into the tokens of another's key.
+    hasher = hashlib.sha256(fingerprint.encode() + len(scoped).to_bytes(8, "big") + scoped)
     keys: list[str] = []
     done = 0
     for length in lengths:

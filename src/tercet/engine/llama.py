@@ -18,6 +18,7 @@ import ctypes
 import functools
 import hashlib
 import json
+import logging
 import os
 import random
 import threading
@@ -55,6 +56,8 @@ from tercet.engine.stops import StopSequenceMatcher
 DEFAULT_CONTEXT_WINDOW = 16384
 # A small model may repeat a call forever; Claude rarely makes more than a handful at once.
 MAX_CALLS_PER_REPLY = 8
+
+log = logging.getLogger(__name__)
 
 
 class _Cancelled(Exception):
@@ -121,12 +124,22 @@ class LlamaCppEngine:
             **rope,
         )
         self._batch_size = batch_size
+        if cache is not None and _memory_is_recurrent(self._llama.model):
+            # Its memory is a running state, not one entry per token: it cannot be cut back to
+            # a prefix, so no snapshot could hold exactly one (llama_memory_seq_rm refuses).
+            log.warning(
+                "prompt caching is off for %s: its memory is recurrent or hybrid, and cannot "
+                "be cut back to a cached prefix",
+                model_path.name,
+            )
+            cache = None
         self.cache = cache
         # Cached state is only valid for the same weights, context size and RoPE settings.
         self._fingerprint = _fingerprint(model_path, context_window, rope)
         self._piece_bytes: dict[int, int] = {}
         self._prefilled = 0  # how much of the context the last prefill evaluated
         self._live: dict[str, int] = {}  # live prompt-cache entries in the context: key -> tokens
+        self._scope = ""  # the cache scope of the prompt the context holds
         # Whether the model may follow one tool call with another. Off by default: the tool
         # format is ours, not one the model was trained on, and the bundled 135M model always
         # "chooses" another call, repeating itself until max_tokens.
@@ -174,9 +187,10 @@ class LlamaCppEngine:
     def prepare_sync(self, conversation: Conversation) -> PreparedPrompt:
         text, ends = self._template.render_with_boundaries(conversation)
         tokens = self.tokenize(text)
-        points = self._cache_points(tokens, text, ends) if ends is not None else None
+        scope = conversation.cache_scope
+        points = self._cache_points(tokens, text, ends, scope) if ends is not None else None
         if points is None:  # blocks cannot be located: one segment, nothing billed as cached
-            return PreparedPrompt(tokens=tokens, text=text, payload=_Layout((), None))
+            return PreparedPrompt(tokens=tokens, text=text, payload=_Layout((), None, scope))
         plan = None
         if self.cache is not None:
             min_tokens = self.cache.config.min_tokens
@@ -184,11 +198,11 @@ class LlamaCppEngine:
         segments = tuple(sorted({p.tokens for p in points if 0 < p.tokens < len(tokens)}))
         usage = plan.usage if plan else CacheUsage()
         return PreparedPrompt(
-            tokens=tokens, text=text, cache=usage, payload=_Layout(segments, plan)
+            tokens=tokens, text=text, cache=usage, payload=_Layout(segments, plan, scope)
         )
 
     def _cache_points(
-        self, tokens: Sequence[int], text: str, ends: Sequence[int]
+        self, tokens: Sequence[int], text: str, ends: Sequence[int], scope: str
     ) -> list[CachePoint] | None:
         """Each block's end as a prefix of `tokens`: the tokens that lie wholly before it.
 
@@ -207,7 +221,7 @@ class LlamaCppEngine:
         if not len(token_ends) or int(token_ends[-1]) != total:
             return None
         lengths = [int(n) for n in np.searchsorted(token_ends, encoded_ends, side="right")]
-        keys = prefix_keys(self._fingerprint, tokens, sorted(set(lengths)))
+        keys = prefix_keys(self._fingerprint, scope, tokens, sorted(set(lengths)))
         by_length = dict(zip(sorted(set(lengths)), keys, strict=True))
         return [CachePoint(n, by_length[n]) for n in lengths]
 
@@ -462,6 +476,8 @@ class LlamaCppEngine:
         tokens = prompt.tokens
         layout = prompt.payload if isinstance(prompt.payload, _Layout) else _Layout((), None)
         usable = min(llm.n_tokens, len(tokens) - 1, self._prefilled)
+        if layout.scope != self._scope:  # reusing another owner's prefix would show, by speed,
+            usable = 0  # what that owner sent, as a cache hit would
         differs = np.nonzero(llm.input_ids[:usable] != np.asarray(tokens[:usable]))[0]
         start = int(differs[0]) if differs.size else usable
         if layout.segments:
@@ -480,7 +496,8 @@ class LlamaCppEngine:
             # A snapshot must hold exactly its prefix: start again where the first one ends.
             start = min([start, *saves])
         self._capture_live(keep=start)
-        llm.n_tokens = start  # eval() drops every cached position from here on
+        start = self._truncate(start)
+        self._scope = layout.scope
         self._register_live([w for n, ws in lives.items() if n <= start for w in ws])
         ends = sorted({*(b for b in layout.segments if b > start), *saves, *lives, len(tokens)})
         for end in ends:
@@ -510,9 +527,26 @@ class LlamaCppEngine:
             self._capture_live(keep=live)
             if self._load_state(*found, tokens[: point.tokens]):
                 return point.tokens
-            self._forget_live()  # the context is empty now
-            return 0
+            # A state that failed to load would fail again: drop it, so that no later prompt
+            # is billed a read of it, and go on with the shorter points. The context is empty.
+            self.cache.discard(point.key)
+            self._forget_live()
+            live = 0
         return live
+
+    def _truncate(self, keep: int) -> int:
+        """Cut the context back to its first `keep` tokens; returns how many it holds then.
+
+        A recurrent or hybrid model's memory cannot drop part of a sequence: it is cleared and
+        the prompt prefilled again from the start.
+        """
+        memory = llama_cpp.llama_get_memory(self._llama.ctx)
+        if not llama_cpp.llama_memory_seq_rm(memory, 0, keep, -1):
+            llama_cpp.llama_memory_seq_rm(memory, 0, -1, -1)  # a whole sequence always goes
+            self._forget_live()
+            keep = 0
+        self._llama.n_tokens = keep  # eval() drops every cached position from here on
+        return keep
 
     def _load_state(self, data: bytearray, held: int, prefix: Sequence[int]) -> bool:
         """Load a snapshot of `held` tokens and keep its first `len(prefix)`."""
@@ -525,16 +559,20 @@ class LlamaCppEngine:
         if not loaded:
             llm.n_tokens = 0
             return False
-        if held > len(prefix):
-            llama_cpp.llama_memory_seq_rm(memory, 0, len(prefix), -1)
+        if held > len(prefix) and not llama_cpp.llama_memory_seq_rm(memory, 0, len(prefix), -1):
+            llama_cpp.llama_memory_seq_rm(memory, 0, -1, -1)  # the longer state cannot be cut
+            llm.n_tokens = 0
+            return False
         llm.input_ids[: len(prefix)] = prefix
         llm.n_tokens = len(prefix)
         return True
 
     def _snapshot(self, tokens: int) -> bytearray | None:
-        """The state of the context's first `tokens` tokens; the rest of the context is lost."""
+        """The state of the context's first `tokens` tokens; the rest of the context is lost.
+        None when it cannot be taken (a memory that cannot be cut keeps the whole context)."""
         llm = self._llama
-        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(llm.ctx), 0, tokens, -1)
+        if not llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(llm.ctx), 0, tokens, -1):
+            return None
         llm.n_tokens = min(llm.n_tokens, tokens)
         self._prefilled = min(self._prefilled, tokens)
         size = llama_cpp.llama_state_seq_get_size(llm.ctx, 0)
@@ -570,7 +608,9 @@ class LlamaCppEngine:
             return
         longest, source = alive[-1]
         data = self._snapshot(longest)
-        if data is None:
+        if data is None:  # their state goes with the context: they must not stay as hits
+            for _, key in alive:
+                self.cache.forget(key)
             return
         self.cache.capture(source, data)
         for _, key in alive[:-1]:
@@ -693,6 +733,17 @@ class _Layout:
 
     segments: tuple[int, ...]
     plan: CachePlan | None
+    scope: str = ""  # the conversation's cache scope
+
+
+def _memory_is_recurrent(model: llama_cpp.llama_model_p) -> bool:
+    """Whether the model keeps a recurrent state (Mamba, RWKV; hybrids such as Jamba), by the
+    checks the installed llama.cpp has."""
+    checks = [
+        getattr(llama_cpp, name, None)
+        for name in ("llama_model_is_recurrent", "llama_model_is_hybrid")
+    ]
+    return any(bool(check(model)) for check in checks if check is not None)
 
 
 def _fingerprint(model_path: Path, context_window: int, rope: dict[str, Any]) -> str:
