@@ -261,6 +261,24 @@ async def test_a_stdio_server_that_dies_is_an_error_and_restarted_at_the_next_ca
 
 
 @pytest.mark.anyio
+async def test_a_server_that_cannot_be_restarted_is_tried_again_at_each_call(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "broken"
+    async with config({"flaky": stdio("--crash-if-exists", str(marker))}) as servers:
+        marker.touch()
+        assert (await call(servers, "mcp__flaky__die")).is_error
+        failed = await call(servers, "mcp__flaky__add", a=1, b=2)
+        assert failed.is_error
+        assert text(failed) == (
+            f"MCP server 'flaky': it stopped, and restarting it failed: {sys.executable!r} "
+            f"exited before completing the MCP handshake; its stderr ends with:\n{marker} exists"
+        )
+        marker.unlink()
+        assert text(await call(servers, "mcp__flaky__add", a=1, b=2)) == "3"
+
+
+@pytest.mark.anyio
 async def test_an_http_server_that_dies_is_an_error_and_reconnected_once_it_is_back(
     token_env: None,
 ) -> None:
@@ -363,6 +381,19 @@ async def test_aclose_leaves_no_child_processes() -> None:
     assert after.is_error
     assert text(after) == "MCP server 'b': it has been shut down"
     await servers.aclose()  # twice is fine
+
+
+@pytest.mark.anyio
+async def test_cancelled_startup_and_calls_leave_nothing_behind() -> None:
+    before = set(children())
+    servers = config({"silent": {"command": "sleep", "args": ["30"]}, "local": stdio()})
+    with anyio.move_on_after(0.5):  # the user gives up while `silent` is still starting
+        await servers.start()
+    assert set(children()) <= before  # a cancelled start stops every server, started or not
+    async with config({"local": stdio()}) as servers:
+        with anyio.move_on_after(0.3):  # the user interrupts a tool call
+            await call(servers, "mcp__local__sleep", seconds=30)
+        assert text(await call(servers, "mcp__local__add", a=1, b=2)) == "3"
 
 
 @pytest.mark.anyio

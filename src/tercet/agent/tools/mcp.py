@@ -181,18 +181,31 @@ class McpServers:
         await self.aclose()
 
     async def start(self) -> None:
-        """Connect to every server at once and list its tools; failures go to `errors`."""
+        """Connect to every server at once and list its tools; failures go to `errors`.
+        Cancelled, it shuts down every server before it returns."""
         if self._started:
             return
         self._started = True
-        outcomes = await asyncio.gather(
-            *(server.start() for server in self._servers), return_exceptions=True
-        )
+        outcomes: dict[str, list[Tool] | Exception] = {}
+
+        async def start(server: _Server) -> None:
+            try:
+                outcomes[server.name] = await server.start()
+            except Exception as exc:
+                outcomes[server.name] = exc
+
+        try:
+            # A task group, not gather: cancelled, it waits for each start to clean up.
+            async with anyio.create_task_group() as group:
+                for server in self._servers:
+                    group.start_soon(start, server)
+        except BaseException:  # cancelled: leave no server running
+            await self.aclose()
+            raise
         taken: set[str] = set()
-        for server, outcome in zip(self._servers, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                if not isinstance(outcome, Exception):
-                    raise outcome
+        for server in self._servers:
+            outcome = outcomes[server.name]
+            if isinstance(outcome, Exception):
                 error = outcome if isinstance(outcome, McpServerError) else None
                 message = str(error) if error else f"MCP server {server.name!r}: {outcome!r}"
                 self.errors[server.name] = message
@@ -208,7 +221,9 @@ class McpServers:
     async def aclose(self) -> None:
         """Shut every server down (stdio processes stopped and reaped); calls then fail."""
         with anyio.CancelScope(shield=True):
-            await asyncio.gather(*(server.close() for server in self._servers))
+            async with anyio.create_task_group() as group:
+                for server in self._servers:
+                    group.start_soon(server.close)
 
 
 def tool_name(server: str, tool: str) -> str:
@@ -548,8 +563,12 @@ class _Connection:
         self._task = asyncio.get_running_loop().create_task(
             self._own(), context=contextvars.Context()
         )
-        with anyio.move_on_after(self.connect_timeout_s + _CLOSE_GRACE_S):
-            await self._ready.wait()
+        try:
+            with anyio.move_on_after(self.connect_timeout_s + _CLOSE_GRACE_S):
+                await self._ready.wait()
+        except BaseException:  # cancelled while connecting: leave no server running
+            await self.close()
+            raise
         if self._client is None or self._finished.is_set():
             self._timed_out = self._timed_out or not self._ready.is_set()
             await self.close()
@@ -566,8 +585,9 @@ class _Connection:
             return False
         # The session's dispatcher has seen its stream end (the process exited, the SSE stream
         # closed): a request would fail at once. The SDK has no public flag for it.
-        dispatcher = getattr(self._client.session, "_dispatcher", None)
-        return not getattr(dispatcher, "_closed", False)
+        session = getattr(self._client, "_session", None)  # None once the client has exited
+        dispatcher = getattr(session, "_dispatcher", None)
+        return session is not None and not getattr(dispatcher, "_closed", False)
 
     async def close(self) -> None:
         """End the session: politely, then by cancellation if that takes too long."""
