@@ -1,0 +1,600 @@
+"""The agent loop: ask the model, run the tools it calls, repeat until it answers.
+
+    agent = Agent(model, AgentConfig(tools=[BashTool(), TextEditorTool()]))
+    async for event in agent.run("Fix the failing test"):   # deltas, tool calls, ..., a Result
+        ...
+    result = await agent.run_until_done("Fix the failing test")   # just the Result
+
+Every way out (the model answered, a budget ran out, an interrupt, a hook, an error) is a
+`Stop` raised to the one `try` in `_loop`, which turns it into the final `Result`. Every event
+is saved to the session's trajectory as it happens, so `resume` continues where a run ended.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tercet.agent.budget import PRICES, Budget, ModelPrice, cost_of
+from tercet.agent.checkpoints import Checkpoints
+from tercet.agent.compaction import (
+    DEFAULT_CONTEXT_WINDOW,
+    CompactionConfig,
+    compacted_messages,
+    needs_compaction,
+    summary_messages,
+)
+from tercet.agent.events import (
+    AssistantMessage,
+    Compacted,
+    Event,
+    PermissionDecided,
+    RequestSent,
+    Result,
+    ResultReason,
+    RunStarted,
+    ToolCall,
+    ToolFinished,
+    Usage,
+    UserMessage,
+    message_text,
+)
+from tercet.agent.hooks import (
+    AskCallback,
+    Hooks,
+    PermissionRequest,
+    PostToolUseInput,
+    PreCompactInput,
+    PreToolUseInput,
+    StopInput,
+)
+from tercet.agent.instructions import load_instructions
+from tercet.agent.model import Model, ModelError, ModelReply, ModelRequest
+from tercet.agent.permissions import Permissions
+from tercet.agent.tools.base import AgentTool, ToolContext, ToolResult
+from tercet.agent.trajectory import Header, Session, SessionStore, Trajectory, add_message
+
+log = logging.getLogger("tercet.agent")
+EPHEMERAL = {"type": "ephemeral"}
+DEFAULT_SYSTEM_PROMPT = """\
+You are a coding agent working in the user's project through the tools you are given. Read \
+the relevant code before you change it, make small and precise edits, and check your work \
+(run the tests, or the program) before you finish. When the task is done, reply with a short \
+summary of what you changed and how you checked it, without calling a tool."""
+CONTINUE_PROMPT = "Your reply was cut off at the max_tokens limit. Continue where you stopped."
+INTERRUPTED = "The run was interrupted before this call finished; it may or may not have run."
+
+
+class Stop(Exception):
+    """Ends the run: `reason` and `message` become the `Result`'s."""
+
+    def __init__(self, reason: ResultReason, message: str = "") -> None:
+        super().__init__(message or reason)
+        self.reason: ResultReason = reason
+        self.message = message
+
+
+@dataclass
+class AgentConfig:
+    """How an agent runs. Every field has a working default."""
+
+    model: str = "claude-sonnet-4-5"  # the name requests ask for
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    cwd: Path = field(default_factory=Path.cwd)  # where tools run and instructions are found
+    load_instructions: bool = True  # add AGENTS.md / CLAUDE.md from cwd up to the system prompt
+    tools: Sequence[AgentTool] = ()
+    permissions: Permissions | None = None  # None: default mode, no rules (in `cwd`)
+    ask: AskCallback | None = None  # answers "ask" decisions; None: they are denied
+    hooks: Hooks = field(default_factory=Hooks)
+    budget: Budget = field(default_factory=Budget)
+    max_tokens: int = 8192  # per model call
+    thinking: bool = False
+    thinking_budget_tokens: int = 4096  # with thinking on; at least 1024, below max_tokens
+    max_continuations: int = 3  # replies cut at max_tokens continued in a row, then stop
+    compaction: CompactionConfig = field(default_factory=CompactionConfig)
+    prices: Mapping[str, ModelPrice] = field(default_factory=lambda: dict(PRICES))
+    sessions_dir: Path | None = None  # None: the user data folder's sessions/
+    checkpoints: bool = True  # record editor and memory writes so `rewind` can undo them
+
+    def summary(self) -> dict[str, Any]:
+        """What a trajectory's header says about the configuration."""
+        return {
+            "model": self.model,
+            "tools": [tool.name for tool in self.tools],
+            "permission_mode": self.permissions.mode if self.permissions else "default",
+            "budget": asdict(self.budget),
+            "max_tokens": self.max_tokens,
+            "thinking": self.thinking_budget_tokens if self.thinking else None,
+            "compaction": {k: v for k, v in asdict(self.compaction).items() if k != "prompt"},
+        }
+
+
+@dataclass
+class _Run:
+    """The state of one run (a resumed one starts from its session's)."""
+
+    session_id: str
+    trajectory: Trajectory
+    task: list[dict[str, Any]]
+    turn: int = 0  # the session's turns so far; tools record checkpoints as of this turn
+    turns: int = 0  # this run's turns
+    usage: Usage = field(default_factory=Usage)
+    cost: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    last_prompt_tokens: int = 0
+    last_compaction_turn: int | None = None
+    continuations: int = 0
+    stop_vetoed: bool = False
+    stop: Stop | None = None  # asked for (interrupt, a hook): taken at the next check
+
+
+class Agent:
+    """Runs tasks with `model` and the tools of `config`. One run at a time; `aclose` (or
+    `async with`) closes the tools, not the model."""
+
+    def __init__(self, model: Model, config: AgentConfig | None = None) -> None:
+        self.model = model
+        self.config = c = config or AgentConfig()
+        if c.thinking and not 1024 <= c.thinking_budget_tokens < c.max_tokens:
+            raise ValueError("thinking_budget_tokens must be at least 1024 and below max_tokens")
+        self.tools = {tool.name: tool for tool in c.tools}
+        self.permissions = c.permissions or Permissions(cwd=c.cwd)
+        self.sessions = SessionStore(c.sessions_dir)
+        self.messages: list[dict[str, Any]] = []  # the conversation as the model next sees it
+        self.checkpoints: Checkpoints | None = None
+        self.session_id: str | None = None
+        self._run: _Run | None = None
+        self._window: int | None = c.compaction.context_window
+        self._system = ""
+
+    def run(self, task: str) -> AsyncGenerator[Event, None]:
+        """Start a new session on `task`; events as they happen, the last one a `Result`."""
+        return self._loop(None, task)
+
+    def resume(self, session_id: str, prompt: str | None = None) -> AsyncGenerator[Event, None]:
+        """Continue a saved session: where it stopped, or with a new `prompt`."""
+        session = self.sessions.load(session_id)
+        if not session.messages:
+            raise ValueError(f"session {session_id} holds no conversation to continue")
+        last = next((e for e in reversed(session.events) if isinstance(e, AssistantMessage)), None)
+        finished = session.messages[-1]["role"] == "assistant" and not _tool_uses(
+            session.messages[-1]
+        )
+        if prompt is None and finished and (last is None or last.stop_reason != "pause_turn"):
+            raise ValueError(f"session {session_id} ended with the model's answer; give a prompt")
+        return self._loop(session, prompt)
+
+    async def run_until_done(self, task: str) -> Result:
+        """`run`, returning only the final `Result`."""
+        return await _last(self.run(task))
+
+    async def resume_until_done(self, session_id: str, prompt: str | None = None) -> Result:
+        """`resume`, returning only the final `Result`."""
+        return await _last(self.resume(session_id, prompt))
+
+    def interrupt(self) -> None:
+        """Stop the current run at the next check (between deltas, tools and calls)."""
+        if self._run is not None:
+            self._run.stop = Stop("interrupted", "interrupted by the user")
+
+    def rewind(self, step: int) -> list[Path]:
+        """Restore the files the tools changed to how they were when turn `step` began."""
+        if self.checkpoints is None:
+            raise ValueError("this agent has no checkpoints (run a task first)")
+        return self.checkpoints.rewind(step)
+
+    async def aclose(self) -> None:
+        for tool in self.tools.values():
+            try:
+                await tool.aclose()
+            except Exception:
+                log.exception("closing the tool %s failed", tool.name)
+
+    async def __aenter__(self) -> Agent:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def _loop(
+        self, session: Session | None, prompt: str | None
+    ) -> AsyncGenerator[Event, None]:
+        if self._run is not None:
+            raise RuntimeError("this agent is already running; one run at a time")
+        run = self._run = self._start(session, prompt)
+        c = self.config
+        result: Result
+        try:
+            try:
+                yield self._emit(
+                    RunStarted(run.session_id, c.model, str(c.cwd), bool(session), prompt)
+                )
+                if session is not None and (dangling := _tool_uses(self.messages[-1])):
+                    answers = [_tool_result(b["id"], INTERRUPTED, True) for b in dangling]
+                    yield self._emit(self._add("user", answers))
+                if prompt is not None:
+                    yield self._emit(self._add("user", [{"type": "text", "text": prompt}]))
+                while True:
+                    self._check(turn=True)
+                    if await self._needs_compaction():
+                        yield self._emit(RequestSent(run.turn, "compaction", len(self.messages)))
+                        yield self._emit(await self._compact())
+                    run.turn += 1
+                    run.turns += 1
+                    yield self._emit(RequestSent(run.turn, "turn", len(self.messages)))
+                    reply: ModelReply | None = None
+                    async with aclosing(self.model.stream(self._request(self.messages))) as stream:
+                        async for item in stream:
+                            if isinstance(item, ModelReply):
+                                reply = item
+                            else:
+                                self._check(turn=False)
+                                yield item
+                    if reply is None:
+                        raise ModelError("the model's stream ended without a reply")
+                    cost = self._account(reply.usage, reply.model)
+                    run.last_prompt_tokens = reply.usage.prompt_tokens
+                    yield self._emit(self._add("assistant", reply.content, reply, cost))
+                    calls = [b for b in reply.content if b.get("type") == "tool_use"]
+                    run.continuations = (
+                        run.continuations + 1 if reply.stop_reason == "max_tokens" else 0
+                    )
+                    if reply.stop_reason == "pause_turn":
+                        continue  # the reply so far is resent, and the model goes on from it
+                    if reply.stop_reason == "refusal":
+                        raise Stop("refusal", message_text(reply.content) or "the model declined")
+                    if calls:
+                        # A call cut off by max_tokens has partial input: answer it, never run it.
+                        cut = calls[-1]["id"] if reply.stop_reason == "max_tokens" else None
+                        results: list[dict[str, Any]] = []
+                        for block in calls:
+                            async with aclosing(
+                                self._call_tool(block, block["id"] == cut)
+                            ) as events:
+                                async for event in events:
+                                    yield self._emit(event)
+                                    if isinstance(event, ToolFinished):
+                                        results.append(
+                                            _tool_result(
+                                                event.tool_use_id, event.content, event.is_error
+                                            )
+                                        )
+                        yield self._emit(self._add("user", results))
+                    elif reply.stop_reason in ("max_tokens", "model_context_window_exceeded"):
+                        if run.continuations > c.max_continuations:
+                            raise Stop(
+                                "max_tokens",
+                                f"{run.continuations} replies in a row hit max_tokens ({c.max_tokens})",
+                            )
+                        yield self._emit(
+                            self._add("user", [{"type": "text", "text": CONTINUE_PROMPT}])
+                        )
+                    else:
+                        text = message_text(self.messages[-1]["content"])
+                        hook = await c.hooks.run_stop(
+                            StopInput(run.session_id, run.turn, text, run.stop_vetoed)
+                        )
+                        if hook.stop_run:
+                            raise Stop("hook", hook.stop_run)
+                        if not hook.continue_with or run.stop_vetoed:
+                            raise Stop("end_turn")
+                        run.stop_vetoed = True
+                        yield self._emit(
+                            self._add("user", [{"type": "text", "text": hook.continue_with}])
+                        )
+            except Stop as stop:
+                result = self._result(stop)
+            except Exception as exc:
+                log.debug("the run failed", exc_info=True)
+                result = self._result(Stop("error", f"{type(exc).__name__}: {exc}"))
+            except BaseException:  # cancelled, or the caller stopped iterating: save how it ended
+                run.trajectory.append(self._result(Stop("interrupted", "the run was cancelled")))
+                raise
+            yield self._emit(result)
+        finally:
+            run.trajectory.close()
+            self._run = None
+
+    def _start(self, session: Session | None, prompt: str | None) -> _Run:
+        """The run's state, a new session or the saved one's; its trajectory open."""
+        c = self.config
+        if session is None:
+            session_id = self.sessions.new_id()
+            header = Header(session_id, c.model, _now(), str(c.cwd), c.summary())
+            trajectory = Trajectory.create(self.sessions.path(session_id), header)
+            run = _Run(session_id, trajectory, [{"type": "text", "text": prompt or ""}])
+            self.messages = []
+        else:
+            session_id = session.header.session_id
+            trajectory = Trajectory.open(self.sessions.path(session_id))
+            run = _Run(session_id, trajectory, session.task, session.turns)
+            run.last_prompt_tokens = session.last_prompt_tokens
+            run.last_compaction_turn = session.last_compaction_turn
+            self.messages = copy.deepcopy(session.messages)
+        self.session_id = session_id
+        if c.checkpoints:
+            self.checkpoints = Checkpoints(self.sessions.checkpoints_dir(session_id))
+        instructions = load_instructions(c.cwd) if c.load_instructions else ""
+        parts = [c.system_prompt.strip(), f"The working directory is {c.cwd}.", instructions]
+        self._system = "\n\n".join(part for part in parts if part)
+        return run
+
+    def _check(self, *, turn: bool) -> None:
+        """Raise the `Stop` that is due: one asked for, or a budget spent (`turn`: the next
+        call is a turn, so the turn budget applies)."""
+        run, budget = self._active, self.config.budget
+        elapsed = time.monotonic() - run.started
+        if run.stop is not None:
+            raise run.stop
+        if budget.max_wall_time_s is not None and elapsed >= budget.max_wall_time_s:
+            raise Stop(
+                "max_wall_time", f"the run took {elapsed:.1f}s of {budget.max_wall_time_s:g}s"
+            )
+        if not turn:
+            return
+        if budget.max_turns is not None and run.turns >= budget.max_turns:
+            raise Stop("max_turns", f"the run used its {budget.max_turns} turns")
+        if (
+            budget.max_total_tokens is not None
+            and run.usage.total_tokens >= budget.max_total_tokens
+        ):
+            raise Stop(
+                "max_total_tokens",
+                f"the run used {run.usage.total_tokens} tokens of {budget.max_total_tokens}",
+            )
+        if budget.max_cost_usd is not None and run.cost >= budget.max_cost_usd:
+            raise Stop("max_cost", f"the run cost ${run.cost:.4f} of ${budget.max_cost_usd:g}")
+
+    async def _call_tool(self, block: dict[str, Any], cut: bool) -> AsyncGenerator[Event, None]:
+        """One tool call: PreToolUse hooks, permissions (and the user), the tool, PostToolUse
+        hooks. Yields the call, the decision and, always last, the result."""
+        run, hooks = self._active, self.config.hooks
+        tool_id, name, input = block["id"], block["name"], dict(block.get("input") or {})
+        tool = self.tools.get(name)
+        if tool is None or cut or run.stop is not None:
+            yield ToolCall(run.turn, tool_id, name, input)
+            why = "this call was cut off at max_tokens, so it was not run; call again with a shorter input"
+            if run.stop is not None:
+                why = f"not run: {run.stop.message or run.stop.reason}"
+            elif tool is None:
+                why = f"there is no tool named {name!r}; the tools are: {', '.join(self.tools) or 'none'}"
+            yield ToolFinished(tool_id, name, why[0].upper() + why[1:] + ".", True)
+            return
+        pre = await hooks.run_pre_tool_use(
+            PreToolUseInput(run.session_id, run.turn, name, tool_id, input)
+        )
+        if pre.stop_run:
+            run.stop = Stop("hook", pre.stop_run)
+        input = pre.updated_input if pre.updated_input is not None else input
+        yield ToolCall(
+            run.turn, tool_id, name, input, tool.describe(input), pre.updated_input is not None
+        )
+        if pre.block or pre.stop_run:
+            decision = PermissionDecided(
+                tool_id, name, "deny", pre.block or pre.stop_run or "", "hook"
+            )
+        else:
+            rules = self.permissions.decide(tool, input)
+            decision = PermissionDecided(tool_id, name, "allow", rules.reason)
+            if rules.action == "deny":
+                decision = PermissionDecided(tool_id, name, "deny", rules.reason)
+            elif rules.action == "ask" and self.config.ask is None:
+                reason = f"it needs the user's approval ({rules.reason}) and no one can be asked"
+                decision = PermissionDecided(tool_id, name, "deny", reason)
+            elif rules.action == "ask" and self.config.ask is not None:
+                request = PermissionRequest(
+                    name, tool_id, input, tool.describe(input), rules.reason
+                )
+                answer = await self.config.ask(request)
+                action: Literal["allow", "deny"] = "allow" if answer.action == "allow" else "deny"
+                decision = PermissionDecided(tool_id, name, action, answer.reason, "user")
+        yield decision
+        if decision.action == "deny":
+            denied = f"Permission to use {name} was denied: {decision.reason}"
+            yield ToolFinished(tool_id, name, denied, True)
+            return
+        started = time.monotonic()
+        try:
+            result = await tool.run(input, ToolContext(self.config.cwd, self.checkpoints, run.turn))
+        except Exception as exc:  # the tool's own failure, not the model's: report it
+            log.debug("tool %s failed", name, exc_info=True)
+            result = ToolResult(f"The {name} tool failed: {type(exc).__name__}: {exc}", True)
+        post = await hooks.run_post_tool_use(
+            PostToolUseInput(run.session_id, run.turn, name, tool_id, input, result)
+        )
+        if post.stop_run:
+            run.stop = Stop("hook", post.stop_run)
+        result = post.updated_result or result
+        content = _annotated(result.content, post.annotation)
+        yield ToolFinished(tool_id, name, content, result.is_error, time.monotonic() - started)
+
+    async def _needs_compaction(self) -> bool:
+        run, compaction = self._active, self.config.compaction
+        if not compaction.enabled or not run.last_prompt_tokens:
+            return False
+        if self._window is None:
+            self._window = (
+                await self.model.context_window(self.config.model) or DEFAULT_CONTEXT_WINDOW
+            )
+        if not needs_compaction(run.last_prompt_tokens, self._window, compaction):
+            return False
+        last = run.last_compaction_turn
+        if last is not None and run.turn - last < compaction.min_turns_between:
+            raise Stop(
+                "compaction_loop",
+                f"the context was full again {run.turn - last} turn(s) after it was compacted "
+                f"({run.last_prompt_tokens} of {self._window} tokens): the latest steps alone "
+                "nearly fill it; keep fewer steps, or use a model with a larger context",
+            )
+        return True
+
+    async def _compact(self) -> Compacted:
+        """Summarise the conversation and keep the task, the summary and the latest steps."""
+        run, c = self._active, self.config
+        window = self._window or DEFAULT_CONTEXT_WINDOW
+        hook = await c.hooks.run_pre_compact(
+            PreCompactInput(
+                run.session_id, run.turn, run.last_prompt_tokens, window, len(self.messages)
+            )
+        )
+        if hook.stop_run:
+            raise Stop("hook", hook.stop_run)
+        self._check(turn=False)
+        prompt = c.compaction.prompt + (f"\n\n{hook.instructions}" if hook.instructions else "")
+        request = self._request(summary_messages(self.messages, prompt), summary=True)
+        reply: ModelReply | None = None
+        async with aclosing(self.model.stream(request)) as stream:
+            async for item in stream:
+                reply = item if isinstance(item, ModelReply) else reply
+        if reply is None:
+            raise ModelError("the model's stream ended without a reply")
+        cost = self._account(reply.usage, reply.model)
+        summary = message_text(reply.content).strip()
+        if not summary:
+            raise Stop("error", "the model wrote an empty summary when asked to compact")
+        messages = compacted_messages(run.task, summary, self.messages, c.compaction.keep_steps)
+        if messages is None:
+            raise Stop("compaction_loop", "compacting would not make the conversation smaller")
+        tokens_before = run.last_prompt_tokens
+        self.messages = messages
+        run.last_prompt_tokens, run.last_compaction_turn = 0, run.turn
+        return Compacted(
+            run.turn, summary, copy.deepcopy(messages), tokens_before, reply.usage, cost
+        )
+
+    def _request(self, messages: list[dict[str, Any]], *, summary: bool = False) -> ModelRequest:
+        """A request for `messages`, with cache breakpoints on the tools, the system prompt,
+        the last message and the one the previous request ended with, so each turn reads the
+        history from the prompt cache. A summary request changes nothing but its messages
+        and asks for no tool call, so it reads the same cache."""
+        c = self.config
+        tools = [tool.definition() for tool in self.tools.values()]
+        if tools:
+            tools[-1] = {**tools[-1], "cache_control": EPHEMERAL}
+        thinking = {"type": "enabled", "budget_tokens": c.thinking_budget_tokens}
+        return ModelRequest(
+            model=c.model,
+            max_tokens=c.max_tokens,
+            messages=_with_breakpoints(messages),
+            system=[{"type": "text", "text": self._system, "cache_control": EPHEMERAL}],
+            tools=tools,
+            thinking=thinking if c.thinking else None,
+            tool_choice={"type": "none"} if summary and tools else None,
+        )
+
+    def _account(self, usage: Usage, model: str) -> float:
+        run = self._active
+        cost = cost_of(model or self.config.model, usage, self.config.prices)
+        run.usage, run.cost = run.usage + usage, run.cost + cost
+        return cost
+
+    def _add(
+        self,
+        role: str,
+        content: list[dict[str, Any]],
+        reply: ModelReply | None = None,
+        cost: float = 0.0,
+    ) -> UserMessage | AssistantMessage:
+        """Add to the conversation, returning the event that records it."""
+        add_message(self.messages, role, content)
+        if reply is None:
+            return UserMessage(copy.deepcopy(content))
+        run = self._active
+        return AssistantMessage(
+            run.turn, copy.deepcopy(content), reply.stop_reason, reply.usage, reply.model, cost
+        )
+
+    def _emit(self, event: Event) -> Event:
+        self._active.trajectory.append(event)
+        return event
+
+    def _result(self, stop: Stop) -> Result:
+        run = self._active
+        last = next((m for m in reversed(self.messages) if m["role"] == "assistant"), None)
+        return Result(
+            reason=stop.reason,
+            session_id=run.session_id,
+            message=stop.message,
+            turns=run.turns,
+            usage=run.usage,
+            cost_usd=run.cost,
+            text=message_text(last["content"]) if last else "",
+            duration_s=time.monotonic() - run.started,
+            trajectory=str(run.trajectory.path),
+        )
+
+    @property
+    def _active(self) -> _Run:
+        assert self._run is not None, "no run in progress"
+        return self._run
+
+
+def _with_breakpoints(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of `messages` with `cache_control` on the last message, and on the last user
+    message before the latest reply (where the previous request ended, so it is read back)."""
+    marked = list(messages)
+    targets = {len(marked) - 1}
+    latest_reply = max((i for i, m in enumerate(marked) if m["role"] == "assistant"), default=-1)
+    previous = [i for i in range(latest_reply) if marked[i]["role"] == "user"]
+    if previous:
+        targets.add(previous[-1])
+    for index in targets:
+        if index < 0:
+            continue
+        content = marked[index]["content"]
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+        for position in range(len(blocks) - 1, -1, -1):
+            block = blocks[position]
+            if (
+                block.get("type") not in ("thinking", "redacted_thinking")
+                and block.get("text") != ""
+            ):
+                blocks[position] = {**block, "cache_control": EPHEMERAL}
+                break
+        marked[index] = {**marked[index], "content": blocks}
+    return marked
+
+
+def _tool_uses(message: dict[str, Any]) -> list[dict[str, Any]]:
+    if message["role"] != "assistant" or isinstance(message["content"], str):
+        return []
+    return [b for b in message["content"] if b.get("type") == "tool_use"]
+
+
+def _tool_result(
+    tool_use_id: str, content: str | list[dict[str, Any]], is_error: bool
+) -> dict[str, Any]:
+    block: dict[str, Any] = {
+        "type": "tool_result",
+        "tool_use_id": tool_use_id,
+        "content": content or "(no output)",
+    }
+    if is_error:
+        block["is_error"] = True
+    return block
+
+
+def _annotated(content: str | list[dict[str, Any]], note: str | None) -> str | list[dict[str, Any]]:
+    if not note:
+        return content
+    if isinstance(content, str):
+        return f"{content}\n\n{note}" if content else note
+    return [*content, {"type": "text", "text": note}]
+
+
+async def _last(events: AsyncGenerator[Event, None]) -> Result:
+    async with aclosing(events) as stream:
+        async for event in stream:
+            if isinstance(event, Result):
+                return event
+    raise RuntimeError("the run ended without a result")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
