@@ -209,9 +209,10 @@ class McpServers:
                 error = outcome if isinstance(outcome, McpServerError) else None
                 message = str(error) if error else f"MCP server {server.name!r}: {outcome!r}"
                 self.errors[server.name] = message
-                logger.warning("%s", message)
+                logger.info("%s", message)
                 continue
-            for tool in outcome:
+            listed = {tool.name: tool for tool in reversed(outcome)}  # the first of a name
+            for tool in (tool for tool in outcome if listed[tool.name] is tool):
                 name = _unique_name(
                     tool_name(server.name, tool.name), server.name, tool.name, taken
                 )
