@@ -48,9 +48,7 @@ def text(value: str) -> dict[str, Any]:
 def tool_use(name: str, input: dict[str, Any], id: str | None = None) -> dict[str, Any]:
     """A tool call block (an id is made up when the reply is sent, if not given)."""
     block: dict[str, Any] = {"type": "tool_use", "name": name, "input": input}
-    if id is not None:
-        block["id"] = id
-    return block
+    return block if id is None else _with_id(block, id)
 
 
 def thinking(value: str, signature: str = "scripted-signature") -> dict[str, Any]:
@@ -74,14 +72,15 @@ class ScriptExhausted(AssertionError):
 
 class ScriptedModel:
     """A `Model` that answers each request with the next reply of `replies` and records the
-    requests it received (`requests`, deep copies)."""
+    requests it received (`requests`, deep copies). Replies name `model`, else the model the
+    request asked for (as tercet's server does); `context_window` is what it says it takes."""
 
     def __init__(
         self,
         replies: Iterable[Reply],
         *,
         context_window: int | None = None,
-        model: str = "scripted",
+        model: str | None = None,
     ) -> None:
         self.replies = list(replies)
         self.requests: list[ModelRequest] = []
@@ -119,7 +118,8 @@ class ScriptedModel:
         usage = scripted.usage or Usage(
             input_tokens=_tokens(request.body()), output_tokens=max(1, _tokens(content))
         )
-        yield ModelReply(content, stop_reason, usage, self.model, f"msg_scripted_{index:04d}")
+        name = self.model or request.model
+        yield ModelReply(content, stop_reason, usage, name, f"msg_scripted_{index:04d}")
 
     async def context_window(self, model: str) -> int | None:
         return self.window
