@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tercet.agent.events import Usage
+from tercet.agent.events import ResultReason, Usage
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,22 @@ class Budget:
     max_total_tokens: int | None = None  # prompt and output tokens of every call, summed
     max_wall_time_s: float | None = None  # seconds since the run started
     max_cost_usd: float | None = None  # by `prices`; models without a price cost nothing
+
+    def spent(
+        self, *, turns: int | None, usage: Usage, cost_usd: float, elapsed_s: float
+    ) -> tuple[ResultReason, str] | None:
+        """The limit reached, and a message saying so; None while all are left. `turns`
+        None: the next call is no turn (a compaction's summary), so turns do not count."""
+        if self.max_wall_time_s is not None and elapsed_s >= self.max_wall_time_s:
+            return "max_wall_time", f"the run took {elapsed_s:.1f}s of {self.max_wall_time_s:g}s"
+        if turns is not None and self.max_turns is not None and turns >= self.max_turns:
+            return "max_turns", f"the run used its {self.max_turns} turns"
+        tokens = usage.total_tokens
+        if self.max_total_tokens is not None and tokens >= self.max_total_tokens:
+            return "max_total_tokens", f"the run used {tokens} tokens of {self.max_total_tokens}"
+        if self.max_cost_usd is not None and cost_usd >= self.max_cost_usd:
+            return "max_cost", f"the run cost ${cost_usd:.4f} of ${self.max_cost_usd:g}"
+        return None
 
 
 @dataclass(frozen=True)

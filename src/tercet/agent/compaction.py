@@ -49,6 +49,23 @@ def needs_compaction(prompt_tokens: int, context_window: int, config: Compaction
     return config.enabled and prompt_tokens > config.threshold * context_window
 
 
+def loop_message(
+    turn: int,
+    last_compaction_turn: int | None,
+    prompt_tokens: int,
+    window: int,
+    config: CompactionConfig,
+) -> str | None:
+    """Why compacting now would be a loop (it was compacted too few turns ago), or None."""
+    if last_compaction_turn is None or turn - last_compaction_turn >= config.min_turns_between:
+        return None
+    return (
+        f"the context was full again {turn - last_compaction_turn} turn(s) after it was "
+        f"compacted ({prompt_tokens} of {window} tokens): the latest steps alone nearly fill "
+        "it; keep fewer steps, or use a model with a larger context"
+    )
+
+
 def summary_messages(messages: list[dict[str, Any]], prompt: str) -> list[dict[str, Any]]:
     """The history with the summarisation prompt as the last user text (after any tool
     results, which must come first in their message)."""

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ from tercet.agent.compaction import (
     DEFAULT_CONTEXT_WINDOW,
     CompactionConfig,
     compacted_messages,
+    loop_message,
     needs_compaction,
     summary_messages,
 )
@@ -55,13 +56,19 @@ from tercet.agent.hooks import (
     StopInput,
 )
 from tercet.agent.instructions import load_instructions
-from tercet.agent.model import Model, ModelError, ModelReply, ModelRequest
+from tercet.agent.model import (
+    EPHEMERAL,
+    Model,
+    ModelError,
+    ModelReply,
+    ModelRequest,
+    with_cache_breakpoints,
+)
 from tercet.agent.permissions import Permissions
 from tercet.agent.tools.base import AgentTool, ToolContext, ToolResult
 from tercet.agent.trajectory import Header, Session, SessionStore, Trajectory, add_message
 
 log = logging.getLogger("tercet.agent")
-EPHEMERAL = {"type": "ephemeral"}
 DEFAULT_SYSTEM_PROMPT = """\
 You are a coding agent working in the user's project through the tools you are given. Read \
 the relevant code before you change it, make small and precise edits, and check your work \
@@ -205,89 +212,23 @@ class Agent:
     async def _loop(
         self, session: Session | None, prompt: str | None
     ) -> AsyncGenerator[Event, None]:
+        """The run: every step's events, then the `Result` its `Stop` turns into."""
         if self._run is not None:
             raise RuntimeError("this agent is already running; one run at a time")
         run = self._run = self._start(session, prompt)
-        c = self.config
-        result: Result
         try:
             try:
-                yield self._emit(
-                    RunStarted(run.session_id, c.model, str(c.cwd), bool(session), prompt)
-                )
+                started = RunStarted(run.session_id, self.config.model, str(self.config.cwd))
+                yield self._emit(replace(started, resumed=session is not None, prompt=prompt))
                 if session is not None and (dangling := _tool_uses(self.messages[-1])):
                     answers = [_tool_result(b["id"], INTERRUPTED, True) for b in dangling]
                     yield self._emit(self._add("user", answers))
                 if prompt is not None:
-                    yield self._emit(self._add("user", [{"type": "text", "text": prompt}]))
+                    yield self._emit(self._add("user", [_text(prompt)]))
                 while True:
-                    self._check(turn=True)
-                    if await self._needs_compaction():
-                        yield self._emit(RequestSent(run.turn, "compaction", len(self.messages)))
-                        yield self._emit(await self._compact())
-                    run.turn += 1
-                    run.turns += 1
-                    yield self._emit(RequestSent(run.turn, "turn", len(self.messages)))
-                    reply: ModelReply | None = None
-                    async with aclosing(self.model.stream(self._request(self.messages))) as stream:
-                        async for item in stream:
-                            if isinstance(item, ModelReply):
-                                reply = item
-                            else:
-                                self._check(turn=False)
-                                yield item
-                    if reply is None:
-                        raise ModelError("the model's stream ended without a reply")
-                    cost = self._account(reply.usage, reply.model)
-                    run.last_prompt_tokens = reply.usage.prompt_tokens
-                    yield self._emit(self._add("assistant", reply.content, reply, cost))
-                    calls = [b for b in reply.content if b.get("type") == "tool_use"]
-                    run.continuations = (
-                        run.continuations + 1 if reply.stop_reason == "max_tokens" else 0
-                    )
-                    if reply.stop_reason == "pause_turn":
-                        continue  # the reply so far is resent, and the model goes on from it
-                    if reply.stop_reason == "refusal":
-                        raise Stop("refusal", message_text(reply.content) or "the model declined")
-                    if calls:
-                        # A call cut off by max_tokens has partial input: answer it, never run it.
-                        cut = calls[-1]["id"] if reply.stop_reason == "max_tokens" else None
-                        results: list[dict[str, Any]] = []
-                        for block in calls:
-                            async with aclosing(
-                                self._call_tool(block, block["id"] == cut)
-                            ) as events:
-                                async for event in events:
-                                    yield self._emit(event)
-                                    if isinstance(event, ToolFinished):
-                                        results.append(
-                                            _tool_result(
-                                                event.tool_use_id, event.content, event.is_error
-                                            )
-                                        )
-                        yield self._emit(self._add("user", results))
-                    elif reply.stop_reason in ("max_tokens", "model_context_window_exceeded"):
-                        if run.continuations > c.max_continuations:
-                            raise Stop(
-                                "max_tokens",
-                                f"{run.continuations} replies in a row hit max_tokens ({c.max_tokens})",
-                            )
-                        yield self._emit(
-                            self._add("user", [{"type": "text", "text": CONTINUE_PROMPT}])
-                        )
-                    else:
-                        text = message_text(self.messages[-1]["content"])
-                        hook = await c.hooks.run_stop(
-                            StopInput(run.session_id, run.turn, text, run.stop_vetoed)
-                        )
-                        if hook.stop_run:
-                            raise Stop("hook", hook.stop_run)
-                        if not hook.continue_with or run.stop_vetoed:
-                            raise Stop("end_turn")
-                        run.stop_vetoed = True
-                        yield self._emit(
-                            self._add("user", [{"type": "text", "text": hook.continue_with}])
-                        )
+                    async with aclosing(self._step()) as step:
+                        async for event in step:
+                            yield self._emit(event)
             except Stop as stop:
                 result = self._result(stop)
             except Exception as exc:
@@ -300,6 +241,69 @@ class Agent:
         finally:
             run.trajectory.close()
             self._run = None
+
+    async def _step(self) -> AsyncGenerator[Event, None]:
+        """One turn: check the budget, compact if due, ask the model, then run the tools it
+        called, or continue a cut reply, or stop."""
+        run = self._active
+        self._check(turn=True)
+        if await self._needs_compaction():
+            yield RequestSent(run.turn, "compaction", len(self.messages))
+            yield await self._compact()
+        run.turn += 1
+        run.turns += 1
+        yield RequestSent(run.turn, "turn", len(self.messages))
+        reply: ModelReply | None = None
+        async with aclosing(self.model.stream(self._request(self.messages))) as stream:
+            async for item in stream:
+                if isinstance(item, ModelReply):
+                    reply = item
+                else:
+                    self._check(turn=False)
+                    yield item
+        if reply is None:
+            raise ModelError("the model's stream ended without a reply")
+        cost = self._account(reply.usage, reply.model)
+        run.last_prompt_tokens = reply.usage.prompt_tokens
+        yield self._add("assistant", reply.content, reply, cost)
+        cut_off = reply.stop_reason == "max_tokens"
+        run.continuations = run.continuations + 1 if cut_off else 0
+        calls = [block for block in reply.content if block.get("type") == "tool_use"]
+        if reply.stop_reason == "pause_turn":
+            return  # the reply so far is sent back as it is, and the model goes on from it
+        if reply.stop_reason == "refusal":
+            raise Stop("refusal", message_text(reply.content) or "the model declined")
+        if calls:
+            results: list[dict[str, Any]] = []
+            for block in calls:
+                # A call cut off by max_tokens has partial input: it is answered, never run.
+                cut = cut_off and block is calls[-1]
+                async with aclosing(self._call_tool(block, cut)) as events:
+                    async for event in events:
+                        yield event
+                        if isinstance(event, ToolFinished):
+                            results.append(_tool_result(block["id"], event.content, event.is_error))
+            yield self._add("user", results)
+        elif cut_off or reply.stop_reason == "model_context_window_exceeded":
+            if run.continuations > self.config.max_continuations:
+                raise Stop("max_tokens", f"{run.continuations} replies in a row hit max_tokens")
+            yield self._add("user", [_text(CONTINUE_PROMPT)])
+        else:
+            yield self._add("user", [_text(await self._stop_hooks())])
+
+    async def _stop_hooks(self) -> str:
+        """Stop, unless a Stop hook sends the model back to work (once a run): its message."""
+        run = self._active
+        text = message_text(self.messages[-1]["content"])
+        hook = await self.config.hooks.run_stop(
+            StopInput(run.session_id, run.turn, text, run.stop_vetoed)
+        )
+        if hook.stop_run:
+            raise Stop("hook", hook.stop_run)
+        if not hook.continue_with or run.stop_vetoed:
+            raise Stop("end_turn")
+        run.stop_vetoed = True
+        return hook.continue_with
 
     def _start(self, session: Session | None, prompt: str | None) -> _Run:
         """The run's state, a new session or the saved one's; its trajectory open."""
@@ -328,28 +332,16 @@ class Agent:
     def _check(self, *, turn: bool) -> None:
         """Raise the `Stop` that is due: one asked for, or a budget spent (`turn`: the next
         call is a turn, so the turn budget applies)."""
-        run, budget = self._active, self.config.budget
-        elapsed = time.monotonic() - run.started
+        run = self._active
         if run.stop is not None:
             raise run.stop
-        if budget.max_wall_time_s is not None and elapsed >= budget.max_wall_time_s:
-            raise Stop(
-                "max_wall_time", f"the run took {elapsed:.1f}s of {budget.max_wall_time_s:g}s"
-            )
-        if not turn:
-            return
-        if budget.max_turns is not None and run.turns >= budget.max_turns:
-            raise Stop("max_turns", f"the run used its {budget.max_turns} turns")
-        if (
-            budget.max_total_tokens is not None
-            and run.usage.total_tokens >= budget.max_total_tokens
-        ):
-            raise Stop(
-                "max_total_tokens",
-                f"the run used {run.usage.total_tokens} tokens of {budget.max_total_tokens}",
-            )
-        if budget.max_cost_usd is not None and run.cost >= budget.max_cost_usd:
-            raise Stop("max_cost", f"the run cost ${run.cost:.4f} of ${budget.max_cost_usd:g}")
+        elapsed = time.monotonic() - run.started
+        turns = run.turns if turn else None
+        spent = self.config.budget.spent(
+            turns=turns, usage=run.usage, cost_usd=run.cost, elapsed_s=elapsed
+        )
+        if spent is not None:
+            raise Stop(*spent)
 
     async def _call_tool(self, block: dict[str, Any], cut: bool) -> AsyncGenerator[Event, None]:
         """One tool call: PreToolUse hooks, permissions (and the user), the tool, PostToolUse
@@ -359,41 +351,25 @@ class Agent:
         tool = self.tools.get(name)
         if tool is None or cut or run.stop is not None:
             yield ToolCall(run.turn, tool_id, name, input)
-            why = "this call was cut off at max_tokens, so it was not run; call again with a shorter input"
+            why = "This call was cut off at max_tokens, so it was not run; send it again shorter."
             if run.stop is not None:
-                why = f"not run: {run.stop.message or run.stop.reason}"
+                why = f"Not run: {run.stop.message or run.stop.reason}."
             elif tool is None:
-                why = f"there is no tool named {name!r}; the tools are: {', '.join(self.tools) or 'none'}"
-            yield ToolFinished(tool_id, name, why[0].upper() + why[1:] + ".", True)
+                why = f"There is no tool named {name!r}; the tools are: {', '.join(self.tools)}."
+            yield ToolFinished(tool_id, name, why, True)
             return
         pre = await hooks.run_pre_tool_use(
             PreToolUseInput(run.session_id, run.turn, name, tool_id, input)
         )
         if pre.stop_run:
             run.stop = Stop("hook", pre.stop_run)
+        modified = pre.updated_input is not None
         input = pre.updated_input if pre.updated_input is not None else input
-        yield ToolCall(
-            run.turn, tool_id, name, input, tool.describe(input), pre.updated_input is not None
-        )
+        yield ToolCall(run.turn, tool_id, name, input, tool.describe(input), modified)
         if pre.block or pre.stop_run:
-            decision = PermissionDecided(
-                tool_id, name, "deny", pre.block or pre.stop_run or "", "hook"
-            )
+            decision = PermissionDecided(tool_id, name, "deny", pre.block or "stopped", "hook")
         else:
-            rules = self.permissions.decide(tool, input)
-            decision = PermissionDecided(tool_id, name, "allow", rules.reason)
-            if rules.action == "deny":
-                decision = PermissionDecided(tool_id, name, "deny", rules.reason)
-            elif rules.action == "ask" and self.config.ask is None:
-                reason = f"it needs the user's approval ({rules.reason}) and no one can be asked"
-                decision = PermissionDecided(tool_id, name, "deny", reason)
-            elif rules.action == "ask" and self.config.ask is not None:
-                request = PermissionRequest(
-                    name, tool_id, input, tool.describe(input), rules.reason
-                )
-                answer = await self.config.ask(request)
-                action: Literal["allow", "deny"] = "allow" if answer.action == "allow" else "deny"
-                decision = PermissionDecided(tool_id, name, action, answer.reason, "user")
+            decision = await self._permit(tool, tool_id, input)
         yield decision
         if decision.action == "deny":
             denied = f"Permission to use {name} was denied: {decision.reason}"
@@ -414,24 +390,36 @@ class Agent:
         content = _annotated(result.content, post.annotation)
         yield ToolFinished(tool_id, name, content, result.is_error, time.monotonic() - started)
 
+    async def _permit(
+        self, tool: AgentTool, tool_id: str, input: dict[str, Any]
+    ) -> PermissionDecided:
+        """The permission rules' decision; where they ask, the `ask` callback's (no callback:
+        deny, as nobody can answer)."""
+        rules = self.permissions.decide(tool, input)
+        if rules.action != "ask":
+            return PermissionDecided(tool_id, tool.name, rules.action, rules.reason)
+        if self.config.ask is None:
+            reason = f"it needs the user's approval ({rules.reason}) and no one can be asked"
+            return PermissionDecided(tool_id, tool.name, "deny", reason)
+        request = PermissionRequest(tool.name, tool_id, input, tool.describe(input), rules.reason)
+        answer = await self.config.ask(request)
+        action: Literal["allow", "deny"] = "allow" if answer.action == "allow" else "deny"
+        return PermissionDecided(tool_id, tool.name, action, answer.reason, "user")
+
     async def _needs_compaction(self) -> bool:
+        """Whether the last prompt nearly filled the window; a `Stop` if compacting again
+        so soon would be a loop."""
         run, compaction = self._active, self.config.compaction
         if not compaction.enabled or not run.last_prompt_tokens:
             return False
         if self._window is None:
-            self._window = (
-                await self.model.context_window(self.config.model) or DEFAULT_CONTEXT_WINDOW
-            )
+            window = await self.model.context_window(self.config.model)
+            self._window = window or DEFAULT_CONTEXT_WINDOW
         if not needs_compaction(run.last_prompt_tokens, self._window, compaction):
             return False
-        last = run.last_compaction_turn
-        if last is not None and run.turn - last < compaction.min_turns_between:
-            raise Stop(
-                "compaction_loop",
-                f"the context was full again {run.turn - last} turn(s) after it was compacted "
-                f"({run.last_prompt_tokens} of {self._window} tokens): the latest steps alone "
-                "nearly fill it; keep fewer steps, or use a model with a larger context",
-            )
+        last, tokens = run.last_compaction_turn, run.last_prompt_tokens
+        if looping := loop_message(run.turn, last, tokens, self._window, compaction):
+            raise Stop("compaction_loop", looping)
         return True
 
     async def _compact(self) -> Compacted:
@@ -481,7 +469,7 @@ class Agent:
         return ModelRequest(
             model=c.model,
             max_tokens=c.max_tokens,
-            messages=_with_breakpoints(messages),
+            messages=with_cache_breakpoints(messages),
             system=[{"type": "text", "text": self._system, "cache_control": EPHEMERAL}],
             tools=tools,
             thinking=thinking if c.thinking else None,
@@ -535,30 +523,8 @@ class Agent:
         return self._run
 
 
-def _with_breakpoints(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Copies of `messages` with `cache_control` on the last message, and on the last user
-    message before the latest reply (where the previous request ended, so it is read back)."""
-    marked = list(messages)
-    targets = {len(marked) - 1}
-    latest_reply = max((i for i, m in enumerate(marked) if m["role"] == "assistant"), default=-1)
-    previous = [i for i in range(latest_reply) if marked[i]["role"] == "user"]
-    if previous:
-        targets.add(previous[-1])
-    for index in targets:
-        if index < 0:
-            continue
-        content = marked[index]["content"]
-        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
-        for position in range(len(blocks) - 1, -1, -1):
-            block = blocks[position]
-            if (
-                block.get("type") not in ("thinking", "redacted_thinking")
-                and block.get("text") != ""
-            ):
-                blocks[position] = {**block, "cache_control": EPHEMERAL}
-                break
-        marked[index] = {**marked[index], "content": blocks}
-    return marked
+def _text(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text}
 
 
 def _tool_uses(message: dict[str, Any]) -> list[dict[str, Any]]:

@@ -62,6 +62,31 @@ class ModelReply:
 
 
 ModelStreamItem = TextDelta | ThinkingDelta | ModelReply
+EPHEMERAL = {"type": "ephemeral"}
+
+
+def with_cache_breakpoints(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of `messages` with `cache_control` on the last message, and on the last user
+    message before the latest reply: where the previous request ended, so this one reads it
+    back from the prompt cache. With the system prompt's and the tools' that makes four, the
+    API's maximum. Thinking blocks and empty text cannot be marked; the block before is."""
+    marked = list(messages)
+    targets = {len(marked) - 1}
+    latest_reply = max((i for i, m in enumerate(marked) if m["role"] == "assistant"), default=-1)
+    targets.update([i for i in range(latest_reply) if marked[i]["role"] == "user"][-1:])
+    for index in targets - {-1}:
+        content = marked[index]["content"]
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+        for position in reversed(range(len(blocks))):
+            block = blocks[position]
+            if (
+                block.get("type") not in ("thinking", "redacted_thinking")
+                and block.get("text") != ""
+            ):
+                blocks[position] = {**block, "cache_control": EPHEMERAL}
+                break
+        marked[index] = {**marked[index], "content": blocks}
+    return marked
 
 
 class ModelError(Exception):
