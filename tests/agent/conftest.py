@@ -13,9 +13,9 @@ from tercet.agent import (
     Agent,
     AgentConfig,
     Event,
+    Model,
     Permissions,
     Result,
-    ScriptedModel,
     ToolContext,
     ToolResult,
 )
@@ -34,12 +34,12 @@ async def make_agent(tmp_path: Path) -> AsyncIterator[MakeAgent]:
     work = tmp_path / "work"
     work.mkdir()
 
-    def make(scripted: ScriptedModel, /, **settings: Any) -> Agent:
+    def make(model: Model, /, **settings: Any) -> Agent:
         settings.setdefault("cwd", work)
         settings.setdefault("sessions_dir", tmp_path / "sessions")
         settings.setdefault("load_instructions", False)
         settings.setdefault("permissions", Permissions(mode="bypassPermissions", cwd=work))
-        agent = Agent(scripted, AgentConfig(**settings))
+        agent = Agent(model, AgentConfig(**settings))
         agents.append(agent)
         return agent
 
