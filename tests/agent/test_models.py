@@ -17,6 +17,8 @@ from tercet.agent import (
     AnthropicModel,
     BashTool,
     Budget,
+    Compacted,
+    CompactionConfig,
     InProcessModel,
     ModelRequest,
     Permissions,
@@ -107,6 +109,32 @@ async def test_in_process_model_speaks_the_same_wire(make_agent: MakeAgent, tmp_
     assert finished.content == "hello over the wire\n"
 
 
+async def test_a_compaction_passes_the_servers_checks(
+    make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    """The summary request (the history, tools offered but tool_choice none) is one the
+    server accepts, and so is the compacted history after it."""
+    engine = ScriptedEngine(
+        [ScriptedCall("bash", {"command": "echo 1"}), "Ran echo once.", "Done."],
+        context_window=4096,
+    )
+    model = InProcessModel(engine, config=ServerConfig(data_dir=tmp_path, api_keys=[]))
+    tiny = CompactionConfig(context_window=100, threshold=0.5, keep_steps=0)
+    try:
+        agent = make_agent(
+            model, model=CLAUDE_MODEL, tools=[BashTool()], max_tokens=1024, compaction=tiny
+        )
+        events = await collect(agent.run(TASK))
+    finally:
+        await model.aclose()
+    result = result_of(events)
+    assert result.ok, result.message
+    (compacted,) = [e for e in events if isinstance(e, Compacted)]
+    assert compacted.summary == "Ran echo once."
+    assert "Your context window is nearly full" in engine.prompts[1]
+    assert "Ran echo once." in engine.prompts[2] and TASK in engine.prompts[2]
+
+
 async def test_streaming_transport_delivers_the_body_as_it_is_sent() -> None:
     sent: list[float] = []
 
@@ -180,3 +208,41 @@ async def test_in_process_model_on_the_bundled_model(make_agent: MakeAgent, tmp_
     session = load_session(Path(result.trajectory or ""))
     assert session.turns == result.turns and session.messages[0]["role"] == "user"
     assert (work / "hello.txt").read_text() == "hello\n"
+
+
+async def test_signed_thinking_survives_the_trajectory_on_the_bundled_model(
+    make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    """Thinking blocks go back to the server exactly as it signed them, resumed from the
+    saved session; a tampered one is refused by the server, and the run says why."""
+    engine = LlamaCppEngine(
+        bundled_model_path(), model_id=BUNDLED_MODEL_ID, context_window=8192, threads=2
+    )
+    model = InProcessModel(
+        engine,
+        config=ServerConfig(data_dir=tmp_path / "server", api_keys=[]),
+        extra_body={"temperature": 0},
+    )
+    settings: dict[str, Any] = {
+        "model": CLAUDE_MODEL,
+        "thinking": True,
+        "thinking_budget_tokens": 1024,
+        "max_tokens": 1100,
+        "budget": Budget(max_turns=2, max_wall_time_s=120),
+    }
+    try:
+        agent = make_agent(model, **settings)
+        first = await agent.run_until_done("What is 2+2?")
+        assert first.reason in ("end_turn", "max_turns"), first
+        thought = agent.messages[1]["content"][0]
+        assert thought["type"] == "thinking" and thought["signature"]
+
+        second = await make_agent(model, **settings).resume_until_done(first.session_id, "And 3+3?")
+        assert second.reason in ("end_turn", "max_turns"), second
+
+        path = Path(first.trajectory or "")
+        path.write_text(path.read_text().replace(thought["signature"], "forged" * 8))
+        forged = await make_agent(model, **settings).resume_until_done(first.session_id, "And 4+4?")
+        assert forged.reason == "error" and "Invalid `signature`" in forged.message
+    finally:
+        await model.aclose()
