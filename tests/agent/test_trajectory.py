@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,14 @@ from tercet.agent import (
     ThinkingDelta,
     TrajectoryError,
     UserMessage,
+    event_from_dict,
+    event_to_dict,
     load_session,
     replay,
     tool_use,
     turn,
 )
 from tercet.agent.scripted import ScriptedTurn
-from tercet.agent.trajectory import event_from_record
 from tests.agent.conftest import EchoTool, MakeAgent, collect
 
 pytestmark = pytest.mark.anyio
@@ -212,8 +212,10 @@ def test_unreadable_trajectories_are_refused_clearly(tmp_path: Path) -> None:
         load_session(write_lines(tmp_path / "new.jsonl", [newer]))
     with pytest.raises(TrajectoryError, match="not a tercet trajectory"):
         load_session(write_lines(tmp_path / "other.jsonl", [{"hello": 1}]))
+    header = {**newer, "version": 1}
+    broken = {"type": "assistant_message", "content": []}  # no turn
     with pytest.raises(TrajectoryError, match="missing fields"):
-        event_from_record({"type": "assistant_message", "content": []})
+        load_session(write_lines(tmp_path / "broken.jsonl", [header, broken]))
 
 
 def test_session_store_lists_and_guards_ids(tmp_path: Path) -> None:
@@ -234,6 +236,6 @@ def test_session_store_lists_and_guards_ids(tmp_path: Path) -> None:
 def test_events_round_trip_through_records() -> None:
     events: list[Event] = list(replay(GOLDEN_V1))
     for event in events:
-        again = event_from_record({"type": event.type, **asdict(event)})
-        assert again == event
+        data = json.loads(json.dumps(event_to_dict(event)))
+        assert event_from_dict(data) == event
     assert any(isinstance(e, UserMessage) for e in events)

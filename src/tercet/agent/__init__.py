@@ -31,6 +31,8 @@ from tercet.agent.events import (
     ToolFinished,
     Usage,
     UserMessage,
+    event_from_dict,
+    event_to_dict,
 )
 from tercet.agent.hooks import (
     AskCallback,
@@ -138,6 +140,8 @@ __all__ = [
     "Usage",
     "UserMessage",
     "cost_of",
+    "event_from_dict",
+    "event_to_dict",
     "load_instructions",
     "load_session",
     "replay",

@@ -6,7 +6,7 @@ the fields here are a persisted schema: add fields with defaults, never rename o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
 ResultReason = Literal[
@@ -220,6 +220,29 @@ RECORDED: dict[str, type[Event]] = {
         Result,
     )
 }
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """An event as JSON-ready data, `type` first: a trajectory record without its `time`
+    (and what a JSON stream of events should print)."""
+    return {"type": event.type, **asdict(event)}
+
+
+def event_from_dict(data: dict[str, Any]) -> Event | None:
+    """The event `event_to_dict` made (unknown keys ignored); None for a `type` this version
+    does not save. Raises ValueError when fields are missing."""
+    cls = RECORDED.get(data.get("type", ""))
+    if cls is None:
+        return None
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name in data:
+            value = data[f.name]
+            values[f.name] = Usage.from_dict(value) if f.name == "usage" else value
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ValueError(f"a {data['type']} record is missing fields: {exc}") from exc
 
 
 def message_text(content: list[dict[str, Any]]) -> str:

@@ -36,8 +36,9 @@ from tercet.agent.events import (
     AssistantMessage,
     Compacted,
     Event,
-    Usage,
     UserMessage,
+    event_from_dict,
+    event_to_dict,
 )
 
 FORMAT = "tercet-trajectory"
@@ -112,7 +113,7 @@ class Trajectory:
     def append(self, event: Event) -> None:
         """Save `event` if it is one that trajectories keep (not a delta)."""
         if event.type in RECORDED:
-            self._write({"type": event.type, "time": _now(), **asdict(event)})
+            self._write({"time": _now(), **event_to_dict(event)})
 
     def close(self) -> None:
         self._handle.close()
@@ -152,27 +153,14 @@ def read_records(path: Path) -> tuple[Header, list[dict[str, Any]]]:
     return header, records
 
 
-def event_from_record(record: dict[str, Any]) -> Event | None:
-    """The event a record holds; None for a record type this version does not know."""
-    cls = RECORDED.get(record.get("type", ""))
-    if cls is None:
-        return None
-    values: dict[str, Any] = {}
-    for f in fields(cls):
-        if f.name in record:
-            value = record[f.name]
-            values[f.name] = Usage.from_dict(value) if f.name == "usage" else value
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        raise TrajectoryError(f"a {record['type']} record is missing fields: {exc}") from exc
-
-
 def replay(path: Path) -> Iterator[Event]:
     """The saved events of a trajectory, in order."""
     _, records = read_records(path)
     for record in records:
-        event = event_from_record(record)
+        try:
+            event = event_from_dict(record)
+        except ValueError as exc:
+            raise TrajectoryError(f"{path}: {exc}") from exc
         if event is not None:
             yield event
 
