@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from tercet import __version__
-from tercet.cli import chat, files, sandbox, serve
+from tercet.cli import chat, code, files, sandbox, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve.register(commands)
     chat.register(commands)
+    code.register(commands)
     files.register(commands)
     sandbox.register(commands)
     return parser
