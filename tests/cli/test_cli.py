@@ -57,6 +57,28 @@ def test_serve_with_keys_rejects_strangers(tmp_path) -> None:  # type: ignore[no
         assert anthropic.Anthropic(base_url=base_url, api_key="k1").models.list().data
 
 
+def test_serve_mcp_allow_list(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.mcp.servers import running_mcp_server
+
+    with running_mcp_server("streamable-http") as mcp:
+        prefix = mcp.url.rsplit("/", 1)[0] + "/"
+        args = ["--data-dir", str(tmp_path), "--no-mcp-loopback"]
+        with cli_server(*args, "--mcp-allow", prefix) as allowed, cli_server(*args) as closed:
+            params = {
+                "model": CLAUDE_MODEL,
+                "max_tokens": 1,
+                "messages": [{"role": "user", "content": "Hi"}],
+                "mcp_servers": [{"type": "url", "url": mcp.url, "name": "t"}],
+                "tools": [{"type": "mcp_toolset", "mcp_server_name": "t"}],
+                "betas": ["mcp-client-2025-11-20"],
+            }
+            opened = anthropic.Anthropic(base_url=allowed, api_key="x", max_retries=0)
+            assert opened.beta.messages.create(**params).usage.input_tokens > 0
+            refused = anthropic.Anthropic(base_url=closed, api_key="x", max_retries=0)
+            with pytest.raises(anthropic.BadRequestError, match=r"mcp_servers\.0\.url"):
+                refused.beta.messages.create(**params)
+
+
 def test_serve_reports_a_missing_model_file() -> None:
     result = run_tercet("serve", "--port", "0", "--model", "/nonexistent/model.gguf")
     assert result.returncode == 1

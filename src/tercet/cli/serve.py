@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from tercet.cli.engine_options import (
     add_cache_arguments,
     add_engine_arguments,
@@ -59,6 +61,26 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    parser.add_argument(
+        "--mcp-allow",
+        action="append",
+        default=[],
+        metavar="URL_PREFIX",
+        help="MCP connector: requests may name MCP servers under this URL prefix; repeatable; "
+        "'*' allows any (default: loopback only)",
+    )
+    parser.add_argument(
+        "--no-mcp-loopback",
+        action="store_true",
+        help="MCP connector: refuse MCP servers on loopback too",
+    )
+    parser.add_argument(
+        "--mcp-call-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="MCP connector: the longest one tool call may take (default 60)",
+    )
     add_engine_arguments(parser)
     add_cache_arguments(parser)
     parser.set_defaults(run=run)
@@ -70,7 +92,17 @@ def run(args: argparse.Namespace) -> int:
     settings["api_keys"] = args.api_key or default_api_keys()
     if args.route:
         settings["routes"] = [_parse_route(r) for r in args.route]
-    config = ServerConfig(**settings)
+    settings["mcp_allowed_urls"] = args.mcp_allow
+    settings["mcp_allow_loopback"] = not args.no_mcp_loopback
+    settings["mcp_call_timeout_s"] = args.mcp_call_timeout
+    try:
+        config = ServerConfig(**settings)
+    except ValidationError as invalid:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in invalid.errors()
+        )
+        print(f"error: {problems}", file=sys.stderr)
+        return 2
     if not config.is_loopback and not config.api_keys and not args.no_auth:
         print(
             f"error: {config.host} is reachable from other machines; pass --api-key KEY "

@@ -26,7 +26,7 @@ from tercet.engine.base import (
 )
 from tercet.engine.chat_template import execution_text
 from tercet.engine.stops import StopSequenceMatcher
-from tercet.wire.content import ServerToolResultBlockParam
+from tercet.wire.content import MCPToolResultBlockParam, ServerToolResultBlockParam
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ class ScriptedEngine:
     a `ScriptedCall` reply is a tool call.
 
     `log` records what happened to each generation: "finished" or "cancelled"; `prompts` the
-    text of each prompt it was given (tool results included).
+    text of each prompt it was given (tool results included); `conversations` each
+    conversation it was asked to prepare (the tools offered included).
     """
 
     def __init__(
@@ -58,6 +59,7 @@ class ScriptedEngine:
         self.delay = delay
         self.log: list[str] = []
         self.prompts: list[str] = []
+        self.conversations: list[Conversation] = []
         self._spec = ModelSpec(
             id=model_id,
             display_name="Scripted test engine",
@@ -70,6 +72,7 @@ class ScriptedEngine:
         return self._spec
 
     async def prepare(self, conversation: Conversation) -> PreparedPrompt:
+        self.conversations.append(conversation)
         parts = [conversation.system_text or ""]
         parts += [f"{t.role}: {_text(b)}" for t in conversation.turns for b in t.blocks]
         text = "\n".join(parts)
@@ -125,4 +128,7 @@ class ScriptedEngine:
 def _text(block: object) -> str:
     if isinstance(block, ServerToolResultBlockParam):
         return execution_text(block.content)
+    if isinstance(block, MCPToolResultBlockParam):
+        content = block.content
+        return content if isinstance(content, str) else " ".join(b.text for b in content)
     return str(getattr(block, "text", ""))

@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 import tercet
 from tercet.engine.base import Engine
 from tercet.files.store import LocalFileStore
+from tercet.mcp import McpPool, UrlPolicy
 from tercet.sandbox.containers import ContainerManager
 from tercet.sandbox.runtime import default_runtime
 from tercet.server.admission import AdmissionQueue
@@ -33,6 +34,7 @@ from tercet.server.conversation import build_conversation
 from tercet.server.errors import install_error_handlers
 from tercet.server.files import files_router, resolve_file_sources_async
 from tercet.server.generation import GenerationPlan, complete, plan, stream_events
+from tercet.server.mcp_connector import discover
 from tercet.server.models import ModelRegistry
 from tercet.server.signatures import ThinkingSigner
 from tercet.server.sse import encode, with_pings
@@ -65,6 +67,7 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        await mcp_pool.aclose()
         for engine in registry.engines.values():
             await engine.aclose()
         files.close()
@@ -89,6 +92,14 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
         runtime=default_runtime(),
     )
     code_execution = CodeExecutor(containers, files)
+    mcp_pool = McpPool(
+        policy=UrlPolicy(
+            allowed=tuple(config.mcp_allowed_urls), allow_loopback=config.mcp_allow_loopback
+        ),
+        idle_timeout_s=config.mcp_idle_timeout_s,
+        connect_timeout_s=config.mcp_connect_timeout_s,
+        call_timeout_s=config.mcp_call_timeout_s,
+    )
 
     @api.post("/messages", response_model=None)
     async def create_message(request: Request) -> Response:
@@ -101,6 +112,7 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
             signer,
             _betas(request),
             code_execution=code_execution,
+            mcp_pool=mcp_pool,
             owner=request.state.owner,
             max_tool_iterations=config.max_tool_iterations,
         )
@@ -119,9 +131,13 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
         body = await _read_body(request, CountTokensRequest, config.max_body_bytes)
         await resolve_file_sources_async(body, files, request.state.owner)
         engine = registry.resolve(body.model)
-        thinking = thinks(body, _betas(request), adaptive_model=engine.spec.adaptive_thinking)
+        betas = _betas(request)
+        thinking = thinks(body, betas, adaptive_model=engine.spec.adaptive_thinking)
+        build_conversation(body)  # the message rules, before any MCP server is asked
+        toolbox = await discover(body, betas, mcp_pool)
+        conversation = build_conversation(body, extra_tools=toolbox.tools if toolbox else ())
         # Without breakpoints: counting reads nothing from the cache and refreshes nothing.
-        conversation = replace(build_conversation(body), thinking=thinking, breakpoints=())
+        conversation = replace(conversation, thinking=thinking, breakpoints=())
         prompt = await engine.prepare(conversation)
         return MessageTokensCount(input_tokens=prompt.total_tokens)
 

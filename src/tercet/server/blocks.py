@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from tercet.engine.base import TextChunk, ThinkingChunk, ToolCallDelta, ToolCallStart
 from tercet.server.signatures import ThinkingSigner
 from tercet.wire.content import (
     ContentBlockParam,
+    MCPToolResultBlock,
+    MCPToolResultBlockParam,
+    MCPToolUseBlock,
+    MCPToolUseBlockParam,
     ServerToolResultBlock,
     ServerToolResultBlockParam,
     ServerToolUseBlock,
@@ -46,11 +50,16 @@ class BlockWriter:
         tool_use_ids: Callable[[], str],
         server_tools: frozenset[str] = frozenset(),
         server_tool_use_ids: Callable[[], str] = lambda: "",
+        mcp_tools: Mapping[str, tuple[str, str]] | None = None,
+        mcp_tool_use_ids: Callable[[], str] = lambda: "",
     ) -> None:
         self._signer = signer
         self._tool_use_ids = tool_use_ids
         self._server_tools = server_tools
         self._server_tool_use_ids = server_tool_use_ids
+        # Model-facing name -> (MCP server, the tool's own name), which the client sees.
+        self._mcp_tools = mcp_tools or {}
+        self._mcp_tool_use_ids = mcp_tool_use_ids
         # What the reply holds so far, as blocks a client would send back (for continuing it
         # after a server tool ran); thinking is not kept.
         self.written: list[ContentBlockParam] = []
@@ -73,10 +82,12 @@ class BlockWriter:
             return self._tool_use(event.name)
         return self._tool_input(event.partial_json)
 
-    def server_call(self) -> ServerToolUseBlockParam | None:
-        """The server tool call the reply ended with, its input complete, if it did."""
+    def server_call(self) -> ServerToolUseBlockParam | MCPToolUseBlockParam | None:
+        """The server tool or MCP call the reply ended with, its input complete, if it did.
+
+        An MCP call keeps the model-facing name here (the continuation is rendered with it)."""
         last = self.written[-1] if self.written else None
-        if not isinstance(last, ServerToolUseBlockParam):
+        if not isinstance(last, ServerToolUseBlockParam | MCPToolUseBlockParam):
             return None
         try:
             arguments = json.loads(self._input)
@@ -85,12 +96,25 @@ class BlockWriter:
         last.input = arguments if isinstance(arguments, dict) else {}
         return last
 
-    def result(self, block: ServerToolResultBlock) -> Iterator[StreamEvent]:
-        """A server tool's result, as one whole block."""
+    def result(self, block: ServerToolResultBlock | MCPToolResultBlock) -> Iterator[StreamEvent]:
+        """A server tool's or MCP tool's result, as one whole block."""
         yield from self._close_open()
         self._index += 1
         yield ContentBlockStartEvent(index=self._index, content_block=block)
         yield ContentBlockStopEvent(index=self._index)
+        if isinstance(block, MCPToolResultBlock):
+            content = block.content
+            self.written.append(
+                MCPToolResultBlockParam(
+                    type="mcp_tool_result",
+                    tool_use_id=block.tool_use_id,
+                    is_error=block.is_error,
+                    content=content
+                    if isinstance(content, str)
+                    else [TextBlockParam(type="text", text=b.text) for b in content],
+                )
+            )
+            return
         self.written.append(
             ServerToolResultBlockParam(
                 type=block.type, tool_use_id=block.tool_use_id, content=block.content
@@ -116,8 +140,18 @@ class BlockWriter:
 
     def _tool_use(self, name: str) -> Iterator[StreamEvent]:
         self._input = ""
-        block: ToolUseBlock | ServerToolUseBlock
-        if name in self._server_tools:
+        block: ToolUseBlock | ServerToolUseBlock | MCPToolUseBlock
+        if name in self._mcp_tools:
+            server, tool = self._mcp_tools[name]
+            block = MCPToolUseBlock(
+                id=self._mcp_tool_use_ids(), name=tool, server_name=server, input={}
+            )
+            self.written.append(
+                MCPToolUseBlockParam(
+                    type="mcp_tool_use", id=block.id, name=name, server_name=server, input={}
+                )
+            )
+        elif name in self._server_tools:
             block = ServerToolUseBlock(id=self._server_tool_use_ids(), name=name, input={})
             self.written.append(
                 ServerToolUseBlockParam(type="server_tool_use", id=block.id, name=name, input={})
@@ -153,7 +187,7 @@ class BlockWriter:
         self._open = None
 
     def _start_after_thinking(
-        self, kind: str, block: TextBlock | ToolUseBlock | ServerToolUseBlock
+        self, kind: str, block: TextBlock | ToolUseBlock | ServerToolUseBlock | MCPToolUseBlock
     ) -> Iterator[StreamEvent]:
         """Open an answer block, first emitting the thinking block if one is still due."""
         yield from self._close_open()

@@ -120,7 +120,8 @@ def offered_tools(tools: Sequence[ToolParam] | None) -> list[CustomToolParam]:
             offered.append(tool)
             continue
         kind = CLIENT_TOOL_KINDS.get(tool.type)
-        if kind is None:  # a server tool: offered below, if the server runs it
+        # A server tool: code execution is offered below, MCP toolsets by the MCP connector.
+        if kind is None or not isinstance(tool, BuiltinToolParam):
             continue
         if tool.name is not None and tool.name != kind.name:
             raise InvalidRequestError(

@@ -57,6 +57,15 @@ class ServerConfig(BaseModel):
     max_tool_iterations: int = Field(
         default=10, ge=1, description="server tool calls in one response before pause_turn"
     )
+    mcp_allowed_urls: list[str] = Field(
+        default_factory=list,
+        description="URL prefixes of the MCP servers requests may name ('*' for any); "
+        "a request must not make the server a proxy into the operator's network",
+    )
+    mcp_allow_loopback: bool = Field(default=True, description="MCP servers on loopback too")
+    mcp_connect_timeout_s: float = Field(default=10.0, gt=0, description="connect and list tools")
+    mcp_call_timeout_s: float = Field(default=60.0, gt=0, description="one MCP tool call")
+    mcp_idle_timeout_s: float = Field(default=300.0, gt=0, description="pooled sessions close")
     container_limits: ContainerLimits = Field(default_factory=ContainerLimits)
     execution_limits: ExecutionLimits = Field(default_factory=ExecutionLimits)
 

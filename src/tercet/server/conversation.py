@@ -21,7 +21,7 @@ from tercet.wire.content import (
     ToolUseBlockParam,
 )
 from tercet.wire.errors import InvalidRequestError
-from tercet.wire.requests import MessageParam, PromptParams
+from tercet.wire.requests import CustomToolParam, MessageParam, PromptParams
 
 # Claude Code's first system block: a per-request attribution line that Anthropic strips by
 # position. Keeping it would change the prompt on every request, and so break every cached
@@ -29,10 +29,16 @@ from tercet.wire.requests import MessageParam, PromptParams
 ATTRIBUTION_PREFIX = "x-anthropic-billing-header:"
 
 
-def build_conversation(request: PromptParams, *, cache_scope: str = "") -> Conversation:
+def build_conversation(
+    request: PromptParams,
+    *,
+    cache_scope: str = "",
+    extra_tools: Sequence[CustomToolParam] = (),
+) -> Conversation:
     """Check the message rules and merge same-role neighbours; raises `InvalidRequestError`.
 
-    `cache_scope` is who the request is from: cached prefixes are shared only within it."""
+    `cache_scope` is who the request is from: cached prefixes are shared only within it.
+    `extra_tools` (the MCP connector's) are offered after the request's own."""
     if not request.messages:
         raise InvalidRequestError("messages: at least one message is required")
     turns: list[Turn] = []
@@ -58,7 +64,7 @@ def build_conversation(request: PromptParams, *, cache_scope: str = "") -> Conve
     conversation = Conversation(
         system=_system_blocks(request),
         turns=turns,
-        tools=offered_tools(request.tools),
+        tools=[*offered_tools(request.tools), *extra_tools],
         cache_scope=cache_scope,
     )
     return replace(conversation, breakpoints=find_breakpoints(conversation, request.cache_control))

@@ -24,16 +24,24 @@ from tercet.engine.base import (
     SamplingParams,
     Turn,
 )
+from tercet.mcp import McpPool
 from tercet.sandbox.containers import Container, ContainerError
 from tercet.server.admission import AdmissionQueue, Ticket
 from tercet.server.blocks import BlockWriter
 from tercet.server.code_execution import SERVER_TOOL_NAMES, CodeExecutor, code_execution_tools
 from tercet.server.conversation import build_conversation
+from tercet.server.mcp_connector import McpToolbox, discover
 from tercet.server.models import ModelRegistry
 from tercet.server.signatures import ThinkingSigner
 from tercet.server.thinking import check_thinking_blocks, interleaves, thinking_budget
 from tercet.server.tools import tool_policy
-from tercet.wire.content import ContainerUploadBlockParam, ContentBlockParam
+from tercet.wire.content import (
+    ContainerUploadBlockParam,
+    ContentBlockParam,
+    MCPToolResultBlock,
+    MCPToolUseBlockParam,
+    ServerToolResultBlock,
+)
 from tercet.wire.errors import InvalidRequestError, PromptTooLongError
 from tercet.wire.events import (
     MessageAccumulator,
@@ -65,9 +73,11 @@ def new_id(prefix: str) -> str:
 
 @dataclass
 class ServerToolRuns:
-    """What the server needs to run code execution calls within one request."""
+    """What the server needs to run the calls it runs itself (code execution, MCP tools)
+    within one request."""
 
-    executor: CodeExecutor
+    executor: CodeExecutor | None  # when the request offers code execution
+    mcp: McpToolbox | None  # when it names MCP servers
     owner: str
     max_iterations: int
 
@@ -83,7 +93,7 @@ class GenerationPlan:
     ticket: Ticket
     signer: ThinkingSigner
     conversation: Conversation
-    tool_runs: ServerToolRuns | None = None  # when the request offers code execution
+    tool_runs: ServerToolRuns | None = None  # when the request offers server-run tools
 
     @property
     def omit_thinking(self) -> bool:
@@ -101,6 +111,7 @@ async def plan(
     betas: Set[str] = frozenset(),
     *,
     code_execution: CodeExecutor | None = None,
+    mcp_pool: McpPool | None = None,
     owner: str = "anonymous",
     max_tool_iterations: int = 10,
 ) -> GenerationPlan:
@@ -117,9 +128,15 @@ async def plan(
     if any(not s.strip() for s in stops):
         raise InvalidRequestError("stop_sequences: each stop sequence must contain non-whitespace")
     budget = thinking_budget(request, betas, adaptive_model=spec.adaptive_thinking)
-    tools = tool_policy(request, thinking=budget is not None)
     check_thinking_blocks(request, signer)
-    conversation = build_conversation(request, cache_scope=owner)
+    conversation = build_conversation(request, cache_scope=owner)  # the message rules first
+    # Then the MCP servers: listing their tools is the slow part, and may fail with a 400.
+    toolbox = await discover(request, betas, mcp_pool)
+    extra_tools = toolbox.tools if toolbox else ()
+    tools = tool_policy(request, thinking=budget is not None, extra_tools=extra_tools)
+    if toolbox is not None:
+        conversation = build_conversation(request, cache_scope=owner, extra_tools=extra_tools)
+        conversation = toolbox.renamed_history(conversation)
     if budget is not None:
         prefill = conversation.prefill
         if prefill is not None and any(b.type == "text" for b in prefill.blocks):
@@ -147,9 +164,10 @@ async def plan(
         tools=tools,
     )
     ticket = lines[spec.id].join()
+    executor = code_execution if code_execution_tools(request.tools) else None
     runs = None
-    if code_execution is not None and code_execution_tools(request.tools):
-        runs = ServerToolRuns(code_execution, owner, max_iterations=max_tool_iterations)
+    if executor is not None or toolbox is not None:
+        runs = ServerToolRuns(executor, toolbox, owner, max_iterations=max_tool_iterations)
     return GenerationPlan(request, engine, prompt, params, ticket, signer, conversation, runs)
 
 
@@ -182,8 +200,10 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
         thinking=thinking,
         omit_thinking=job.omit_thinking,
         tool_use_ids=lambda: new_id("toolu"),
-        server_tools=SERVER_TOOL_NAMES if runs else frozenset(),
+        server_tools=SERVER_TOOL_NAMES if runs and runs.executor else frozenset(),
         server_tool_use_ids=lambda: new_id("srvtoolu"),
+        mcp_tools=runs.mcp.names() if runs and runs.mcp else None,
+        mcp_tool_use_ids=lambda: new_id("mcptoolu"),
     )
     prompt, params = job.prompt, job.params
     container: Container | ContainerError | None = None
@@ -209,11 +229,18 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
                 # The model called a server tool: run it, show the result, let the model go on.
                 for block_event in blocks.close():
                     yield block_event
-                if container is None:
-                    container = await _open_container(runs, job.request)
-                result = await anyio.to_thread.run_sync(
-                    runs.executor.execute, container, call.name, call.id, call.input, runs.owner
-                )
+                result: ServerToolResultBlock | MCPToolResultBlock
+                if isinstance(call, MCPToolUseBlockParam):
+                    assert runs.mcp is not None
+                    result = await runs.mcp.call(call)
+                else:
+                    executor = runs.executor
+                    assert executor is not None
+                    if container is None:
+                        container = await _open_container(executor, runs.owner, job.request)
+                    result = await anyio.to_thread.run_sync(
+                        executor.execute, container, call.name, call.id, call.input, runs.owner
+                    )
                 for block_event in blocks.result(result):
                     yield block_event
                 iterations += 1
@@ -235,7 +262,7 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
             stop_reason=stop_reason or STOP_REASONS[finish.reason],
             stop_sequence=finish.stop_sequence,
             container=runs.executor.info(container)
-            if runs is not None and isinstance(container, Container)
+            if runs is not None and runs.executor and isinstance(container, Container)
             else None,
         ),
         usage=MessageDeltaUsage(
@@ -252,17 +279,15 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
 
 
 async def _open_container(
-    runs: ServerToolRuns, request: MessageCreateRequest
+    executor: CodeExecutor, owner: str, request: MessageCreateRequest
 ) -> Container | ContainerError:
     """The request's container, with its `container_upload` files placed in it."""
-    container = await anyio.to_thread.run_sync(runs.executor.container, request.container)
+    container = await anyio.to_thread.run_sync(executor.container, request.container)
     if isinstance(container, Container):
         for message in request.messages:
             for block in message.content if not isinstance(message.content, str) else ():
                 if isinstance(block, ContainerUploadBlockParam):
-                    await anyio.to_thread.run_sync(
-                        runs.executor.upload, container, block, runs.owner
-                    )
+                    await anyio.to_thread.run_sync(executor.upload, container, block, owner)
     return container
 
 

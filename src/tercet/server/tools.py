@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from tercet.engine.base import ToolPolicy
 from tercet.server.client_tools import offered_tools
 from tercet.wire.errors import InvalidRequestError
 from tercet.wire.requests import (
+    CustomToolParam,
     MessageCreateRequest,
     ToolChoiceAny,
     ToolChoiceNone,
@@ -13,13 +16,19 @@ from tercet.wire.requests import (
 )
 
 
-def tool_policy(request: MessageCreateRequest, *, thinking: bool) -> ToolPolicy | None:
+def tool_policy(
+    request: MessageCreateRequest,
+    *,
+    thinking: bool,
+    extra_tools: Sequence[CustomToolParam] = (),
+) -> ToolPolicy | None:
     """The calls the model may make, or None when it may only answer in text.
 
     Custom tools, Anthropic-defined client tools (bash, text editor, memory) and the code
-    execution tool's sub-tools (which the server runs itself) can be called.
+    execution tool's sub-tools and MCP tools (`extra_tools`; the server runs both) can be called.
     """
-    schemas = {t.name: t.input_schema for t in offered_tools(request.tools)}
+    offered = [*offered_tools(request.tools), *extra_tools]
+    schemas = {t.name: t.input_schema for t in offered}
     choice = request.tool_choice
     if isinstance(choice, ToolChoiceAny | ToolChoiceTool):
         if not schemas:

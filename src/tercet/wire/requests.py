@@ -46,13 +46,37 @@ class BuiltinToolParam(RequestModel):
     cache_control: CacheControl | None = None
 
 
+class MCPToolConfig(RequestModel):
+    """Whether one MCP tool (or, as `default_config`, every tool of a server) is offered."""
+
+    enabled: bool | None = None  # true when absent
+    defer_loading: bool | None = None
+
+
+class MCPToolsetParam(RequestModel):
+    """`mcp_toolset` (beta `mcp-client-2025-11-20`): which tools of one MCP server are offered.
+
+    `cache_control` applies to the server's last offered tool.
+    """
+
+    type: Literal["mcp_toolset"]
+    mcp_server_name: str
+    default_config: MCPToolConfig | None = None
+    configs: dict[str, MCPToolConfig] | None = None
+    cache_control: CacheControl | None = None
+
+
 def _tool_kind(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    if kind == "mcp_toolset":
+        return "mcp_toolset"
     return "custom" if kind in (None, "custom") else "builtin"
 
 
 ToolParam = Annotated[
-    Annotated[CustomToolParam, Tag("custom")] | Annotated[BuiltinToolParam, Tag("builtin")],
+    Annotated[CustomToolParam, Tag("custom")]
+    | Annotated[MCPToolsetParam, Tag("mcp_toolset")]
+    | Annotated[BuiltinToolParam, Tag("builtin")],
     Discriminator(_tool_kind),
 ]
 
@@ -115,6 +139,26 @@ class Metadata(RequestModel):
     user_id: str | None = None
 
 
+# --- MCP servers -------------------------------------------------------------------------------
+
+
+class MCPToolConfiguration(RequestModel):
+    """Beta `mcp-client-2025-04-04` only: which of the server's tools are offered."""
+
+    enabled: bool | None = None
+    allowed_tools: list[str] | None = None
+
+
+class MCPServerDefinition(RequestModel):
+    """A remote MCP server whose tools the server calls for the model (beta MCP connector)."""
+
+    type: Literal["url"]
+    url: str
+    name: str = Field(min_length=1)
+    authorization_token: str | None = None  # sent as a Bearer token; never logged
+    tool_configuration: MCPToolConfiguration | None = None
+
+
 # --- bodies ------------------------------------------------------------------------------------
 
 
@@ -129,7 +173,7 @@ class PromptParams(RequestModel):
     thinking: ThinkingConfig | None = None
     output_config: OutputConfig | None = None
     cache_control: CacheControl | None = None
-    mcp_servers: list[dict[str, Any]] | None = None
+    mcp_servers: list[MCPServerDefinition] | None = None
 
 
 class MessageCreateRequest(PromptParams):

@@ -1,13 +1,19 @@
-"""MCP connector overhead: a tool call through McpPool against the SDK's own open session.
+"""MCP connector overhead: what an MCP call costs through tercet over a direct call with the
+`mcp` client.
 
-Starts an MCP server (the SDK's MCPServer, streamable HTTP) in a subprocess on loopback and
-times N calls of its `echo` tool, alternating call by call: over a `ClientSession` that is
-already open (the floor), and through `McpPool.call_tool` on its pooled connection (lookup,
-health check, timeout scope, result conversion). Prints p50 and p95 of each and their ratio,
-and what opening a connection costs (connect, handshake and tool list, on a fresh pool).
-Target: a pooled call within 1.2x the floor.
+Starts an MCP server (the SDK's MCPServer, streamable HTTP) in a subprocess on loopback, then:
 
-    .venv/bin/python bench/mcp_pool.py [--calls 200]
+1. The pool: N calls of its `echo` tool, alternating call by call, over a `ClientSession` that
+   is already open (the floor) and through `McpPool.call_tool` on its pooled connection
+   (lookup, health check, timeout scope, result conversion). Target: within 1.2x the floor.
+2. The connector, end to end: a tercet server on a scripted engine (so no model time is
+   measured), asked through the `anthropic` SDK with `mcp_servers`. Requests whose reply is one
+   `echo` call and then a word alternate with requests whose reply is the word alone; the
+   difference is what one call adds to a request (the call, its blocks, the second engine
+   pass, tools listed on a pooled connection). Printed next to the direct call.
+3. What opening a connection costs (connect, handshake and tool list, on a fresh pool).
+
+    .venv/bin/python bench/mcp_connector.py [--calls 200]
 """
 
 from __future__ import annotations
@@ -54,6 +60,44 @@ def serve() -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
+def end_to_end(url: str, calls: int) -> tuple[list[float], list[float]]:
+    """Request times with one MCP call, and without, through a tercet server (scripted)."""
+    import tempfile
+
+    import anthropic
+
+    from tercet.engine.scripted import ScriptedCall, ScriptedEngine
+    from tercet.server.app import create_app
+    from tercet.server.config import ServerConfig
+    from tercet.server.runner import BackgroundServer
+
+    engines = {
+        "call": ScriptedEngine([ScriptedCall("echo", {"text": TEXT}), "done"], model_id="call"),
+        "plain": ScriptedEngine(["done"], model_id="plain"),
+    }
+    config = ServerConfig(data_dir=tempfile.mkdtemp(prefix="tercet-bench-"), api_keys=[])
+    times: dict[str, list[float]] = {"call": [], "plain": []}
+    with BackgroundServer(create_app(config, list(engines.values()))) as running:
+        client = anthropic.Anthropic(base_url=running.base_url, api_key="k", max_retries=0)
+        for index in range(calls + 5):  # the first few warm up connections and the pool
+            for model in ("call", "plain"):
+                started = time.perf_counter()
+                message = client.beta.messages.create(
+                    model=model,
+                    max_tokens=50,
+                    messages=[{"role": "user", "content": "Go."}],
+                    mcp_servers=[{"type": "url", "url": url, "name": "bench"}],
+                    tools=[{"type": "mcp_toolset", "mcp_server_name": "bench"}],
+                    betas=["mcp-client-2025-11-20"],
+                )
+                took = time.perf_counter() - started
+                expected = 3 if model == "call" else 1
+                assert len(message.content) == expected, message.content
+                if index >= 5:
+                    times[model].append(took)
+    return times["call"], times["plain"]
+
+
 async def measure(url: str, calls: int, connects: int) -> None:
     pool = McpPool()
     floor: list[float] = []
@@ -93,6 +137,20 @@ async def measure(url: str, calls: int, connects: int) -> None:
     p50, p95 = statistics.median(opening), percentile(opening, 0.95)
     print(f"  {'new connection + tools/list':34}{p50 * 1000:>9.2f}{p95 * 1000:>9.2f}")
     print("  target: a pooled call within 1.2x the floor")
+
+    with_call, without = await anyio.to_thread.run_sync(end_to_end, url, calls)
+    added50 = statistics.median(with_call) - statistics.median(without)
+    added95 = percentile(with_call, 0.95) - percentile(without, 0.95)
+    print(f"\n{calls} Messages API requests on a scripted engine, alternating")
+    print(f"  {'':34}{'p50 ms':>9}{'p95 ms':>9}")
+    for label, values in [("reply with one MCP call", with_call), ("reply without", without)]:
+        p50, p95 = statistics.median(values), percentile(values, 0.95)
+        print(f"  {label:34}{p50 * 1000:>9.2f}{p95 * 1000:>9.2f}")
+    print(f"  {'added by the call':34}{added50 * 1000:>9.2f}{added95 * 1000:>9.2f}")
+    print(
+        f"  added / direct call: {added50 / floor50:.2f}x p50, {added95 / floor95:.2f}x p95 "
+        "(includes the engine's second pass over the result)"
+    )
 
 
 def main() -> None:
