@@ -11,6 +11,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,18 +38,20 @@ from tercet.engine.scripted import ScriptedCall, ScriptedEngine
 from tercet.server.app import create_app
 from tercet.server.config import ServerConfig
 from tercet.server.runner import BackgroundServer
-from tests.conftest import cli_server
+from tests.conftest import CLAUDE_MODEL, cli_server
 
 EDITOR = "str_replace_based_edit_tool"
 RECORDED_KINDS = {"header", "run_started", "request_sent", "user_message", "assistant_message"}
 
 
 def options_in(tmp_path: Path, **changes: Any) -> CodeOptions:
-    """Options for a run in tmp_path/work, sessions in tmp_path/sessions, no MCP."""
+    """Options for a run in tmp_path/work, sessions in tmp_path/sessions; unless `changes`
+    say otherwise, every call allowed and no MCP."""
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
     changes.setdefault("permission_mode", "bypassPermissions")
-    return CodeOptions(cwd=work, sessions_dir=tmp_path / "sessions", mcp=False, **changes)
+    changes.setdefault("mcp", False)
+    return CodeOptions(cwd=work, sessions_dir=tmp_path / "sessions", **changes)
 
 
 async def print_run(
@@ -219,6 +222,22 @@ async def test_limits_and_errors_have_their_exit_status(tmp_path: Path) -> None:
     assert status == 1 and "cannot resume the session" in err
 
 
+@pytest.mark.anyio
+async def test_mcp_servers_that_fail_are_warnings(tmp_path: Path) -> None:
+    options = options_in(tmp_path, mcp=True)
+    config = {"mcpServers": {"broken": {"command": str(tmp_path / "no-such-server")}}}
+    (options.cwd / ".mcp.json").write_text(json.dumps(config))
+    model = ScriptedModel(["Fine."])
+    status, out, err = await print_run(model, options)
+    assert (status, out) == (0, "Fine.\n")
+    assert err.startswith("warning: MCP server 'broken': ") and "(its tools are left out)" in err
+    assert [tool["name"] for tool in model.requests[0].tools] == ["bash", EDITOR]
+
+    (options.cwd / ".mcp.json").write_text("{not json")
+    status, _, err = await print_run(ScriptedModel(["Fine."]), options)
+    assert status == 0 and err.startswith("warning: no MCP servers: ")
+
+
 # ---------------------------------------------------------------------------- interactive
 
 
@@ -233,8 +252,8 @@ async def test_interactive_asks_inline_and_continues_the_session(tmp_path: Path)
     assert await run_interactive(model, options, stdin, out, err) == 0
     assert (options.cwd / "made.txt").exists()
     shown = out.getvalue()
-    assert "* bash: touch made.txt\nAllow bash: touch made.txt? (no rule allows" in shown
-    assert "[y]es / [n]o / [a]lways: " in shown and "Made it." in shown and "Stopping now." in shown
+    assert "* bash: touch made.txt\nAllow bash: touch made.txt? [y]es / [n]o / [a]lways: " in shown
+    assert "Made it." in shown and "Stopping now." in shown
     assert shown.count("[end_turn · ") == 2
     # One session: the second prompt went to the model after the first conversation.
     said = [m["content"][-1].get("text") for m in model.requests[2].messages]
@@ -310,7 +329,7 @@ async def test_ctrl_c_twice_cancels_a_long_tool_call(tmp_path: Path) -> None:
         ScriptedModel([press_twice]), options_in(tmp_path), interrupts=interrupts
     )
     assert status == 130 and time.monotonic() - started < 10
-    assert out == "" and "interrupted; session " in err
+    assert out == "" and "error: the run stopped (interrupted): the run was cancelled" in err
     (session,) = (tmp_path / "sessions").glob("*.jsonl")
     last = records(session)[-1]
     assert (last["type"], last["reason"]) == ("result", "interrupted")
@@ -377,9 +396,10 @@ def test_ctrl_c_in_the_command_saves_the_interrupted_session(
         return events + [json.loads(line) for line in rest.splitlines()]
 
     first = tercet_code("-p", "Wait.", *common, cwd=tmp_path, data_dir=tmp_path / "data")
-    interrupt(first, "tool_call", presses=2)
+    events = interrupt(first, "tool_call", presses=2)
     (session,) = (tmp_path / "s").glob("*.jsonl")
-    assert records(session)[-1]["reason"] == "interrupted"
+    assert events[-1]["reason"] == "interrupted"  # the result the loop saved, cancelled
+    assert records(session)[-1] == {**events[-1], "time": records(session)[-1]["time"]}
 
     resumed = tercet_code(
         "-p", "Talk.", "--resume", session.stem, *common, cwd=tmp_path, data_dir=tmp_path / "data"
@@ -388,6 +408,30 @@ def test_ctrl_c_in_the_command_saves_the_interrupted_session(
     assert events[-1]["type"] == "result" and events[-1]["reason"] == "interrupted"
     assert events[-1]["session_id"] == session.stem
     assert records(session)[-1] == {**events[-1], "time": records(session)[-1]["time"]}
+
+
+def test_the_command_on_a_server_prints_and_converses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`-p -` reads the task from stdin and prints the answer; without -p stdin's lines are
+    prompts. Both through `main`, on a scripted server."""
+    engine = ScriptedEngine(["The answer is 4."])
+    config = ServerConfig(data_dir=tmp_path / "server", api_keys=[])
+    common = ["--max-tokens", "1024", "--sessions-dir", str(tmp_path / "s"), "--no-mcp"]
+    common += ["--model", CLAUDE_MODEL]  # the SDK warns about older names
+    with BackgroundServer(create_app(config, [engine])) as running:
+        common += ["--base-url", running.base_url, "--cwd", str(tmp_path)]
+        monkeypatch.setattr(sys, "stdin", io.StringIO("What is 2+2?\n"))
+        assert main(["code", "-p", "-", *common]) == 0
+        printed = capsys.readouterr()
+        assert printed.out == "The answer is 4.\n" and "What is 2+2?" in engine.prompts[0]
+        assert re.fullmatch(r"session \S+ \(continue it with --resume\)\n", printed.err)
+
+        monkeypatch.setattr(sys, "stdin", io.StringIO("And 2+3?\n"))
+        assert main(["code", *common]) == 0
+    chatted = capsys.readouterr()
+    assert chatted.out.startswith("The answer is 4.\n[end_turn · 1 turn · ")
+    assert "--resume " in chatted.err and "And 2+3?" in engine.prompts[1]
 
 
 @pytest.mark.parametrize(
@@ -414,9 +458,13 @@ def test_bad_command_lines_get_a_message(
     assert captured.out == ""
 
 
-def test_an_empty_task_or_an_unknown_format_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_empty_task_or_a_format_without_a_task_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert main(["code", "-p", " "]) == 2
     assert "-p needs a task" in capsys.readouterr().err
+    assert main(["code", "--output-format", "json"]) == 2
+    assert "--output-format json is for -p runs" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit:
         main(["code", "-p", "x", "--output-format", "xml"])
     assert exit.value.code == 2

@@ -229,9 +229,9 @@ async def run_print(
             if options.output_format == "stream-json":
                 print(json.dumps(event_to_dict(event), ensure_ascii=False), file=out, flush=True)
 
-        result = await interrupts.run(agent, _consume(events, show))
+        result = await _run(agent, events, show, interrupts)
         if result is None:
-            print(f"interrupted; session {agent.session_id}", file=err)
+            print("interrupted before the run started", file=err)
             return EXIT_INTERRUPTED
         if options.output_format == "json":
             print(json.dumps(event_to_dict(result), ensure_ascii=False), file=out, flush=True)
@@ -272,9 +272,7 @@ async def run_interactive(
         try:
             while (prompt := await _next_prompt(lines, out, prompt_mark)) is not None:
                 events = agent.resume(session_id, prompt) if session_id else agent.run(prompt)
-                result = await interrupts.run(agent, _consume(events, transcript.show))
-                if result is None:
-                    transcript.line("[interrupted]")
+                await _run(agent, events, transcript.show, interrupts)
                 session_id = agent.session_id
         finally:
             if session_id is not None:
@@ -293,17 +291,30 @@ async def _next_prompt(lines: LineReader, out: TextIO, mark: str) -> str | None:
             return line.strip()
 
 
-async def _consume(
-    events: AsyncGenerator[Event, None], show: Callable[[Event], None]
+async def _run(
+    agent: Agent,
+    events: AsyncGenerator[Event, None],
+    show: Callable[[Event], None],
+    interrupts: Interrupts,
 ) -> Result | None:
-    """Show each event of a run; its `Result`."""
-    result: Result | None = None
+    """Show each event of a run, ending with its `Result`. When Ctrl-C cancels the run, the
+    result is the one the loop saved as it was cancelled (None if the run had not begun)."""
+    result = await interrupts.run(agent, _consume(events, show))
+    if result is None and agent.session_id is not None:
+        saved = agent.sessions.load(agent.session_id).events
+        result = saved[-1] if saved and isinstance(saved[-1], Result) else None
+        if result is not None:
+            show(result)
+    return result
+
+
+async def _consume(events: AsyncGenerator[Event, None], show: Callable[[Event], None]) -> Result:
     async with aclosing(events) as stream:
         async for event in stream:
             show(event)
             if isinstance(event, Result):
-                result = event
-    return result
+                return event
+    raise RuntimeError("the run ended without a result")
 
 
 @asynccontextmanager
@@ -318,10 +329,10 @@ async def _agent(
         try:
             servers = McpServers.for_project(options.cwd)
         except McpConfigError as exc:
-            print(f"warning: MCP servers left out: {exc}", file=err)
+            print(f"warning: no MCP servers: {exc}", file=err)
     async with servers:
-        for name, error in servers.errors.items():
-            print(f"warning: MCP server {name!r} left out: {error}", file=err)
+        for error in servers.errors.values():
+            print(f"warning: {error} (its tools are left out)", file=err)
         async with Agent(model, options.agent_config([*tools, *servers.tools], ask)) as agent:
             yield agent
 
@@ -364,6 +375,7 @@ class Transcript:
         self.out = out
         self._mid_line = False
         self._thinking = False
+        self._denied: set[str] = set()  # their results only repeat the denial
 
     def show(self, event: Event) -> None:
         if isinstance(event, ThinkingDelta):
@@ -380,8 +392,9 @@ class Transcript:
         elif isinstance(event, ToolCall):
             self.line(f"* {event.description or event.name}")
         elif isinstance(event, PermissionDecided) and event.action == "deny":
+            self._denied.add(event.tool_use_id)
             self.line(f"  denied: {event.reason}")
-        elif isinstance(event, ToolFinished):
+        elif isinstance(event, ToolFinished) and event.tool_use_id not in self._denied:
             self.line(f"  {'error: ' if event.is_error else '-> '}{_preview(event.content)}")
         elif isinstance(event, Compacted):
             self.line(f"[the conversation was summarised to fit: {event.tokens_before} tokens]")
@@ -417,7 +430,7 @@ def _summary(result: Result) -> str:
     usage = result.usage
     parts = [
         result.reason,
-        f"{result.turns} turns",
+        f"{result.turns} turn{'' if result.turns == 1 else 's'}",
         f"{usage.prompt_tokens} in / {usage.output_tokens} out tokens",
         f"${result.cost_usd:.4f}",
         f"{result.duration_s:.1f}s",
@@ -439,9 +452,9 @@ class Asker:
     async def __call__(self, request: PermissionRequest) -> Decision:
         if request.tool_name in self.always:
             return Decision("allow", f"the user allowed {request.tool_name} for this session")
-        self.transcript.ask(
-            f"Allow {request.description}? ({request.reason}) [y]es / [n]o / [a]lways: "
-        )
+        # The rules' reason, unless it only repeats the call ("no rule allows bash: ls").
+        why = "" if request.description in request.reason else f" ({request.reason})"
+        self.transcript.ask(f"Allow {request.description}?{why} [y]es / [n]o / [a]lways: ")
         with self.interrupts.asking():
             line = await self.lines.readline()
         answer = (line or "").strip()
@@ -541,8 +554,9 @@ def register(commands: Any) -> None:
         "--output-format",
         choices=OUTPUT_FORMATS,
         default="text",
-        help="with -p: text (the final answer; the session id on stderr), json (the Result "
-        "as one object) or stream-json (every event, a JSON object a line)",
+        help="with -p: text (the final answer; the session id on stderr), json (the run's "
+        "result as one object: reason, session_id, text, turns, usage, cost_usd, duration_s, "
+        "trajectory) or stream-json (every event, one JSON object a line, the result last)",
     )
     parser.add_argument("--resume", metavar="SESSION_ID", help="continue a saved session")
     parser.add_argument(
@@ -698,7 +712,7 @@ def model_from_args(args: argparse.Namespace) -> Model:
 def run(args: argparse.Namespace) -> int:
     try:
         options = options_from_args(args)
-        prompt = _task(args.prompt)
+        prompt = _task(args.prompt, options.output_format)
         if options.resume is not None:  # before the model loads, which takes a while
             SessionStore(options.sessions_dir).load(options.resume)
     except UsageError as exc:
@@ -719,8 +733,10 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
 
 
-def _task(prompt: str | None) -> str | None:
+def _task(prompt: str | None, output_format: OutputFormat) -> str | None:
     """The -p task (read from stdin for '-'); None for the interactive mode."""
+    if prompt is None and output_format != "text":
+        raise UsageError(f"--output-format {output_format} is for -p runs")
     if prompt == "-":
         prompt = sys.stdin.read()
     if prompt is not None and not prompt.strip():
