@@ -44,6 +44,14 @@ EDITOR = "str_replace_based_edit_tool"
 RECORDED_KINDS = {"header", "run_started", "request_sent", "user_message", "assistant_message"}
 
 
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Runs in this process keep their default sessions and memory out of the user's folder."""
+    data = tmp_path / "data"
+    monkeypatch.setenv("TERCET_DATA_DIR", str(data))
+    return data
+
+
 def options_in(tmp_path: Path, **changes: Any) -> CodeOptions:
     """Options for a run in tmp_path/work, sessions in tmp_path/sessions; unless `changes`
     say otherwise, every call allowed and no MCP."""
@@ -176,6 +184,31 @@ def test_rules_are_split_as_claude_code_writes_them() -> None:
         "mcp__github",
     ]
     assert split_rules(["Bash(unclosed x"]) == ["Bash(unclosed x"]  # left for the parser to refuse
+
+
+@pytest.mark.anyio
+async def test_memory_is_kept_across_runs_of_a_project(tmp_path: Path) -> None:
+    from tercet.cli.code import default_memory_dir
+
+    memory = default_memory_dir(tmp_path / "work")
+    assert memory.is_relative_to(tmp_path / "data")  # beside the sessions, not in the project
+    note = {"command": "create", "path": "/memories/notes.md", "file_text": "tests: pytest -q\n"}
+    first = ScriptedModel([turn(tool_use("memory", note)), "Noted."])
+    status, _, err = await print_run(first, options_in(tmp_path, memory_dir=memory))
+    assert status == 0, err
+
+    def read_back(request: ModelRequest) -> ScriptedTurn:
+        return turn(tool_use("memory", {"command": "view", "path": "/memories/notes.md"}))
+
+    def check(request: ModelRequest) -> str:
+        result = request.messages[-1]["content"][0]
+        assert "tests: pytest -q" in str(result["content"])
+        return "The tests run with pytest -q."
+
+    second = ScriptedModel([read_back, check])  # a new session: only memory carries the note
+    status, out, err = await print_run(second, options_in(tmp_path, memory_dir=memory))
+    assert status == 0 and out == "The tests run with pytest -q.\n", err
+    assert not list((tmp_path / "work").iterdir())
 
 
 @pytest.mark.anyio

@@ -91,7 +91,7 @@ class Stop(Exception):
 class AgentConfig:
     """How an agent runs. Every field has a working default."""
 
-    model: str = "claude-sonnet-4-5"  # the name requests ask for
+    model: str = "claude-sonnet-4-6"  # the name requests ask for
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     cwd: Path = field(default_factory=Path.cwd)  # where tools run and instructions are found
     load_instructions: bool = True  # add AGENTS.md / CLAUDE.md from cwd up to the system prompt

@@ -26,7 +26,7 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--base-url", help="a running server (default: start one in-process)")
     parser.add_argument("--api-key", default="tercet", help="key for --base-url")
-    parser.add_argument("--name", default="claude-sonnet-4-5", help="model name to ask for")
+    parser.add_argument("--name", default="claude-sonnet-4-6", help="model name to ask for")
     parser.add_argument("--system", help="a system prompt")
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--temperature", type=float, default=None)

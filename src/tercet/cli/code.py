@@ -7,7 +7,8 @@
 The model: with --base-url (or $ANTHROPIC_BASE_URL) a Messages API server, tercet's or
 Anthropic's; otherwise tercet's own app in this process, on the engine the model options
 choose (the bundled SmolLM2-135M by default; --gguf PATH for another file). The tools: bash,
-the text editor and the tools of the MCP servers in the project's .mcp.json (--no-mcp: none).
+the text editor, the memory tool (notes kept across runs, per project, in --memory-dir) and the
+tools of the MCP servers in the project's .mcp.json (--no-mcp: none).
 
 Sessions are saved as trajectories in --sessions-dir (default: sessions/ in tercet's data
 directory, $TERCET_DATA_DIR or the user data folder, so projects stay clean); --resume ID
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -58,6 +60,7 @@ from tercet.agent import (
     Decision,
     Event,
     InProcessModel,
+    MemoryTool,
     Model,
     ModelPrice,
     PermissionDecided,
@@ -78,6 +81,7 @@ from tercet.agent import (
 from tercet.agent.permissions import PERMISSION_MODES
 from tercet.agent.tools.mcp import McpServers
 from tercet.agent.tools.mcp_config import McpConfigError
+from tercet.agent.trajectory import default_sessions_dir
 from tercet.cli.engine_options import (
     add_cache_arguments,
     add_engine_arguments,
@@ -121,6 +125,7 @@ class CodeOptions:
     append_system_prompt: str = ""
     sessions_dir: Path | None = None  # None: the agent's default (the data folder's sessions/)
     mcp: bool = True  # connect the project's MCP servers
+    memory_dir: Path | None = None  # None: no memory tool
     sandbox: bool = False  # run bash commands in tercet's sandbox
     prices: Mapping[str, ModelPrice] = field(default_factory=lambda: dict(PRICES))
 
@@ -324,6 +329,8 @@ async def _agent(
     """An agent with the built-in tools and, unless turned off, the project's MCP servers'
     (those that fail to start are reported on `err` as warnings); closed on exit."""
     tools: list[AgentTool] = [BashTool(sandbox=options.sandbox), TextEditorTool()]
+    if options.memory_dir is not None:
+        tools.append(MemoryTool(options.memory_dir))
     servers = McpServers({})
     if options.mcp:
         try:
@@ -574,6 +581,13 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--no-mcp", action="store_true", help="skip the project's .mcp.json")
     parser.add_argument(
+        "--memory-dir",
+        type=Path,
+        metavar="DIR",
+        help="the memory tool's notes (default: memory/<project> next to the sessions)",
+    )
+    parser.add_argument("--no-memory", action="store_true", help="no memory tool")
+    parser.add_argument(
         "--sandbox", action="store_true", help="run bash commands in tercet's sandbox"
     )
     _add_permission_arguments(parser)
@@ -676,8 +690,9 @@ def options_from_args(args: argparse.Namespace) -> CodeOptions:
     """The run's options from the command line; `UsageError` for a bad one."""
     if str(args.model_name).endswith(".gguf"):
         raise UsageError(f"--model names the model; to run the file {args.model_name} use --gguf")
+    cwd = (args.cwd or Path.cwd()).resolve()
     options = CodeOptions(
-        cwd=(args.cwd or Path.cwd()).resolve(),
+        cwd=cwd,
         model=args.model_name,
         output_format=args.output_format,
         resume=args.resume,
@@ -693,11 +708,19 @@ def options_from_args(args: argparse.Namespace) -> CodeOptions:
         append_system_prompt=args.append_system_prompt or "",
         sessions_dir=args.sessions_dir,
         mcp=not args.no_mcp,
+        memory_dir=None if args.no_memory else args.memory_dir or default_memory_dir(cwd),
         sandbox=args.sandbox,
         prices={} if not args.base_url else dict(PRICES),  # the local model is free
     )
     options.check()
     return options
+
+
+def default_memory_dir(cwd: Path) -> Path:
+    """The project's memory: `memory/<folder name>-<hash of its path>` in tercet's data folder,
+    so each project keeps its own notes and the project itself stays clean."""
+    digest = hashlib.sha256(str(cwd).encode()).hexdigest()[:12]
+    return default_sessions_dir().parent / "memory" / f"{cwd.name or 'root'}-{digest}"
 
 
 def model_from_args(args: argparse.Namespace) -> Model:
