@@ -221,6 +221,42 @@ def test_the_real_model_calls_it(client: anthropic.Anthropic, stream: bool) -> N
     assert again.container is not None and again.container.id == message.container.id
 
 
+def test_the_real_model_reads_an_upload_and_writes_an_output(client: anthropic.Anthropic) -> None:
+    # The 135M model copies a command it is given (greedy, so the same every run); the files,
+    # the sandbox and the Files API round trip are real.
+    data = b"value\n1\n2\n3\n"
+    csv = client.beta.files.upload(file=("data.csv", io.BytesIO(data), "text/csv"))
+
+    def run(command: str) -> Any:
+        message = client.beta.messages.create(
+            model=CLAUDE_MODEL,
+            max_tokens=150,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": f"Run this command: {command}"},
+                        {"type": "container_upload", "file_id": csv.id},
+                    ],
+                }
+            ],
+            tools=[BASH_TOOL],  # type: ignore[list-item]
+            tool_choice={"type": "tool", "name": "bash_code_execution"},
+            betas=["code-execution-2025-08-25", "files-api-2025-04-14"],
+            extra_body={"temperature": 0},
+        )
+        call, result = message.content[:2]
+        assert call.input == {"command": command}, call.input
+        return result.content
+
+    assert run("cat data.csv").stdout == data.decode()
+    copied = run("cp data.csv outputs/copy.csv")
+    assert copied.return_code == 0, copied.stderr
+    (output,) = copied.content
+    assert client.beta.files.retrieve_metadata(output.file_id).filename == "copy.csv"
+    assert client.beta.files.download(output.file_id).read() == data
+
+
 def test_the_server_keeps_serving_while_code_runs(tmp_path: Path) -> None:
     import threading
     import time
