@@ -275,6 +275,34 @@ def test_the_server_keeps_serving_while_code_runs(tmp_path: Path) -> None:
         busy.join()
 
 
+def test_other_requests_use_the_model_while_code_runs(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    # One engine slot: A's command holds no slot while it runs, so B is answered meanwhile.
+    replies: list[str | ScriptedCall] = [bash("sleep 3"), "B done.", "A done."]
+    with scripted_server(tmp_path, replies) as (client, engine):
+        answers: list[Any] = []
+        slow = threading.Thread(target=lambda: answers.append(ask(client)))
+        slow.start()
+        time.sleep(1)  # A's command is running in the sandbox now
+        started = time.monotonic()
+        quick = client.messages.create(
+            model=CLAUDE_MODEL, max_tokens=50, messages=[{"role": "user", "content": "Hi"}]
+        )
+        took = time.monotonic() - started
+        assert quick.content[0].text == "B done." and took < 1.5, took
+        assert slow.is_alive()
+        slow.join()
+    (a,) = answers
+    assert [b.type for b in a.content] == [
+        "server_tool_use",
+        "bash_code_execution_tool_result",
+        "text",
+    ]
+    assert a.content[2].text == "A done." and engine.log == ["finished"] * 3
+
+
 def test_too_many_containers_is_a_result(tmp_path: Path) -> None:
     replies: list[str | ScriptedCall] = [bash("true"), "ok"]
     limits = ContainerLimits(max_containers=1)

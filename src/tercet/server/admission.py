@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import TracebackType
 
 from tercet.wire.errors import OverloadedError
@@ -29,11 +31,13 @@ class AdmissionQueue:
 
 
 class Ticket:
-    """A place in line: `async with ticket:` waits for a slot and holds it; `leave()` gives up."""
+    """A place in line: `async with ticket:` waits for a slot and holds it; `leave()` gives up;
+    `stepped_aside()` lends the slot out while the request waits on something else."""
 
     def __init__(self, queue: AdmissionQueue) -> None:
         self._queue = queue
         self._in_line = True
+        self._held = False
 
     def leave(self) -> None:
         if self._in_line:
@@ -42,10 +46,9 @@ class Ticket:
 
     async def __aenter__(self) -> None:
         try:
-            await self._queue._slots.acquire()
+            await self._acquire()
         finally:
             self.leave()
-        self._queue.active += 1
 
     async def __aexit__(
         self,
@@ -53,5 +56,25 @@ class Ticket:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if self._held:
+            self._release()
+
+    @asynccontextmanager
+    async def stepped_aside(self) -> AsyncIterator[None]:
+        """Give the slot up while the request does not need the engine (a server tool runs),
+        then wait for one again. A sandboxed command or an MCP call may take a minute; the
+        engine serves the requests in line meanwhile. On an error inside, the slot is not
+        taken again: the request is ending."""
+        self._release()
+        yield
+        await self._acquire()
+
+    async def _acquire(self) -> None:
+        await self._queue._slots.acquire()
+        self._held = True
+        self._queue.active += 1
+
+    def _release(self) -> None:
+        self._held = False
         self._queue.active -= 1
         self._queue._slots.release()

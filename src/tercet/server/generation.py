@@ -230,17 +230,18 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
                 for block_event in blocks.close():
                     yield block_event
                 result: ServerToolResultBlock | MCPToolResultBlock
-                if isinstance(call, MCPToolUseBlockParam):
-                    assert runs.mcp is not None
-                    result = await runs.mcp.call(call)
-                else:
-                    executor = runs.executor
-                    assert executor is not None
-                    if container is None:
-                        container = await _open_container(executor, runs.owner, job.request)
-                    result = await anyio.to_thread.run_sync(
-                        executor.execute, container, call.name, call.id, call.input, runs.owner
-                    )
+                async with job.ticket.stepped_aside():  # others may use the engine meanwhile
+                    if isinstance(call, MCPToolUseBlockParam):
+                        assert runs.mcp is not None
+                        result = await runs.mcp.call(call)
+                    else:
+                        executor = runs.executor
+                        assert executor is not None
+                        if container is None:
+                            container = await _open_container(executor, runs.owner, job.request)
+                        result = await anyio.to_thread.run_sync(
+                            executor.execute, container, call.name, call.id, call.input, runs.owner
+                        )
                 for block_event in blocks.result(result):
                     yield block_event
                 iterations += 1
