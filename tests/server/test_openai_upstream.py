@@ -6,6 +6,7 @@ Where the upstream cannot do what the embedded engine does, the test says so.
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import anthropic
 import httpx
 import jsonschema
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
 
 from tercet.engine.bundled import bundled_model_path
 from tercet.engine.openai import OpenAICompatibleEngine
@@ -267,3 +270,46 @@ def test_an_unreachable_upstream_is_529_and_the_server_stays_up(tmp_path: Path) 
             with pytest.raises(anthropic.OverloadedError) as caught:
                 client.messages.create(model=CLAUDE_MODEL, max_tokens=5, messages=QUESTION)
             assert "upstream model server is unavailable" in caught.value.message
+
+
+def test_cache_salt_keeps_api_keys_apart_upstream(tmp_path: Path) -> None:
+    # What tercet sends is the point here, so the upstream records it and answers a fixed
+    # stream (vLLM, which reads `cache_salt`, is not installable here).
+    bodies: list[dict[str, Any]] = []
+    upstream = FastAPI()
+
+    @upstream.post("/v1/chat/completions")
+    async def complete(request: Request) -> StreamingResponse:
+        bodies.append(await request.json())
+        chunks = [
+            {"choices": [{"index": 0, "delta": {"content": "Hi."}}]},
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        ]
+        lines = [f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"]
+        return StreamingResponse(iter(lines), media_type="text/event-stream")
+
+    with BackgroundServer(upstream) as fake:
+        salted = OpenAICompatibleEngine(
+            f"{fake.base_url}/v1", model="m", context_window=4096, cache_salt=True
+        )
+        config = ServerConfig(data_dir=tmp_path, api_keys=[])
+        with BackgroundServer(create_app(config, [salted])) as running:
+            for key in ("key-a", "key-b", "key-a"):
+                client = anthropic.Anthropic(base_url=running.base_url, api_key=key)
+                reply = client.messages.create(model=CLAUDE_MODEL, max_tokens=5, messages=QUESTION)
+                assert reply.content[0].text == "Hi."
+    salts = [body["cache_salt"] for body in bodies]
+    assert salts[0] == salts[2] != salts[1]  # one per key, the same for a key each time
+    assert all(len(salt) == 32 and "key-" not in salt for salt in salts)
+
+
+def test_the_real_upstream_accepts_a_cache_salt(upstream: str, tmp_path: Path) -> None:
+    salted = OpenAICompatibleEngine(
+        upstream, model_id="salted", context_window=4096, cache_salt=True
+    )
+    with BackgroundServer(
+        create_app(ServerConfig(data_dir=tmp_path, api_keys=[]), [salted])
+    ) as running:
+        client = anthropic.Anthropic(base_url=running.base_url, api_key="k", max_retries=0)
+        reply = client.messages.create(model=CLAUDE_MODEL, max_tokens=5, messages=QUESTION)
+        assert reply.usage.output_tokens > 0

@@ -41,6 +41,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --engine openai: its API key (default $TERCET_UPSTREAM_KEY)",
     )
     group.add_argument(
+        "--upstream-cache-salt",
+        action="store_true",
+        help="with --engine openai: send vLLM's `cache_salt` per API key, so keys never share "
+        "the upstream's prefix cache (for upstreams that accept the field)",
+    )
+    group.add_argument(
         "--model",
         type=Path,
         metavar="PATH",
@@ -143,6 +149,7 @@ def load_engine(args: argparse.Namespace, cache: PromptCache | None = None) -> E
             model_id=args.model_id,
             context_window=args.context_window,
             max_output_tokens=args.max_output_tokens,
+            cache_salt=args.upstream_cache_salt,
         )
     bundled = args.model is None
     temperature = args.default_temperature

@@ -20,6 +20,7 @@ what is approximate, compared with the embedded engine:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -80,8 +81,13 @@ class OpenAICompatibleEngine:
         max_output_tokens: int = 128_000,
         parallel: int = 4,
         timeout: float = 600.0,
+        cache_salt: bool = False,
     ) -> None:
         root = base_url.rstrip("/").removesuffix("/v1")
+        # vLLM's `cache_salt`: prefix-cache blocks are shared only between requests with the
+        # same salt, so one API key's prompts never warm (or time) another's. Off by default:
+        # an upstream that rejects unknown fields would refuse every request.
+        self._cache_salt = cache_salt
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(base_url=root, headers=headers, timeout=timeout)
         self._model = model or _first_model(root, headers)
@@ -108,7 +114,7 @@ class OpenAICompatibleEngine:
             tokens=(),
             text=text,
             estimated_tokens=await self._count(text) + 4 * len(messages),
-            payload=_Payload(messages, functions),
+            payload=_Payload(messages, functions, conversation.cache_scope),
         )
 
     async def generate(
@@ -202,6 +208,8 @@ class OpenAICompatibleEngine:
             body["chat_template_kwargs"] = {"enable_thinking": True}
         if params.tools is not None:
             body |= _tool_choice(params.tools, prompt.payload.functions)
+        if self._cache_salt and prompt.payload.cache_scope:
+            body["cache_salt"] = cache_salt_for(prompt.payload.cache_scope)
         return body
 
     async def _count(self, text: str) -> int:
@@ -249,12 +257,18 @@ def _first_model(root: str, headers: Mapping[str, str]) -> str:
         raise ValueError(f"cannot list the models of {root}: {exc}") from exc
 
 
+def cache_salt_for(scope: str) -> str:
+    """The salt for one cache scope: a digest, so the owner's id never leaves the server."""
+    return hashlib.sha256(f"tercet-cache-scope:{scope}".encode()).hexdigest()[:32]
+
+
 @dataclass(frozen=True)
 class _Payload:
     """A prepared prompt in the upstream's terms."""
 
     messages: list[dict[str, Any]]
     functions: list[dict[str, Any]]
+    cache_scope: str = ""  # who the request is from (the server's owner of the API key)
 
 
 def _function(tool: CustomToolParam) -> dict[str, Any]:
