@@ -7,13 +7,14 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from tercet.sandbox.config import ContainerLimits, ExecutionLimits
 from tercet.sandbox.containers import ContainerError, ContainerManager
-from tercet.sandbox.runner import unavailable_reason
+from tercet.sandbox.runner import disk_usage, unavailable_reason
 from tercet.sandbox.runtime import default_runtime
 
 pytestmark = pytest.mark.skipif(
@@ -175,6 +176,30 @@ def test_filling_the_disk_is_refused(manager: ContainerManager) -> None:
         sh(manager, "head -c 9000000 /dev/zero > big.bin", container.id)
     assert caught.value.code == "output_file_too_large"
     assert sh(manager, "rm big.bin && echo freed", container.id).stdout == "freed\n"
+
+
+def test_a_command_filling_the_disk_is_stopped_while_it_runs(manager: ContainerManager) -> None:
+    # Files each under the per-file limit, written until something stops it: the quota (8 MiB)
+    # must, long before the wall clock (LIMITS) and before the host's disk is at risk.
+    container = manager.create()
+    script = "i=0; while true; do head -c 1048576 /dev/zero > f$i; i=$((i+1)); done"
+    started = time.monotonic()
+    with pytest.raises(ContainerError) as caught:
+        sh(manager, script, container.id)
+    assert time.monotonic() - started < LIMITS.wall_seconds / 2
+    assert caught.value.code == "output_file_too_large"
+    assert "the command was stopped" in str(caught.value)
+    assert disk_usage(container.workspace) < 256 * 2**20  # what ~0.1 s of writing adds
+    assert sh(manager, "rm f* && echo freed", container.id).stdout == "freed\n"
+
+
+def test_tmp_is_bounded(tmp_path: Path) -> None:
+    small = ExecutionLimits(wall_seconds=20, tmp_bytes=4 * 2**20)
+    manager = ContainerManager(tmp_path / "sandbox", execution=small, runtime=default_runtime())
+    script = "echo fine > /tmp/small && cat /tmp/small; head -c 8000000 /dev/zero > /tmp/big"
+    result = manager.run(manager.create(), ["/bin/sh", "-c", script])
+    assert result.stdout == "fine\n"  # writable by the container's user
+    assert "No space left on device" in result.stderr and result.return_code != 0
 
 
 def test_the_servers_process_cannot_be_signalled(manager: ContainerManager) -> None:

@@ -16,6 +16,7 @@ class ExecutionLimits:
     memory_bytes: int = 1024 * MIB  # address space of each process
     processes: int = 64  # for the container's user, all its processes together
     file_bytes: int = 256 * MIB  # the largest file a process may write
+    tmp_bytes: int = 256 * MIB  # /tmp, a tmpfs (so it is memory, and bounded)
     output_bytes: int = 64 * 1024  # of stdout and of stderr each; the rest is cut, with a marker
 
 

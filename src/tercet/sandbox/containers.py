@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tercet.sandbox import runner
 from tercet.sandbox.config import ContainerLimits, ExecutionLimits
-from tercet.sandbox.runner import ExecResult
+from tercet.sandbox.runner import ExecResult, disk_usage
 
 _ID_ALPHABET = string.ascii_letters + string.digits
 _VALID_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -122,15 +122,17 @@ class ContainerManager:
             uid=container.uid,
             runtime=self.runtime,
             stdin=stdin,
+            disk_bytes=self.limits.disk_bytes,
         )
         container.last_used = self._clock()
         self._save(container)
         used = disk_usage(container.workspace)
-        if used > self.limits.disk_bytes:
+        if result.over_quota or used > self.limits.disk_bytes:
+            stopped = "the command was stopped: " if result.over_quota else ""
             raise ContainerError(
                 "output_file_too_large",
-                f"the workspace holds {used} bytes, over its quota of {self.limits.disk_bytes}; "
-                "delete files to go on",
+                f"{stopped}the workspace holds {used} bytes, over its quota of "
+                f"{self.limits.disk_bytes}; delete files to go on",
             )
         return result
 
@@ -189,15 +191,3 @@ class ContainerManager:
                 continue
             self._containers[container.id] = container
         self._expire()
-
-
-def disk_usage(path: Path) -> int:
-    """Bytes of the regular files under `path` (not following links)."""
-    total = 0
-    for directory, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(directory, name)).st_size
-            except OSError:
-                continue
-    return total

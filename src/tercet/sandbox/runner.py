@@ -6,7 +6,9 @@ directories, the Python runtime, a private /tmp and /proc, and the container's w
 /workspace (the only writable place that outlives the execution). When the server runs as
 root, the sandbox runs as the container's own unprivileged user, so process limits apply.
 Limits are rlimits set (by `prlimit`) before bubblewrap starts, plus a wall clock that kills the whole
-process group (and with it the sandbox's PID namespace).
+process group (and with it the sandbox's PID namespace). /tmp is a tmpfs of bounded size; the
+workspace, a host directory, is watched while the command runs, and a command that grows it past
+its quota is killed then, not after it has filled the host's disk.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -33,6 +36,7 @@ RUNTIME = "/opt/python"  # where the runtime's virtual environment appears
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc/alternatives", "/etc/ssl")
 TRUNCATED = "\n[output truncated: {} more bytes]\n"
 FIRST_PROBE_UID = 65534  # nobody
+QUOTA_POLL_SECONDS = 0.1  # how often a running command's workspace is measured
 
 
 class SandboxUnavailable(RuntimeError):
@@ -45,6 +49,7 @@ class ExecResult:
     stderr: str
     return_code: int
     timed_out: bool = False
+    over_quota: bool = False  # killed for growing the workspace past `disk_bytes`
 
 
 def bubblewrap() -> str:
@@ -78,11 +83,16 @@ def run(
     uid: int | None = None,
     runtime: Path | None = None,
     stdin: bytes = b"",
+    disk_bytes: int | None = None,
 ) -> ExecResult:
     """Run `command` with `workspace` mounted at /workspace; never raises for what the command
-    does (a timeout is `timed_out`, a signal a negative return code)."""
+    does (a timeout is `timed_out`, a signal a negative return code, a workspace grown past
+    `disk_bytes` while it ran `over_quota`)."""
     per_user = uid is not None and os.geteuid() == 0
-    argv = [*_limits_prefix(limits, per_user), *_bwrap_argv(command, workspace, uid, runtime)]
+    argv = [
+        *_limits_prefix(limits, per_user),
+        *_bwrap_argv(command, workspace, uid, runtime, limits),
+    ]
     started = time.monotonic()
     process = subprocess.Popen(
         argv,
@@ -102,20 +112,73 @@ def run(
         process.stdin.close()
     except BrokenPipeError:
         pass
-    timed_out = False
+    timed_out = over_quota = False
+    deadline = started + limits.wall_seconds
+    poll = limits.wall_seconds if disk_bytes is None else QUOTA_POLL_SECONDS
     try:
-        process.wait(timeout=max(limits.wall_seconds - (time.monotonic() - started), 0.1))
-    except subprocess.TimeoutExpired:
-        timed_out = True
+        with _ExitWatch(process) as exited:
+            while not exited.within(min(max(deadline - time.monotonic(), 0.0), poll)):
+                if time.monotonic() >= deadline:
+                    timed_out = True
+                    break
+                if disk_bytes is not None and disk_usage(workspace) > disk_bytes:
+                    over_quota = True
+                    break
     finally:
         _kill_group(process.pid)
         process.wait()
     stdout, stderr = (capture.text() for capture in outputs)
-    return ExecResult(stdout, stderr, process.returncode, timed_out)
+    return ExecResult(stdout, stderr, process.returncode, timed_out, over_quota)
+
+
+class _ExitWatch:
+    """Waits for a process to exit, waking the moment it does: through a pidfd where Linux has
+    them (`Popen.wait(timeout)` sleeps in steps of up to 50 ms, which a 20 ms command would
+    pay for on every run), else through `Popen.wait`."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self._process = process
+        self._fd: int | None = None
+
+    def __enter__(self) -> _ExitWatch:
+        with contextlib.suppress(AttributeError, OSError):
+            self._fd = os.pidfd_open(self._process.pid)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
+    def within(self, seconds: float) -> bool:
+        """Whether the process exits within `seconds`."""
+        if self._fd is None:
+            try:
+                self._process.wait(timeout=seconds)
+            except subprocess.TimeoutExpired:
+                return False
+            return True
+        ready, _, _ = select.select([self._fd], [], [], seconds)
+        return bool(ready)
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes of the regular files under `path` (not following links)."""
+    total = 0
+    for directory, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(directory, name)).st_size
+            except OSError:
+                continue
+    return total
 
 
 def _bwrap_argv(
-    command: Sequence[str], workspace: Path, uid: int | None, runtime: Path | None
+    command: Sequence[str],
+    workspace: Path,
+    uid: int | None,
+    runtime: Path | None,
+    limits: ExecutionLimits,
 ) -> list[str]:
     as_root = uid is not None and os.geteuid() == 0
     # As root, bubblewrap sets up the namespaces itself (no user namespace, so that the
@@ -141,7 +204,7 @@ def _bwrap_argv(
     argv += [
         "--proc", "/proc",
         "--dev", "/dev",
-        "--tmpfs", "/tmp",
+        "--perms", "1777", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp",
         "--bind", str(workspace), WORKSPACE,
         "--chdir", WORKSPACE,
         "--clearenv",
