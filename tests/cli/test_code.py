@@ -467,6 +467,35 @@ def test_the_command_on_a_server_prints_and_converses(
     assert "--resume " in chatted.err and "And 2+3?" in engine.prompts[1]
 
 
+def test_continue_picks_the_projects_latest_session(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    engine = ScriptedEngine(["Noted."])
+    config = ServerConfig(data_dir=tmp_path / "server", api_keys=[])
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir(), elsewhere.mkdir()
+    common = ["--sessions-dir", str(tmp_path / "s"), "--no-mcp", "--output-format", "json"]
+    common += ["--model", CLAUDE_MODEL, "--max-tokens", "1024"]
+    with BackgroundServer(create_app(config, [engine])) as running:
+        common += ["--base-url", running.base_url]
+
+        def code(*args: str) -> tuple[int, dict[str, Any] | str]:
+            status = main(["code", *args, *common])
+            out, err = capsys.readouterr()
+            return status, json.loads(out) if status == 0 else err
+
+        assert code("--continue", "-p", "Hi", "--cwd", str(here)) == (
+            2,
+            f"error: --continue: no saved session of {here} to continue\n",
+        )
+        _, first = code("-p", "The word is kiwi.", "--cwd", str(here))
+        code("-p", "Another project.", "--cwd", str(elsewhere))  # changed last, not ours
+        status, again = code("--continue", "-p", "What was the word?", "--cwd", str(here))
+    assert status == 0 and isinstance(first, dict) and isinstance(again, dict)
+    assert again["session_id"] == first["session_id"]
+    assert "The word is kiwi." in engine.prompts[-1] and "Another" not in engine.prompts[-1]
+
+
 @pytest.mark.parametrize(
     ("args", "status", "message"),
     [

@@ -12,8 +12,9 @@ tools of the MCP servers in the project's .mcp.json (--no-mcp: none).
 
 Sessions are saved as trajectories in --sessions-dir (default: sessions/ in tercet's data
 directory, $TERCET_DATA_DIR or the user data folder, so projects stay clean); --resume ID
-continues one. With -p nobody can answer a permission prompt, so calls that would ask are
-denied: allow them with --allowed-tools or --permission-mode.
+continues one, --continue the project's latest. With -p nobody can answer a permission
+prompt, so calls that would ask are denied: allow them with --allowed-tools or
+--permission-mode.
 
 Exit status: 0 the model finished its answer (end_turn); 1 the run failed (a model error, a
 refusal, a hook stopped it) or could not start; 2 a bad command line; 3 a limit ended the run
@@ -565,7 +566,15 @@ def register(commands: Any) -> None:
         "result as one object: reason, session_id, text, turns, usage, cost_usd, duration_s, "
         "trajectory) or stream-json (every event, one JSON object a line, the result last)",
     )
-    parser.add_argument("--resume", metavar="SESSION_ID", help="continue a saved session")
+    resuming = parser.add_mutually_exclusive_group()
+    resuming.add_argument("--resume", metavar="SESSION_ID", help="continue a saved session")
+    resuming.add_argument(
+        "-c",
+        "--continue",
+        dest="continue_latest",
+        action="store_true",
+        help="continue the latest session of this project (--cwd)",
+    )
     parser.add_argument(
         "--cwd",
         type=Path,
@@ -691,11 +700,16 @@ def options_from_args(args: argparse.Namespace) -> CodeOptions:
     if str(args.model_name).endswith(".gguf"):
         raise UsageError(f"--model names the model; to run the file {args.model_name} use --gguf")
     cwd = (args.cwd or Path.cwd()).resolve()
+    resume = args.resume
+    if args.continue_latest:
+        resume = latest_session_in(SessionStore(args.sessions_dir), cwd)
+        if resume is None:
+            raise UsageError(f"--continue: no saved session of {cwd} to continue")
     options = CodeOptions(
         cwd=cwd,
         model=args.model_name,
         output_format=args.output_format,
-        resume=args.resume,
+        resume=resume,
         permission_mode=args.permission_mode,
         allowed_tools=args.allowed_tools,
         disallowed_tools=args.disallowed_tools,
@@ -714,6 +728,20 @@ def options_from_args(args: argparse.Namespace) -> CodeOptions:
     )
     options.check()
     return options
+
+
+def latest_session_in(store: SessionStore, cwd: Path) -> str | None:
+    """The session of the project at `cwd` changed last: read from each file's header line,
+    newest first, so a long history is not loaded."""
+    for session_id in reversed(store.ids()):
+        try:
+            with store.path(session_id).open(encoding="utf-8") as file:
+                header = json.loads(file.readline())
+        except (OSError, ValueError):
+            continue  # unreadable or half-written: not one to continue
+        if isinstance(header, dict) and header.get("cwd") == str(cwd):
+            return session_id
+    return None
 
 
 def default_memory_dir(cwd: Path) -> Path:
