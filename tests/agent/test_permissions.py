@@ -137,7 +137,13 @@ def test_plan_mode_denies_whatever_is_not_read_only(tmp_path: Path) -> None:
     rules = permissions(tmp_path, mode="plan", allow=("Bash", "Edit"))
     assert rules.decide(BASH, bash("grep -rn TODO .")).action == "allow"
     assert rules.decide(EDITOR, view("a.py")).action == "allow"
-    for tool, input in [(BASH, bash("make")), (EDITOR, replace("a.py")), (EDITOR, create("b.py"))]:
+    sneaky = bash("sort --compress-prog=sh -S 1 big.txt")  # runs sh, though sort only reads
+    for tool, input in [
+        (BASH, bash("make")),
+        (BASH, sneaky),
+        (EDITOR, replace("a.py")),
+        (EDITOR, create("b.py")),
+    ]:
         decision = rules.decide(tool, input)
         assert decision.action == "deny" and "plan mode" in decision.reason
 

@@ -192,6 +192,11 @@ async def test_bash_read_only_detection() -> None:
         "python -c 'print(1)'",
         "rg --pre ./evil foo",
         "git diff --output=patch.txt",
+        # Long options abbreviated, as getopt_long and git accept them.
+        "sort --compress-prog=sh -S 1 big.txt",
+        "sort --outp=out.txt in.txt",
+        "git grep --open-files-in-pag='touch x;true' -e foo",
+        "git diff --outp=patch.txt",
         "echo 'unbalanced",
     ]
     for command in read_only:

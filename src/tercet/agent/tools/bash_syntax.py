@@ -159,11 +159,15 @@ def _git_reads_only(args: list[str]) -> bool:
 
 
 def _has_option(arg: str, options: tuple[str, ...]) -> bool:
+    flag = arg.split("=", 1)[0]
     for option in options:
         if arg == option:
             return True
-        if option.startswith("--") and arg.startswith(option + "="):
-            return True
+        # getopt_long and git accept any unambiguous abbreviation (`--compress-prog=sh`), so
+        # every prefix of a refused long option is refused too.
+        if option.startswith("--") and flag.startswith("--") and len(flag) > 2:
+            if option.startswith(flag):
+                return True
         short = len(option) == 2 and arg.startswith("-") and not arg.startswith("--")
         if short and option[1] in arg[1:]:
             return True  # in a cluster (`-no file`) or with its value (`-ofile`)
