@@ -247,6 +247,25 @@ def test_a_call_of_a_hidden_tool_is_not_run(tmp_path: Path, http_server: McpServ
     assert http_server.process.poll() is None  # still alive: `die` never ran
 
 
+def test_one_call_a_reply_when_the_server_runs_tools(
+    tmp_path: Path, http_server: McpServerInfo
+) -> None:
+    # The loop answers the call a reply ends with; several in one reply (server and client
+    # calls mixed) could not each get their result, so the engine is told to make one.
+    weather = {"name": "weather", "input_schema": {"type": "object"}}
+    with scripted_server(tmp_path, ["Fine."]) as (client, engine):
+        ask(client, [server_def(http_server)], [weather, toolset()])
+        client.messages.create(
+            model=CLAUDE_MODEL,
+            max_tokens=20,
+            messages=[{"role": "user", "content": "Go."}],
+            tools=[weather],  # type: ignore[list-item]
+        )
+    with_mcp, without = (params.tools for params in engine.sampling)
+    assert with_mcp is not None and with_mcp.parallel is False
+    assert without is not None and without.parallel is True
+
+
 def test_mcp_tools_next_to_the_requests_own(tmp_path: Path, http_server: McpServerInfo) -> None:
     weather = {"name": "weather", "input_schema": {"type": "object"}}
     replies: list[str | ScriptedCall] = [

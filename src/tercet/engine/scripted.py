@@ -43,7 +43,8 @@ class ScriptedEngine:
 
     `log` records what happened to each generation: "finished" or "cancelled"; `prompts` the
     text of each prompt it was given (tool results included); `conversations` each
-    conversation it was asked to prepare (the tools offered included).
+    conversation it was asked to prepare (the tools offered included); `sampling` the
+    parameters of each generation (the tool policy included).
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class ScriptedEngine:
         self.log: list[str] = []
         self.prompts: list[str] = []
         self.conversations: list[Conversation] = []
+        self.sampling: list[SamplingParams] = []
         self._spec = ModelSpec(
             id=model_id,
             display_name="Scripted test engine",
@@ -82,6 +84,7 @@ class ScriptedEngine:
     async def generate(
         self, prompt: PreparedPrompt, params: SamplingParams
     ) -> AsyncGenerator[GenerationEvent, None]:
+        self.sampling.append(params)
         if params.max_tokens == 0:
             yield Finish("max_tokens", 0)
             return

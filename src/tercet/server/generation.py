@@ -168,6 +168,10 @@ async def plan(
     runs = None
     if executor is not None or toolbox is not None:
         runs = ServerToolRuns(executor, toolbox, owner, max_iterations=max_tool_iterations)
+        if params.tools is not None:
+            # The loop runs the one call a reply ends with; a reply holding several (server
+            # and client calls mixed) cannot be answered call by call, so one call a reply.
+            params = replace(params, tools=replace(params.tools, parallel=False))
     return GenerationPlan(request, engine, prompt, params, ticket, signer, conversation, runs)
 
 

@@ -165,9 +165,9 @@ def _has_option(arg: str, options: tuple[str, ...]) -> bool:
             return True
         # getopt_long and git accept any unambiguous abbreviation (`--compress-prog=sh`), so
         # every prefix of a refused long option is refused too.
-        if option.startswith("--") and flag.startswith("--") and len(flag) > 2:
-            if option.startswith(flag):
-                return True
+        long_prefix = flag.startswith("--") and len(flag) > 2 and option.startswith(flag)
+        if long_prefix and option.startswith("--"):
+            return True
         short = len(option) == 2 and arg.startswith("-") and not arg.startswith("--")
         if short and option[1] in arg[1:]:
             return True  # in a cluster (`-no file`) or with its value (`-ofile`)
