@@ -12,7 +12,15 @@ import pytest
 from mcp_types import CallToolResult, EmbeddedResource, ImageContent, ResourceLink, TextContent
 from mcp_types import TextResourceContents as TextResource
 
-from tercet.mcp import McpAuthError, McpCallResult, McpError, McpPool, McpUrlRefused, UrlPolicy
+from tercet.mcp import (
+    McpAuthError,
+    McpCallResult,
+    McpError,
+    McpPool,
+    McpPoolFull,
+    McpUrlRefused,
+    UrlPolicy,
+)
 from tercet.mcp.pool import render_content
 from tests.mcp.servers import (
     SECRET_WORD,
@@ -230,6 +238,30 @@ async def test_a_connection_in_use_is_not_reaped(server: McpServerInfo) -> None:
         result = await pool.call_tool(server.url, TOKEN, "sleep", {"seconds": 1.0})
         assert not result.is_error, text(result)
         assert pool.stats()["closed_idle"] == 0
+    finally:
+        await pool.aclose()
+
+
+@pytest.mark.anyio
+async def test_the_pool_is_bounded(server: McpServerInfo) -> None:
+    # A request picks URLs and tokens: varying them must not open connections without end.
+    pool = McpPool(max_connections=2)
+    urls = [f"{server.url}?n={n}" for n in range(4)]
+    try:
+        await pool.list_tools(urls[0], TOKEN)
+        await pool.list_tools(urls[1], TOKEN)
+        await pool.list_tools(urls[2], TOKEN)  # the least recently used (n=0) makes room
+        assert (pool.stats()["connections"], pool.stats()["evicted"]) == (2, 1)
+        async with anyio.create_task_group() as group:  # both connections busy now
+            for url in urls[1:3]:
+                group.start_soon(pool.call_tool, url, TOKEN, "sleep", {"seconds": 1.0})
+            await anyio.sleep(0.3)
+            with pytest.raises(McpPoolFull, match="in use"):
+                await pool.list_tools(urls[3], TOKEN)
+            refused = await pool.call_tool(urls[3], TOKEN, "add", {"a": 1, "b": 1})
+            assert refused.is_error and "in use" in text(refused)
+        assert text(await pool.call_tool(urls[3], TOKEN, "add", {"a": 1, "b": 1})) == "2"
+        assert pool.stats()["connections"] == 2
     finally:
         await pool.aclose()
 

@@ -369,6 +369,7 @@ def test_a_url_outside_the_allow_list_is_refused(
         ([{"name": "a"}], [toolset("a")], [V1], "mcp_toolset"),
         ([{"name": "a", "url": "not a url"}], None, [V2], "url"),
         ([{"name": "a", "type": "stdio"}], None, [V2], "type"),
+        ([{"name": f"s{n}"} for n in range(21)], None, [V2], "at most 20 MCP servers"),
     ],
 )
 def test_requests_that_break_the_rules(

@@ -89,6 +89,10 @@ class McpAuthError(McpError):
     """The MCP server refused the authorization token (HTTP 401 or 403)."""
 
 
+class McpPoolFull(McpError):
+    """Every one of the pool's `max_connections` is in use: the server is busy, try later."""
+
+
 class McpPool:
     """MCP sessions shared by all requests: one per (server URL, token), reused until idle.
 
@@ -104,8 +108,12 @@ class McpPool:
         idle_timeout_s: float = 300.0,
         connect_timeout_s: float = 10.0,
         call_timeout_s: float = 60.0,
+        max_connections: int = 256,
     ) -> None:
         self.policy = policy
+        # Each connection holds a socket and a few tasks, and a request picks its URLs and
+        # tokens: without a bound, varying them would use up the server's file descriptors.
+        self.max_connections = max_connections
         self.idle_timeout_s = idle_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.call_timeout_s = call_timeout_s
@@ -172,7 +180,8 @@ class McpPool:
     def stats(self) -> dict[str, int]:
         """Counters for tests and metrics: `connections` pooled now (open or opening), requests
         `in_flight` on them, and since the start: `connects`, `calls`, connections
-        `closed_idle`, `dropped` after a failure, and `connect_failures`."""
+        `closed_idle`, `dropped` after a failure, `evicted` to make room, and
+        `connect_failures`."""
         return {
             "connections": len(self._connections),
             "in_flight": sum(c.in_flight for c in self._connections.values()),
@@ -180,6 +189,7 @@ class McpPool:
             "calls": self._counts["calls"],
             "closed_idle": self._counts["closed_idle"],
             "dropped": self._counts["dropped"],
+            "evicted": self._counts["evicted"],
             "connect_failures": self._counts["connect_failures"],
         }
 
@@ -197,6 +207,7 @@ class McpPool:
             self._drop(connection, "dropped" if connection.failed else "closed_idle")
             connection = None
         if connection is None:
+            self._make_room()
             connection = _Connection(
                 url,
                 token,
@@ -217,6 +228,19 @@ class McpPool:
             connection.last_used = time.monotonic()
             if connection.failed:
                 self._drop(connection, "dropped" if connection.opened else "connect_failures")
+
+    def _make_room(self) -> None:
+        """Below `max_connections` before a new connection: the least recently used idle one
+        is closed; with none idle, `McpPoolFull`."""
+        if len(self._connections) < self.max_connections:
+            return
+        idle = [c for c in self._connections.values() if c.in_flight == 0]
+        if not idle:
+            raise McpPoolFull(
+                f"all {self.max_connections} MCP connections of this server are in use; "
+                "try again later"
+            )
+        self._drop(min(idle, key=lambda c: c.last_used), "evicted")
 
     def _drop(self, connection: _Connection, reason: str) -> None:
         """Take the connection out of the pool (if still there) and close it in the background."""

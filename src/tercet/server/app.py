@@ -99,6 +99,7 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
         idle_timeout_s=config.mcp_idle_timeout_s,
         connect_timeout_s=config.mcp_connect_timeout_s,
         call_timeout_s=config.mcp_call_timeout_s,
+        max_connections=config.mcp_max_connections,
     )
 
     @api.post("/messages", response_model=None)

@@ -66,6 +66,9 @@ class ServerConfig(BaseModel):
     mcp_connect_timeout_s: float = Field(default=10.0, gt=0, description="connect and list tools")
     mcp_call_timeout_s: float = Field(default=60.0, gt=0, description="one MCP tool call")
     mcp_idle_timeout_s: float = Field(default=300.0, gt=0, description="pooled sessions close")
+    mcp_max_connections: int = Field(
+        default=256, ge=1, description="MCP sessions held at once (least recently used go first)"
+    )
     container_limits: ContainerLimits = Field(default_factory=ContainerLimits)
     execution_limits: ExecutionLimits = Field(default_factory=ExecutionLimits)
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, replace
 
 from tercet.engine.base import Conversation, Turn
-from tercet.mcp import McpError, McpPool, McpTool, McpUrlRefused
+from tercet.mcp import McpError, McpPool, McpPoolFull, McpTool, McpUrlRefused
 from tercet.server.client_tools import offered_tools
 from tercet.wire.content import (
     ContentBlockParam,
@@ -28,7 +28,7 @@ from tercet.wire.content import (
     MCPToolUseBlockParam,
     TextBlock,
 )
-from tercet.wire.errors import InvalidRequestError
+from tercet.wire.errors import InvalidRequestError, OverloadedError
 from tercet.wire.requests import (
     CustomToolParam,
     MCPServerDefinition,
@@ -42,6 +42,7 @@ BETA_V1 = "mcp-client-2025-04-04"
 BETA_V2 = "mcp-client-2025-11-20"
 
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+MAX_SERVERS = 20  # per request: each is a connection, and its tools a part of the prompt
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,10 @@ async def discover(
         )
     if pool is None:
         raise InvalidRequestError("mcp_servers: this server does not run the MCP connector")
+    if len(servers) > MAX_SERVERS:
+        raise InvalidRequestError(
+            f"mcp_servers: at most {MAX_SERVERS} MCP servers per request; got {len(servers)}"
+        )
     _check_names(servers)
     by_server = _toolsets_by_server(servers, toolsets, v2)
     listed = await asyncio.gather(
@@ -196,6 +201,8 @@ async def _list_tools(pool: McpPool, index: int, server: MCPServerDefinition) ->
         return await pool.list_tools(server.url, server.authorization_token)
     except McpUrlRefused as refused:
         raise InvalidRequestError(f"mcp_servers.{index}.url: {refused}") from None
+    except McpPoolFull as full:  # busy, not the request's fault: a 529 the SDK retries
+        raise OverloadedError(f"mcp_servers.{index}: {full}") from None
     except McpError as failure:
         raise InvalidRequestError(
             f"mcp_servers.{index}: MCP server {server.name!r} cannot be used: {failure}"
