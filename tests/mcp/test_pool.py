@@ -458,6 +458,17 @@ def test_only_http_schemes(url: str) -> None:
         UrlPolicy(allowed=("*",)).check(url)
 
 
+@pytest.mark.parametrize(
+    "path", ["/public/../admin/mcp", "/public/%2e%2e/admin", "/public/./x", "/public/%2E/x"]
+)
+def test_dot_segments_cannot_leave_an_allowed_path(path: str) -> None:
+    # The HTTP client resolves them before it sends, so the path checked must be the path sent.
+    policy = UrlPolicy(allowed=("https://mcp.example.com/public/",), allow_loopback=False)
+    with pytest.raises(McpUrlRefused, match=r"'\.' or '\.\.'"):
+        policy.check("https://mcp.example.com" + path)
+    policy.check("https://mcp.example.com/public/..hidden/mcp")  # a name, not a segment
+
+
 def test_prefixes_match_scheme_host_port_and_path() -> None:
     policy = UrlPolicy(
         allowed=("https://mcp.example.com/", "https://tools.example.org/team/mcp"),

@@ -338,6 +338,24 @@ def test_a_wrong_token_is_a_clear_error(
     assert not [line for line in served if TOKEN in line or "wrong-token-xyz" in line]
 
 
+def test_odd_tokens_and_url_secrets_stay_out_of_errors(
+    tmp_path: Path, sse_server: McpServerInfo
+) -> None:
+    with scripted_server(tmp_path, ["Fine."]) as (client, _):
+        for token in ("sekrit\nxyz", "s\u00e9krit"):  # could never be a header: refused as such
+            with pytest.raises(anthropic.BadRequestError) as refused:
+                ask(client, [server_def(sse_server, authorization_token=token)])
+            assert "authorization_token" in refused.value.message
+            assert "krit" not in refused.value.message
+        # A wrong path, spelt so the HTTP client quotes it back differently, with a secret query.
+        base = sse_server.url.replace("127.0.0.1", "LOCALHOST").rsplit("/", 1)[0]
+        url = f"{base}/nope/sse?token=SEKRIT1"
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            ask(client, [{"type": "url", "url": url, "name": "tools"}])
+        assert "SEKRIT1" not in refused.value.message, refused.value.message
+        assert "cannot be used" in refused.value.message
+
+
 def test_a_url_outside_the_allow_list_is_refused(
     tmp_path: Path, http_server: McpServerInfo, caplog: pytest.LogCaptureFixture
 ) -> None:

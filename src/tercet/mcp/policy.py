@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -47,6 +47,10 @@ class UrlPolicy:
             )
         if not host:
             raise McpUrlRefused(f"MCP server URL {shown!r} refused: it has no host")
+        if any(unquote(segment) in (".", "..") for segment in parts.path.split("/")):
+            # The HTTP client resolves them before sending, so `/public/../admin` would be
+            # checked as under /public/ and fetched from /admin.
+            raise McpUrlRefused(f"MCP server URL {shown!r} refused: '.' or '..' in its path")
         if parts.username is not None or parts.password is not None:
             raise McpUrlRefused(
                 f"MCP server URL {shown!r} refused: credentials in the URL are not allowed "

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -62,6 +63,7 @@ _MAX_TOOL_PAGES = 100
 _CLOSE_GRACE_S = 5.0
 # The most of a server's own error text quoted in a message (the rest is cut).
 _QUOTED_CHARS = 300
+_URL_QUERY = re.compile(r"(https?://[^\s'\"?#]*)[?#][^\s'\"]*", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -611,6 +613,9 @@ class _Connection:
     def redact(self, text: str) -> str:
         if self.url in text:
             text = text.replace(self.url, redact_url(self.url))
+        # The HTTP client quotes the URL as it sent it (host lowercased, characters escaped),
+        # so any URL's query and fragment go, whatever its spelling.
+        text = _URL_QUERY.sub(r"\1", text)
         if self._token and self._token in text:
             text = text.replace(self._token, "[token]")
         return text

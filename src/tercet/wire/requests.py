@@ -155,7 +155,9 @@ class MCPServerDefinition(RequestModel):
     type: Literal["url"]
     url: str
     name: str = Field(min_length=1)
-    authorization_token: str | None = None  # sent as a Bearer token; never logged
+    # Sent as a Bearer token, never logged. Printable ASCII only: anything else could not be
+    # a header, and the HTTP client's complaint would quote it.
+    authorization_token: str | None = Field(default=None, pattern=r"^[\x21-\x7e]+$")
     tool_configuration: MCPToolConfiguration | None = None
 
 
