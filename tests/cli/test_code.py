@@ -467,6 +467,24 @@ def test_the_command_on_a_server_prints_and_converses(
     assert "--resume " in chatted.err and "And 2+3?" in engine.prompts[1]
 
 
+def test_a_closed_output_ends_the_run_quietly(tmp_path: Path) -> None:
+    engine = ScriptedEngine([" ".join(["word"] * 400)], delay=0.01)
+    config = ServerConfig(data_dir=tmp_path / "server", api_keys=[])
+    with BackgroundServer(create_app(config, [engine])) as running:
+        args = ["-p", "Talk.", "--output-format", "stream-json", "--no-mcp"]
+        args += ["--base-url", running.base_url, "--model", CLAUDE_MODEL]
+        args += ["--sessions-dir", str(tmp_path / "s"), "--max-tokens", "1024"]
+        process = tercet_code(*args, cwd=tmp_path, data_dir=tmp_path / "data")
+        assert process.stdout is not None and process.stderr is not None
+        assert json.loads(process.stdout.readline())["type"] == "run_started"
+        process.stdout.close()  # as `| head -1` does
+        status = process.wait(timeout=60)
+        err = process.stderr.read()
+    assert status == 141 and "Traceback" not in err, err
+    (session,) = (tmp_path / "s").glob("*.jsonl")
+    assert records(session)[-1]["type"] == "result"
+
+
 def test_continue_picks_the_projects_latest_session(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -504,6 +522,7 @@ def test_continue_picks_the_projects_latest_session(
         (["--thinking-budget", "100"], 2, "--thinking-budget must be at least 1024"),
         (["--model", "my.gguf"], 2, "use --gguf"),
         (["--max-turns", "0"], 2, "--max-turns must be positive"),
+        (["--max-budget-usd", "-1"], 2, "--max-budget-usd must be positive"),
         (["--resume", "nosuch"], 1, "cannot resume the session"),
     ],
 )

@@ -19,7 +19,8 @@ prompt, so calls that would ask are denied: allow them with --allowed-tools or
 Exit status: 0 the model finished its answer (end_turn); 1 the run failed (a model error, a
 refusal, a hook stopped it) or could not start; 2 a bad command line; 3 a limit ended the run
 (--max-turns, --max-wall-time, --max-budget-usd, or replies cut at --max-tokens again and
-again); 130 interrupted by Ctrl-C (once: the agent stops at its next step; twice: at once).
+again); 130 interrupted by Ctrl-C (once: the agent stops at its next step; twice: at once);
+141 the output was closed (`| head`), which stops the run (the session is saved).
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ from tercet.server.config import ServerConfig
 OutputFormat = Literal["text", "json", "stream-json"]
 OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("text", "json", "stream-json")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LIMIT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_BROKEN_PIPE = 141  # as a shell reports a command killed by SIGPIPE
 LIMIT_REASONS = frozenset(
     {"max_turns", "max_total_tokens", "max_wall_time", "max_cost", "max_tokens"}
 )
@@ -144,6 +146,7 @@ class CodeOptions:
         for name, limit in [
             ("--max-turns", self.max_turns),
             ("--max-wall-time", self.max_wall_time_s),
+            ("--max-budget-usd", self.max_budget_usd),
         ]:
             if limit is not None and limit <= 0:
                 raise UsageError(f"{name} must be positive")
@@ -782,6 +785,10 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(_main(model, options, prompt))
     except asyncio.CancelledError:  # Ctrl-C outside a run
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `tercet code -p ... | head -1`: the reader has gone
+        # Point stdout at /dev/null so that the interpreter's last flush does not fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def _task(prompt: str | None, output_format: OutputFormat) -> str | None:
