@@ -137,6 +137,8 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
         build_conversation(body)  # the message rules, before any MCP server is asked
         toolbox = await discover(body, betas, mcp_pool)
         conversation = build_conversation(body, extra_tools=toolbox.tools if toolbox else ())
+        if toolbox is not None:  # earlier calls under the names the model reads, as in plan
+            conversation = toolbox.renamed_history(conversation)
         # Without breakpoints: counting reads nothing from the cache and refreshes nothing.
         conversation = replace(conversation, thinking=thinking, breakpoints=())
         prompt = await engine.prepare(conversation)
