@@ -102,3 +102,47 @@ async def test_rewind_undoes_the_tools_edits(tmp_path: Path) -> None:
     checkpoints.rewind(1)
     assert (project / "app.py").read_text() == "x = 1\n"
     assert not (tmp_path / "mem/a.md").exists()
+
+
+def test_rewind_replaces_a_planted_link_instead_of_writing_through_it(tmp_path: Path) -> None:
+    # Regression: rewind wrote the saved content into whatever a symlink at the path led to.
+    project, outside = tmp_path / "project", tmp_path / "home"
+    project.mkdir()
+    outside.mkdir()
+    bashrc, linked = outside / ".bashrc", outside / "linked.txt"
+    bashrc.write_text("user's bashrc\n")
+    linked.write_text("user's file\n")
+    notes, gone = project / "notes.txt", project / "new.txt"
+    notes.write_text("v0\n")
+    checkpoints = Checkpoints(tmp_path / "cp")
+    checkpoints.record(notes, 2)
+    checkpoints.record(gone, 2)  # did not exist: rewinding deletes it
+    notes.unlink()
+    notes.symlink_to(bashrc)  # as a bash command in the project could
+    gone.symlink_to(linked)
+
+    assert checkpoints.rewind(2) == [gone, notes]
+    assert bashrc.read_text() == "user's bashrc\n"
+    assert linked.read_text() == "user's file\n"
+    assert not notes.is_symlink() and notes.read_text() == "v0\n"
+    assert not gone.exists() and not gone.is_symlink()
+
+
+def test_rewind_leaves_alone_a_file_whose_directory_now_leads_elsewhere(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    project, outside = tmp_path / "project", tmp_path / "home"
+    (project / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "config").write_text("user's config\n")
+    target = project / "sub/config"
+    target.write_text("v0\n")
+    checkpoints = Checkpoints(tmp_path / "cp")
+    checkpoints.record(target, 1)
+    target.unlink()
+    (project / "sub").rmdir()
+    (project / "sub").symlink_to(outside)  # project/sub/config is now ~/config
+
+    assert checkpoints.rewind(1) == []
+    assert (outside / "config").read_text() == "user's config\n"
+    assert str(target) in caplog.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from tercet.agent.checkpoints import Checkpoints
-from tercet.agent.tools import BashTool, MemoryTool, TextEditorTool, ToolContext, ToolResult
+from tercet.agent.tools import BashTool, MemoryTool, TextEditorTool, ToolContext, ToolResult, editor
 from tercet.agent.tools.bash_syntax import is_read_only_command, split_commands
 from tercet.sandbox.runner import unavailable_reason
 
@@ -120,6 +121,43 @@ async def test_bash_timeout_kills_the_process_group_and_restarts(tmp_path: Path)
         assert await wait_gone(int((tmp_path / "shell.pid").read_text()))  # and the shell
         after = await tool.run({"command": 'echo "next [$BEFORE]"'}, ctx)
         assert text(after) == "next []\n" and not after.is_error
+    finally:
+        await tool.aclose()
+
+
+@pytest.mark.timeout(30)
+async def test_bash_exec_redirecting_the_shells_output_restarts_it(tmp_path: Path) -> None:
+    # Regression: EOF on the shell's output used to wait forever for a bash still alive (it
+    # waits for input), holding the tool's lock so every later call hung as well.
+    tool = BashTool(timeout_s=3)
+    ctx = ToolContext(tmp_path)
+    try:
+        await tool.run({"command": "echo $$ > shell.pid"}, ctx)
+        result = await asyncio.wait_for(
+            tool.run({"command": "exec > log.txt 2>&1; echo hidden"}, ctx), 10
+        )
+        assert result.is_error and "output was closed" in text(result)
+        assert await wait_gone(int((tmp_path / "shell.pid").read_text()))
+        assert (tmp_path / "log.txt").read_text().startswith("hidden\n")
+        after = await asyncio.wait_for(tool.run({"command": "echo fresh"}, ctx), 10)
+        assert text(after) == "fresh\n" and not after.is_error
+    finally:
+        await tool.aclose()
+
+
+@pytest.mark.timeout(30)
+async def test_bash_works_with_a_space_in_tmpdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: the command file's path went to the shell unquoted.
+    spaced = tmp_path / "tmp dir"
+    spaced.mkdir()
+    monkeypatch.setenv("TMPDIR", str(spaced))
+    monkeypatch.setattr(tempfile, "tempdir", str(spaced))
+    tool = BashTool(timeout_s=10)
+    try:
+        result = await tool.run({"command": "echo ok"}, ToolContext(tmp_path))
+        assert text(result) == "ok\n" and not result.is_error
     finally:
         await tool.aclose()
 
@@ -419,6 +457,33 @@ async def test_editor_keeps_crlf_line_endings(tmp_path: Path) -> None:
     )
     assert not result.is_error
     assert path.read_bytes() == b"1\r\n2\r\n"
+
+
+async def test_editor_leaves_mixed_line_endings_alone(tmp_path: Path) -> None:
+    # Regression: one "\r\n" inside a string literal turned every line ending into CRLF.
+    tool, ctx = TextEditorTool(), ToolContext(tmp_path)
+    path = tmp_path / "mixed.py"
+    path.write_bytes(b"line1\nline2\nsep = '\r\n'\nline4\n")
+    result = await edit(
+        tool, ctx, command="str_replace", path="mixed.py", old_str="line1", new_str="LINE1"
+    )
+    assert not result.is_error
+    assert path.read_bytes() == b"LINE1\nline2\nsep = '\r\n'\nline4\n"
+
+
+async def test_editor_view_reads_a_huge_file_only_in_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: `view` read the whole file into memory before cutting what it showed.
+    monkeypatch.setattr(editor, "MAX_VIEW_BYTES", 100)
+    tool, ctx = TextEditorTool(), ToolContext(tmp_path)
+    (tmp_path / "huge.txt").write_text("".join(f"line {n} é\n" for n in range(1, 1001)))
+    result = await edit(tool, ctx, command="view", path="huge.txt")
+    lines = text(result).splitlines()
+    assert not result.is_error
+    assert lines[1:-1] == [f"{n:>6}\tline {n} é" for n in range(1, len(lines) - 1)]
+    assert len("".join(lines[1:-1])) < 150
+    assert "longer than 100 bytes: only its first" in lines[-1]
 
 
 async def test_editor_refuses_binary_and_unknown_commands(tmp_path: Path) -> None:

@@ -3,12 +3,15 @@ so `rewind(step)` can put the tree back as it was when that step began.
 
 Records live on disk under the checkpoint directory, so a resumed run can still rewind:
 
-    <directory>/steps/<step>.json   {"files": {"/abs/path": {"blob": "<sha256>" | null, "mode": 420}}}
+    <directory>/steps/<step>.json   {"files": {"/abs/path": {"blob": "<sha256>" | null, "mode": 420,
+                                                 "parent": "/real/path/of/its/directory"}}}
     <directory>/blobs/<sha256>      a file's content before the step changed it
 
 `"blob": null` means the file did not exist when the step began (rewinding deletes it). Only
 writes made through the tools that call `record` (the text editor and the memory tool) are
-recorded; what a bash command changes is not.
+recorded; what a bash command changes is not. A bash command may still have put a symlink
+where a recorded file was, so rewinding replaces whatever stands there and never writes through
+a link, and leaves a file alone (logging it) when its directory now resolves somewhere else.
 """
 
 from __future__ import annotations
@@ -16,21 +19,27 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 FORMAT_VERSION = 1
+DEFAULT_MODE = 0o644  # for a restored file whose record has no mode
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class _Saved:
-    """A file's state at the start of a step: its content's blob (None if it was absent) and
-    its permission bits."""
+    """A file's state at the start of a step: its content's blob (None if it was absent), its
+    permission bits, and the real path of its directory (None in records older than it)."""
 
     blob: str | None
     mode: int | None = None
+    parent: str | None = None
 
 
 class Checkpoints:
@@ -58,25 +67,26 @@ class Checkpoints:
 
     def rewind(self, step: int) -> list[Path]:
         """Restore every recorded file to its state at the start of `step` (deleting files
-        created since) and forget the records of `step` and later; returns the paths restored."""
+        created since) and forget the records of `step` and later; returns the paths restored.
+
+        A file whose directory no longer resolves to where it was recorded (a symlink now leads
+        elsewhere), or where a directory now stands, is left alone and logged as a warning."""
         later = sorted(s for s in self._records if s >= step)
         earliest: dict[Path, _Saved] = {}
         for s in later:  # the first record at or after `step` holds the state `step` began with
             for path, saved in self._records[s].items():
                 earliest.setdefault(path, saved)
-        for path, saved in earliest.items():
-            if saved.blob is None:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes((self._blobs_dir / saved.blob).read_bytes())
-                if saved.mode is not None:
-                    os.chmod(path, saved.mode)
+        restored = [path for path, saved in earliest.items() if self._restore(path, saved)]
+        if skipped := sorted(set(earliest) - set(restored)):
+            log.warning(
+                "rewind left these files alone, their place having changed since they were "
+                "recorded: %s",
+                ", ".join(map(str, skipped)),
+            )
         for s in later:
             del self._records[s]
             (self._steps_dir / f"{s}.json").unlink(missing_ok=True)
-        return sorted(earliest)
+        return sorted(restored)
 
     def steps(self) -> list[int]:
         """The steps that changed files, in order."""
@@ -87,20 +97,47 @@ class Checkpoints:
         return sorted(self._records.get(step, {}))
 
     def _save(self, path: Path) -> _Saved:
+        parent = os.path.realpath(path.parent)
         try:
             content = path.read_bytes()
             mode = path.stat().st_mode & 0o7777
         except (FileNotFoundError, NotADirectoryError):
-            return _Saved(None)
+            return _Saved(None, parent=parent)
         digest = hashlib.sha256(content).hexdigest()
         blob = self._blobs_dir / digest
         if not blob.exists():
             _atomic_write(blob, content)
-        return _Saved(digest, mode)
+        return _Saved(digest, mode, parent)
+
+    def _restore(self, path: Path, saved: _Saved) -> bool:
+        """Put `path` back as `saved` was; False, touching nothing, if that is no longer safe."""
+        if saved.parent is not None and os.path.realpath(path.parent) != saved.parent:
+            return False  # a directory on the way became a link: the file would land elsewhere
+        try:
+            now = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            now = None
+        if now is not None and stat.S_ISDIR(now.st_mode):
+            return False
+        if saved.blob is None:
+            if now is not None:
+                path.unlink()  # a symlink is removed itself, never what it points to
+            return True
+        mode = saved.mode
+        if mode is None:
+            mode = stat.S_IMODE(now.st_mode) if now and stat.S_ISREG(now.st_mode) else DEFAULT_MODE
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            return False  # a file stands where its directory was
+        # A new file renamed over whatever is there: a symlink or a hard link planted in its
+        # place is replaced, and what it leads to keeps its content.
+        _atomic_write(path, (self._blobs_dir / saved.blob).read_bytes(), mode)
+        return True
 
     def _write_manifest(self, step: int) -> None:
         files = {
-            str(p): {"blob": saved.blob, "mode": saved.mode}
+            str(p): {"blob": saved.blob, "mode": saved.mode, "parent": saved.parent}
             for p, saved in self._records[step].items()
         }
         document = {"version": FORMAT_VERSION, "step": step, "files": files}
@@ -110,17 +147,20 @@ class Checkpoints:
 def _load_manifest(manifest: Path) -> dict[Path, _Saved]:
     document = json.loads(manifest.read_text())
     return {
-        Path(p): _Saved(entry["blob"], entry.get("mode")) for p, entry in document["files"].items()
+        Path(p): _Saved(entry["blob"], entry.get("mode"), entry.get("parent"))
+        for p, entry in document["files"].items()
     }
 
 
-def _atomic_write(path: Path, content: bytes) -> None:
-    """Write a checkpoint's own file through a temporary file and a rename, so a crash leaves
-    either no file or a whole one."""
+def _atomic_write(path: Path, content: bytes, mode: int | None = None) -> None:
+    """Write `path` through a temporary file and a rename, so a crash leaves either the old
+    file or a whole new one, and a link at `path` is replaced rather than written through."""
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(content)
+            if mode is not None:
+                os.fchmod(handle.fileno(), mode)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

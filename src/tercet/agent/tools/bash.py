@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import tempfile
@@ -31,6 +32,9 @@ NAME = "bash"
 TOOL_TYPE = "bash_20250124"
 # Variables that keep programs from waiting on a terminal nobody is at.
 QUIET_ENV = {"PAGER": "cat", "GIT_PAGER": "cat", "GIT_EDITOR": "true", "GIT_TERMINAL_PROMPT": "0"}
+# How long a shell whose output closed may take to exit before it counts as still running:
+# `exit` ends it at once, while after `exec >file` bash lives on, waiting for input.
+SHELL_EXIT_GRACE_S = 1.0
 
 
 class BashTool:
@@ -98,8 +102,11 @@ class BashTool:
             self._shell = await _Shell.start(cwd, self._env)
         shell = self._shell
         output = _Output(self.max_output_chars)
+        code: int | None = None
         try:
             status = await asyncio.wait_for(shell.execute(command, output), self.timeout_s)
+            if status is None:  # the shell's output closed: it exited, or a command redirected it
+                code = await shell.exit_status(SHELL_EXIT_GRACE_S)
         except TimeoutError:
             await self._close_shell()
             note = (
@@ -111,10 +118,19 @@ class BashTool:
         except BaseException:  # cancelled: leave nothing running
             await self._close_shell()
             raise
-        if status is None:  # the command ended the shell (`exit`, `set -e`, ...)
-            code = await shell.wait()
-            await self._close_shell()
-            note = f"The shell exited with status {code}; the next command starts a fresh shell."
+        if status is None:
+            await self._close_shell()  # kills a shell still alive with its output gone
+            if code is None:
+                note = (
+                    "The shell's output was closed (`exec >file`?), so nothing more could be "
+                    "read from it: it was killed with every process it started, and the shell "
+                    "was restarted (the working directory and environment variables are back "
+                    "to their starting values). Redirect single commands instead."
+                )
+            else:  # the command ended the shell (`exit`, `set -e`, ...)
+                note = (
+                    f"The shell exited with status {code}; the next command starts a fresh shell."
+                )
             return ToolResult(output.text(note), is_error=True)
         return ToolResult(output.text(f"Exit code {status}" if status else None))
 
@@ -189,7 +205,9 @@ class _Shell:
         script.write_text(command + "\n")
         # Sourced, so `cd` and variables persist; from a file, so a syntax error or a stray
         # quote cannot swallow the marker; stdin from /dev/null, so nothing waits for input.
-        line = f". {script} < /dev/null; printf '\\n%s %d\\n' {self.token} \"$?\"\n"
+        line = (
+            f". {shlex.quote(str(script))} < /dev/null; printf '\\n%s %d\\n' {self.token} \"$?\"\n"
+        )
         try:
             self.process.stdin.write(line.encode())
             await self.process.stdin.drain()
@@ -203,8 +221,13 @@ class _Shell:
         self.exited = True
         return None
 
-    async def wait(self) -> int:
-        return await self.process.wait()
+    async def exit_status(self, grace_s: float) -> int | None:
+        """The shell's exit status once its output has closed, or None if it is still alive
+        after `grace_s` (a command redirected the shell's own output, and bash waits for input)."""
+        try:
+            return await asyncio.wait_for(self.process.wait(), grace_s)
+        except TimeoutError:
+            return None
 
     async def kill(self) -> None:
         _kill_group(self.process.pid)

@@ -12,6 +12,7 @@ Every write first records the file in the context's checkpoints.
 from __future__ import annotations
 
 import base64
+import codecs
 import os
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ IMAGE_TYPES = {
 }
 MAX_IMAGE_BYTES = 5 * 1024 * 1024  # Anthropic's limit for one image
 MAX_LISTED = 1000  # directory entries in one view
+MAX_VIEW_BYTES = 16 * 1024 * 1024  # read by one view: a huge file must not fill the memory
 
 
 class TextEditorTool:
@@ -95,7 +97,8 @@ class TextEditorTool:
         media_type = IMAGE_TYPES.get(path.suffix.lower())
         if media_type is not None:
             return ToolResult(_image(path, shown, media_type))
-        lines = split_lines(read_text(path, shown))
+        text, cut = _read_head(path, shown, MAX_VIEW_BYTES)
+        lines = split_lines(text)
         start, end = line_range(view_range, len(lines))
         shown_lines = lines[start - 1 : end]
         body, shown_count = _bounded(shown_lines, start, self.max_characters)
@@ -108,6 +111,11 @@ class TextEditorTool:
                 f"\n[Truncated to {self.max_characters} characters: lines {start}-{last} of "
                 f"{len(lines)} are shown. See the rest with view_range [{last + 1}, {end}], "
                 "or find lines with `grep -n`.]"
+            )
+        if cut:
+            body += (
+                f"\n[{shown} is longer than {MAX_VIEW_BYTES} bytes: only its first "
+                f"{len(lines)} lines were read. See later lines with `sed -n` or `grep -n`.]"
             )
         return ToolResult(header + body)
 
@@ -126,11 +134,27 @@ def read_text(path: Path, shown: str) -> str:
     """The file's text, its line endings untouched; a clear error for binary or non-UTF-8."""
     if not path.is_file():
         raise ToolInputError(f"The path {shown} is not a file.")
-    data = path.read_bytes()
+    return _decode(path.read_bytes(), shown, final=True)
+
+
+def _read_head(path: Path, shown: str, max_bytes: int) -> tuple[str, bool]:
+    """At most `max_bytes` of the file's text, whole lines when cut, and whether it was cut."""
+    if not path.is_file():
+        raise ToolInputError(f"The path {shown} is not a file.")
+    with path.open("rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) <= max_bytes:
+        return _decode(data, shown, final=True), False
+    data = data[:max_bytes]
+    return _decode(data[: data.rfind(b"\n") + 1] or data, shown, final=False), True
+
+
+def _decode(data: bytes, shown: str, final: bool) -> str:
+    """`data` as UTF-8; not `final`, a character cut off at the end is dropped."""
     if b"\0" in data[:8192]:
         raise ToolInputError(f"{shown} is a binary file; the text editor shows only text.")
     try:
-        return data.decode("utf-8")
+        return codecs.getincrementaldecoder("utf-8")().decode(data, final=final)
     except UnicodeDecodeError as exc:
         raise ToolInputError(
             f"{shown} is not UTF-8 text ({exc.reason} at byte {exc.start})."
@@ -149,7 +173,9 @@ def _edit(command: str, path: Path, shown: str, input: dict[str, Any], ctx: Tool
     if not path.exists():
         raise ToolInputError(f"The path {shown} does not exist. Please provide a valid path.")
     original = read_text(path, shown)
-    crlf = "\r\n" in original
+    # Only a file whose every line ends in CRLF is edited as LF and written back as CRLF: a
+    # lone "\r\n" (say in a string literal) must not turn every other line ending into one.
+    crlf = "\r\n" in original and original.count("\n") == original.count("\r\n")
     content = original.replace("\r\n", "\n") if crlf else original
     if command == "str_replace":
         old = _string(input, "old_str")
