@@ -193,6 +193,14 @@ def test_a_command_filling_the_disk_is_stopped_while_it_runs(manager: ContainerM
     assert sh(manager, "rm f* && echo freed", container.id).stdout == "freed\n"
 
 
+def test_empty_files_count_against_the_quota(manager: ContainerManager) -> None:
+    # Inodes and directory space are disk too: 4,000 empty files are 16 MB by the quota's count.
+    container = manager.create()
+    with pytest.raises(ContainerError) as caught:
+        sh(manager, "for i in $(seq 4000); do : > empty-$i; done", container.id)
+    assert caught.value.code == "output_file_too_large"
+
+
 def test_tmp_is_bounded(tmp_path: Path) -> None:
     small = ExecutionLimits(wall_seconds=20, tmp_bytes=4 * 2**20)
     manager = ContainerManager(tmp_path / "sandbox", execution=small, runtime=default_runtime())

@@ -161,6 +161,88 @@ def test_the_text_editor(tmp_path: Path) -> None:
         assert [r.error_code for r in results[3:]] == ["invalid_tool_input", "file_not_found"]
 
 
+def edit(command: str, path: str, **more: str) -> ScriptedCall:
+    return ScriptedCall("text_editor_code_execution", {"command": command, "path": path, **more})
+
+
+def results_of(message: Any) -> list[Any]:
+    return [b.content for b in message.content if b.type.endswith("_result")]
+
+
+def test_links_the_code_makes_lead_nowhere_on_the_host(tmp_path: Path) -> None:
+    # The server reads and writes workspaces as its own user (root here); code in the
+    # container may plant links to make it read or write the host's files for it.
+    replies: list[str | ScriptedCall] = [
+        bash("mkdir real && ln -s /etc etc && ln -s /etc/hostname host && mkfifo pipe.txt"),
+        edit("view", "etc/hostname"),
+        edit("view", "host"),
+        edit("create", "etc/tercet-was-here", file_text="x"),
+        edit("create", "pipe.txt", file_text="x"),  # a FIFO: must not block the server
+        edit("view", "bad\u0000path"),
+        edit("create", "ok.txt", file_text="\ud800"),  # cannot be saved as UTF-8
+        bash("rm -rf outputs && ln -s /etc outputs"),  # outputs/ itself a link
+        "done",
+    ]
+    with scripted_server(tmp_path, replies) as (client, _):
+        results = results_of(ask(client))
+        assert results[0].return_code == 0, results[0].stderr
+        assert [r.error_code for r in results[1:7]] == ["invalid_tool_input"] * 6
+        assert results[7].return_code == 0 and results[7].content == []
+        assert list(client.beta.files.list()) == []  # nothing of /etc came back as a file
+    assert not Path("/etc/tercet-was-here").exists()
+
+
+def test_containers_belong_to_their_api_key(tmp_path: Path) -> None:
+    replies: list[str | ScriptedCall] = [bash("echo A-secret > notes.txt"), "ok"]
+    limits = ContainerLimits(max_per_owner=1)
+    with scripted_server(tmp_path, replies, container_limits=limits) as (client, _):
+        mine = ask(client)
+        other = client.with_options(api_key="someone-else")
+        replies[0] = bash("cat notes.txt")
+        theirs = ask(other, container=mine.container.id)
+        assert results_of(theirs)[0].error_code == "unavailable"
+        assert ask(client, container=mine.container.id).container.id == mine.container.id
+        # One key's limit leaves room for the others.
+        assert results_of(ask(client))[0].error_code == "too_many_requests"
+        assert results_of(ask(other))[0].type == "bash_code_execution_result"
+        strange = ask(client, container={"id": 5})
+        assert results_of(strange)[0].error_code == "unavailable"
+
+
+def test_editor_made_folders_belong_to_the_container(tmp_path: Path) -> None:
+    replies: list[str | ScriptedCall] = [
+        edit("create", "src/app.py", file_text="print(1)\n"),
+        bash("echo y > src/other.py && rm src/app.py && ls src"),
+        "done",
+    ]
+    with scripted_server(tmp_path, replies) as (client, _):
+        created, listed = results_of(ask(client))
+        assert created.type == "text_editor_code_execution_create_result"
+        assert (listed.stdout, listed.return_code) == ("other.py\n", 0), listed.stderr
+
+
+def test_an_upload_onto_a_directory_is_left_out(tmp_path: Path) -> None:
+    replies: list[str | ScriptedCall] = [bash("mkdir data.csv"), "ok", bash("ls -F"), "ok"]
+    with scripted_server(tmp_path, replies) as (client, _):
+        first = ask(client)
+        csv = client.beta.files.upload(file=("data.csv", io.BytesIO(b"a\n"), "text/csv"))
+        content = [
+            {"type": "text", "text": "Go."},
+            {"type": "container_upload", "file_id": csv.id},
+        ]
+        second = ask(
+            client, container=first.container.id, messages=[{"role": "user", "content": content}]
+        )
+        assert results_of(second)[0].stdout == "data.csv/\noutputs/\n"
+
+
+def test_outputs_count_against_the_storage_quota(tmp_path: Path) -> None:
+    replies: list[str | ScriptedCall] = [bash("echo 0123456789 > outputs/big.txt"), "ok"]
+    with scripted_server(tmp_path, replies, file_quota_bytes=5) as (client, _):
+        (result,) = results_of(ask(client))
+        assert result.return_code == 0 and result.content == []
+
+
 def test_iterations_end_in_pause_turn_and_continue(tmp_path: Path) -> None:
     replies: list[str | ScriptedCall] = [bash("echo 1"), bash("echo 2"), "finished"]
     with scripted_server(tmp_path, replies, max_tool_iterations=2) as (client, _):

@@ -27,3 +27,4 @@ class ContainerLimits:
     disk_bytes: int = 1024 * MIB
     idle_seconds: float = 3600.0  # expires after this long unused, as Anthropic's containers
     max_containers: int = 32
+    max_per_owner: int = 8  # live containers one API key may hold

@@ -44,6 +44,7 @@ class Container:
     created_at: float
     last_used: float
     directory: Path
+    owner: str = ""  # who made it (the server's id of an API key); only they may use it
 
     @property
     def workspace(self) -> Path:
@@ -76,8 +77,8 @@ class ContainerManager:
         os.chmod(root, 0o711)  # container users may pass through, not list
         self._load()
 
-    def create(self, container_id: str | None = None) -> Container:
-        if container_id is not None and not _VALID_ID.fullmatch(container_id):
+    def create(self, container_id: str | None = None, owner: str = "") -> Container:
+        if container_id is not None and not _valid_id(container_id):
             raise ContainerError(
                 "invalid_tool_input", "a container id is 1-64 letters, digits, _ or -"
             )
@@ -88,24 +89,33 @@ class ContainerManager:
                     "too_many_requests",
                     f"the limit of {self.limits.max_containers} live containers is reached",
                 )
+            owned = sum(1 for c in self._containers.values() if c.owner == owner)
+            if owned >= self.limits.max_per_owner:  # so one key cannot take every slot
+                raise ContainerError(
+                    "too_many_requests",
+                    f"the limit of {self.limits.max_per_owner} live containers per API key "
+                    "is reached",
+                )
             new_id = container_id or "container_" + "".join(
                 secrets.choice(_ID_ALPHABET) for _ in range(24)
             )
             uid = self._free_uid()
             now = self._clock()
-            container = Container(new_id, uid, now, now, self.root / new_id)
+            container = Container(new_id, uid, now, now, self.root / new_id, owner)
             (container.workspace / OUTPUTS).mkdir(parents=True)
             self._own(container)
             self._containers[new_id] = container
             self._save(container)
             return container
 
-    def get(self, container_id: str) -> Container:
+    def get(self, container_id: str, owner: str = "") -> Container:
+        """The live container `container_id` of `owner`; another owner's is as good as missing
+        (its existence is not revealed)."""
         with self._lock:
             self._expire()
-            container = (
-                self._containers.get(container_id) if _VALID_ID.fullmatch(container_id) else None
-            )
+            container = self._containers.get(container_id) if _valid_id(container_id) else None
+            if container is not None and container.owner != owner:
+                container = None
             if container is None:
                 if container_id in self._expired:
                     raise ContainerError("container_expired", f"{container_id} has expired")
@@ -170,8 +180,9 @@ class ContainerManager:
         os.chmod(container.workspace, 0o700)
 
     def _save(self, container: Container) -> None:
-        record = {"uid": container.uid, "created_at": container.created_at}
+        record: dict[str, object] = {"uid": container.uid, "created_at": container.created_at}
         record["last_used"] = container.last_used
+        record["owner"] = container.owner
         (container.directory / "container.json").write_text(json.dumps(record))
 
     def _load(self) -> None:
@@ -185,9 +196,14 @@ class ContainerManager:
                     float(record["created_at"]),
                     float(record["last_used"]),
                     directory,
+                    str(record.get("owner", "")),
                 )
             except (OSError, ValueError, KeyError, TypeError):
                 shutil.rmtree(directory, ignore_errors=True)
                 continue
             self._containers[container.id] = container
         self._expire()
+
+
+def _valid_id(container_id: object) -> bool:
+    return isinstance(container_id, str) and _VALID_ID.fullmatch(container_id) is not None

@@ -36,6 +36,7 @@ RUNTIME = "/opt/python"  # where the runtime's virtual environment appears
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc/alternatives", "/etc/ssl")
 TRUNCATED = "\n[output truncated: {} more bytes]\n"
 FIRST_PROBE_UID = 65534  # nobody
+_BLOCK_BYTES = 4096
 QUOTA_POLL_SECONDS = 0.1  # how often a running command's workspace is measured
 
 
@@ -162,14 +163,17 @@ class _ExitWatch:
 
 
 def disk_usage(path: Path) -> int:
-    """Bytes of the regular files under `path` (not following links)."""
+    """What the tree under `path` takes: the blocks of every entry (files, directories, links),
+    each counted as at least one 4 KiB block, so empty files and directories, which hold
+    inodes and directory space, count against a quota too (not following links)."""
     total = 0
-    for directory, _, files in os.walk(path):
-        for name in files:
+    for directory, subdirectories, files in os.walk(path):
+        for name in (*subdirectories, *files):
             try:
-                total += os.lstat(os.path.join(directory, name)).st_size
+                info = os.lstat(os.path.join(directory, name))
             except OSError:
                 continue
+            total += max(info.st_blocks * 512, _BLOCK_BYTES)
     return total
 
 

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
@@ -34,6 +34,7 @@ from tercet.server.conversation import build_conversation
 from tercet.server.errors import install_error_handlers
 from tercet.server.files import files_router, resolve_file_sources_async
 from tercet.server.generation import GenerationPlan, complete, plan, stream_events
+from tercet.server.json_body import JSONBody
 from tercet.server.mcp_connector import discover
 from tercet.server.models import ModelRegistry
 from tercet.server.signatures import ThinkingSigner
@@ -91,7 +92,7 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
         config.execution_limits,
         runtime=default_runtime(),
     )
-    code_execution = CodeExecutor(containers, files)
+    code_execution = CodeExecutor(containers, files, config.file_quota_bytes)
     mcp_pool = McpPool(
         policy=UrlPolicy(
             allowed=tuple(config.mcp_allowed_urls), allow_loopback=config.mcp_allow_loopback
@@ -125,7 +126,7 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
             job.ticket.leave()
         if message is None:  # the client went away; nobody reads this
             return Response(status_code=499)
-        return JSONResponse(message.model_dump())
+        return JSONBody(message.model_dump())
 
     @api.post("/messages/count_tokens")
     async def count_tokens(request: Request) -> MessageTokensCount:

@@ -9,16 +9,23 @@ failed request.
 
 from __future__ import annotations
 
+import logging
 import mimetypes
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tercet.files.store import FileStore
+from tercet.files.store import FileStore, QuotaExceededError
 from tercet.sandbox.containers import OUTPUTS, Container, ContainerError, ContainerManager
 from tercet.sandbox.runner import ExecResult, SandboxUnavailable, unavailable_reason
+from tercet.sandbox.workspace_files import (
+    NotInWorkspace,
+    directory_beneath,
+    open_regular,
+    parts_of,
+)
 from tercet.wire.content import ContainerUploadBlockParam, ServerToolResultBlock
 from tercet.wire.requests import BuiltinToolParam, CustomToolParam, ToolParam
 from tercet.wire.responses import Container as ContainerInfo
@@ -65,6 +72,8 @@ TOOL_TYPES: dict[str, list[CustomToolParam]] = {
     "code_execution_20250522": [PYTHON],
 }
 SERVER_TOOL_NAMES = frozenset(t.name for tools in TOOL_TYPES.values() for t in tools)
+MAX_EDITED_BYTES = 4 * 1024 * 1024  # the most the text editor reads of one file
+log = logging.getLogger(__name__)
 RESULT_TYPES = {
     "bash_code_execution": "bash_code_execution_tool_result",
     "text_editor_code_execution": "text_editor_code_execution_tool_result",
@@ -82,17 +91,27 @@ def code_execution_tools(tools: Sequence[ToolParam] | None) -> list[CustomToolPa
 
 
 class CodeExecutor:
-    """Runs code execution calls for one server: containers, uploads and outputs."""
+    """Runs code execution calls for one server: containers, uploads and outputs.
 
-    def __init__(self, containers: ContainerManager, files: FileStore) -> None:
+    Containers belong to the API key that made them. The server reads and writes workspaces
+    as its own user while the container's code may still be changing them, so every file is
+    reached through `tercet.sandbox.workspace_files` (no link followed, regular files only).
+    """
+
+    def __init__(
+        self, containers: ContainerManager, files: FileStore, file_quota_bytes: int | None = None
+    ) -> None:
         self.containers = containers
         self.files = files
+        self.file_quota_bytes = file_quota_bytes  # outputs count against the key's storage
 
-    def container(self, requested: str | dict[str, Any] | None) -> Container | ContainerError:
-        """The request's container: the one it names, or a new one."""
+    def container(self, requested: object, owner: str) -> Container | ContainerError:
+        """The request's container: the one it names (if `owner`'s), or a new one."""
         wanted = requested.get("id") if isinstance(requested, dict) else requested
         try:
-            return self.containers.get(wanted) if wanted else self.containers.create()
+            if wanted:
+                return self.containers.get(wanted, owner)  # type: ignore[arg-type]
+            return self.containers.create(owner=owner)
         except ContainerError as error:
             return error
 
@@ -101,17 +120,23 @@ class CodeExecutor:
         return ContainerInfo(id=container.id, expires_at=expires.isoformat().replace("+00:00", "Z"))
 
     def upload(self, container: Container, block: ContainerUploadBlockParam, owner: str) -> None:
-        """Place a Files API file in the workspace, under its own name."""
+        """Place a Files API file in the workspace, under its own name. Where the code has put
+        something else under that name (a directory, a link), the file is left out: the
+        code's own doing, and the model will find it missing."""
         stored = self.files.get(owner, block.file_id)
         if stored is None:
             return
-        target = _inside(container.workspace, Path(stored.filename).name or stored.id)
-        if target is None:
-            return
-        with target.open("wb") as sink:
-            for chunk in self.files.read(stored):
-                sink.write(chunk)
-        _give(target, container)
+        name = Path(stored.filename).name or stored.id
+        try:
+            with directory_beneath(container.workspace, []) as root:
+                fd = open_regular(name, root, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                with os.fdopen(fd, "wb") as sink:
+                    if os.geteuid() == 0:
+                        os.fchown(sink.fileno(), container.uid, container.uid)
+                    for chunk in self.files.read(stored):
+                        sink.write(chunk)
+        except (OSError, ValueError) as exc:
+            log.info("upload of %s into %s left out: %s", stored.id, container.id, exc)
 
     def execute(
         self,
@@ -155,6 +180,8 @@ class CodeExecutor:
                 result = self.containers.run(container, ["/bin/bash", "-c", command])
         except ContainerError as failure:
             return error(failure.code)
+        except (NotInWorkspace, ValueError):  # a link, a FIFO, a NUL, text that cannot be saved
+            return error("invalid_tool_input")
         except (SandboxUnavailable, OSError):
             return error("unavailable")
         if result.timed_out:
@@ -169,23 +196,37 @@ class CodeExecutor:
     def _collect_outputs(
         self, container: Container, before: dict[str, tuple[int, int]], owner: str
     ) -> list[str]:
-        """New or changed files in outputs/ become downloadable Files API files."""
+        """New or changed regular files in outputs/ become downloadable Files API files."""
         file_ids = []
-        for name, stamp in _outputs(container).items():
-            if before.get(name) == stamp:
-                continue
-            path = container.workspace / OUTPUTS / name
-            writer = self.files.begin()
-            try:
-                with path.open("rb") as source:
-                    while chunk := source.read(1 << 20):
-                        writer.write(chunk)
-            except OSError:
-                writer.discard()
-                continue
-            mime = _mime_type(name)
-            file_ids.append(self.files.commit(owner, writer, name, mime, True).id)
+        try:
+            with directory_beneath(container.workspace, [OUTPUTS]) as folder:
+                for name, stamp in _stamps(folder).items():
+                    if before.get(name) == stamp:
+                        continue
+                    file_id = self._store_output(folder, name, owner)
+                    if file_id is not None:
+                        file_ids.append(file_id)
+        except OSError:  # no outputs/ (removed, or replaced by a link): nothing to hand back
+            pass
         return file_ids
+
+    def _store_output(self, folder: int, name: str, owner: str) -> str | None:
+        writer = self.files.begin()
+        try:
+            with os.fdopen(open_regular(name, folder, os.O_RDONLY), "rb") as source:
+                while chunk := source.read(1 << 20):
+                    writer.write(chunk)
+        except OSError:
+            writer.discard()
+            return None
+        try:
+            stored = self.files.commit(
+                owner, writer, name, _mime_type(name), True, self.file_quota_bytes
+            )
+        except QuotaExceededError:
+            log.info("output %s not kept: the owner's storage quota is full", name)
+            return None
+        return stored.id
 
 
 def _run_result(prefix: str, result: ExecResult, outputs: list[str]) -> dict[str, Any]:
@@ -199,43 +240,64 @@ def _run_result(prefix: str, result: ExecResult, outputs: list[str]) -> dict[str
 
 
 def _edit(container: Container, arguments: dict[str, Any]) -> dict[str, Any] | str:
-    """The text editor, on the host but confined to the workspace (links are not followed
-    out of it). Returns the result content, or an error code."""
+    """The text editor, run on the host but confined to the workspace (see `workspace_files`).
+    Returns the result content, or an error code."""
     command, path = arguments.get("command"), arguments.get("path")
     if not isinstance(path, str) or command not in ("view", "create", "str_replace"):
         return "invalid_tool_input"
-    target = _inside(container.workspace, path.removeprefix("/workspace/").lstrip("/"))
-    if target is None:
-        return "invalid_tool_input"
+    *folders, name = parts_of(path.removeprefix("/workspace/"))
     if command == "create":
         text = arguments.get("file_text")
         if not isinstance(text, str):
             return "invalid_tool_input"
-        existed = target.exists()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-        _give(target, container)
+        data = text.encode()  # before anything is created: a lone surrogate cannot be saved
+        uid = container.uid if os.geteuid() == 0 else None
+        with directory_beneath(container.workspace, folders, create=True, uid=uid) as folder:
+            existed = _exists(name, folder)
+            fd = open_regular(name, folder, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            with os.fdopen(fd, "wb") as sink:
+                if uid is not None:
+                    os.fchown(sink.fileno(), uid, uid)
+                sink.write(data)
         return {"type": "text_editor_code_execution_create_result", "is_file_update": existed}
-    if not target.is_file():
+    try:
+        with directory_beneath(container.workspace, folders) as folder:
+            return _read_or_replace(folder, name, command, arguments)
+    except FileNotFoundError:
         return "file_not_found"
-    text = target.read_text(errors="replace")
-    if command == "view":
-        lines = text.splitlines()
-        return {
-            "type": "text_editor_code_execution_view_result",
-            "file_type": "text",
-            "content": text,
-            "num_lines": len(lines),
-            "start_line": 1,
-            "total_lines": len(lines),
-        }
-    old, new = arguments.get("old_str"), arguments.get("new_str", "")
-    if not isinstance(old, str) or not isinstance(new, str) or not old:
-        return "invalid_tool_input"
-    if text.count(old) != 1:
-        return "string_not_found"
-    start = text[: text.index(old)].count("\n") + 1
-    target.write_text(text.replace(old, new, 1))
+
+
+def _read_or_replace(
+    folder: int, name: str, command: str, arguments: dict[str, Any]
+) -> dict[str, Any] | str:
+    with os.fdopen(open_regular(name, folder, os.O_RDWR), "r+b") as file:
+        raw = file.read(MAX_EDITED_BYTES + 1)
+        if command == "view":
+            cut = len(raw) > MAX_EDITED_BYTES
+            text = raw[:MAX_EDITED_BYTES].decode(errors="replace")
+            lines = text.splitlines()
+            if cut:
+                text += f"\n[file cut at {MAX_EDITED_BYTES} bytes]"
+            return {
+                "type": "text_editor_code_execution_view_result",
+                "file_type": "text",
+                "content": text,
+                "num_lines": len(lines),
+                "start_line": 1,
+                "total_lines": len(lines),
+            }
+        if len(raw) > MAX_EDITED_BYTES:
+            return "invalid_tool_input"  # too large to edit whole; bash (sed) can
+        text = raw.decode(errors="replace")
+        old, new = arguments.get("old_str"), arguments.get("new_str", "")
+        if not isinstance(old, str) or not isinstance(new, str) or not old:
+            return "invalid_tool_input"
+        if text.count(old) != 1:
+            return "string_not_found"
+        start = text[: text.index(old)].count("\n") + 1
+        file.seek(0)
+        file.truncate()
+        file.write(text.replace(old, new, 1).encode())
     old_lines, new_lines = old.splitlines(), new.splitlines()
     return {
         "type": "text_editor_code_execution_str_replace_result",
@@ -247,27 +309,36 @@ def _edit(container: Container, arguments: dict[str, Any]) -> dict[str, Any] | s
     }
 
 
-def _inside(workspace: Path, relative: str) -> Path | None:
-    """`relative` under `workspace`, or None if it (or a link on the way) leads out of it."""
-    root = workspace.resolve()
-    target = (root / relative).resolve()
-    return target if target == root or root in target.parents else None
+def _exists(name: str, folder: int) -> bool:
+    try:
+        os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _outputs(container: Container) -> dict[str, tuple[int, int]]:
-    folder = container.workspace / OUTPUTS
+    """The regular files in outputs/ now, by name: (size, mtime), to tell what a run changed."""
+    try:
+        with directory_beneath(container.workspace, [OUTPUTS]) as folder:
+            return _stamps(folder)
+    except OSError:
+        return {}
+
+
+def _stamps(folder: int) -> dict[str, tuple[int, int]]:
     stamps = {}
-    for entry in os.scandir(folder) if folder.is_dir() else ():
+    for entry in _entries(folder):
         if entry.is_file(follow_symlinks=False):
             info = entry.stat(follow_symlinks=False)
             stamps[entry.name] = (info.st_size, info.st_mtime_ns)
     return stamps
 
 
-def _give(path: Path, container: Container) -> None:
-    """Files the server writes for a container belong to the container's user."""
-    if os.geteuid() == 0:
-        os.chown(path, container.uid, container.uid)
+def _entries(folder: int) -> Iterator[os.DirEntry[str]]:
+    # scandir works on its own duplicate of the descriptor; the caller's stays open.
+    with os.scandir(folder) as entries:
+        yield from entries
 
 
 def _mime_type(name: str) -> str:

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
+from tercet.server.json_body import JSONBody
 from tercet.wire.errors import (
     APIError,
     ErrorResponse,
@@ -26,7 +27,7 @@ log = logging.getLogger("tercet.server")
 def error_response(error: APIError, request_id: str | None) -> JSONResponse:
     body = ErrorResponse(error=error.detail(), request_id=request_id)
     headers = {"x-should-retry": "true"} if error.status_code >= 500 else None
-    return JSONResponse(body.model_dump(), status_code=error.status_code, headers=headers)
+    return JSONBody(body.model_dump(), status_code=error.status_code, headers=headers)
 
 
 def describe_validation_error(exc: ValidationError | RequestValidationError) -> str:

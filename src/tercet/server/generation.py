@@ -287,7 +287,7 @@ async def _open_container(
     executor: CodeExecutor, owner: str, request: MessageCreateRequest
 ) -> Container | ContainerError:
     """The request's container, with its `container_upload` files placed in it."""
-    container = await anyio.to_thread.run_sync(executor.container, request.container)
+    container = await anyio.to_thread.run_sync(executor.container, request.container, owner)
     if isinstance(container, Container):
         for message in request.messages:
             for block in message.content if not isinstance(message.content, str) else ():

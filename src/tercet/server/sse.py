@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 
+from tercet.server.json_body import model_json
 from tercet.wire.events import PingEvent, StreamEvent
 
 
 def encode(event: StreamEvent) -> bytes:
     """One SSE frame; the SDK dispatches on the `event:` line, which equals the JSON `type`."""
-    return f"event: {event.type}\ndata: {event.model_dump_json()}\n\n".encode()
+    return f"event: {event.type}\ndata: {model_json(event)}\n\n".encode()
 
 
 async def with_pings(
