@@ -3,6 +3,7 @@ reasons, interrupts, prompt caching and thinking."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -566,3 +567,136 @@ async def test_rewind_restores_files_the_editor_changed(
     assert (work / "notes.md").read_text() == "draft\n"
     agent.rewind(1)
     assert not (work / "notes.md").exists()
+
+
+# --- concurrent reads ----------------------------------------------------------------------
+
+
+class MeetingTool:
+    """A tool whose calls record how many of them run at once; with `concurrent_reads` and
+    `read_only` its calls may overlap. A call ends once `expected` calls have started (or after
+    two seconds, so a run that never overlaps still finishes)."""
+
+    name = "meet"
+
+    def __init__(self, *, concurrent_reads: bool = True, expected: int = 1) -> None:
+        self.concurrent_reads = concurrent_reads
+        self.expected = expected
+        self.running = 0
+        self.peak = 0
+        self.started: list[str] = []
+
+    def definition(self) -> dict[str, Any]:
+        return {"name": self.name, "description": "Meet.", "input_schema": {"type": "object"}}
+
+    def is_read_only(self, input: dict[str, Any]) -> bool:
+        return not input.get("write")
+
+    def describe(self, input: dict[str, Any]) -> str:
+        return f"meet: {input.get('who')}"
+
+    async def run(self, input: dict[str, Any], ctx: Any) -> ToolResult:
+        self.started.append(input["who"])
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            for _ in range(200):
+                if len(self.started) >= self.expected:
+                    break
+                await asyncio.sleep(0.01)
+            return ToolResult(f"{input['who']} saw {len(self.started)}")
+        finally:
+            self.running -= 1
+
+    async def aclose(self) -> None:
+        return None
+
+
+def meet(who: str, **extra: Any) -> dict[str, Any]:
+    return tool_use("meet", {"who": who, **extra})
+
+
+async def test_read_only_calls_run_together_and_answer_in_call_order(
+    make_agent: MakeAgent,
+) -> None:
+    tool = MeetingTool(expected=3)
+    model = ScriptedModel([turn(meet("a"), meet("b"), meet("c")), turn("done")])
+    events = await collect(make_agent(model, tools=[tool]).run("meet"))
+
+    assert tool.peak == 3
+    results = last_results(model.requests[1])
+    assert [r["content"] for r in results] == ["a saw 3", "b saw 3", "c saw 3"]
+    calls = [e for e in events if isinstance(e, ToolCall | PermissionDecided | ToolFinished)]
+    assert [type(e).__name__ for e in calls] == [
+        *["ToolCall", "PermissionDecided"] * 3,
+        *["ToolFinished"] * 3,
+    ]
+    finished = [e.tool_use_id for e in calls if isinstance(e, ToolFinished)]
+    assert finished == [r["tool_use_id"] for r in results]
+
+
+@pytest.mark.parametrize(
+    ("calls", "peak"),
+    [
+        ([meet("a"), meet("b", write=True), meet("c")], 1),  # a write runs alone
+        ([meet("a"), meet("b"), meet("c", write=True), meet("d"), meet("e")], 2),
+    ],
+)
+async def test_a_writing_call_splits_the_reads_around_it(
+    make_agent: MakeAgent, calls: list[dict[str, Any]], peak: int
+) -> None:
+    tool = MeetingTool(expected=len(calls))
+    model = ScriptedModel([turn(*calls), turn("done")])
+    await make_agent(model, tools=[tool]).run_until_done("meet")
+    assert tool.peak == peak
+    assert tool.started == [c["input"]["who"] for c in calls]  # in order, batch by batch
+
+
+async def test_tools_without_concurrent_reads_run_one_call_at_a_time(
+    make_agent: MakeAgent,
+) -> None:
+    tool = MeetingTool(concurrent_reads=False, expected=2)
+    model = ScriptedModel([turn(meet("a"), meet("b")), turn("done")])
+    await make_agent(model, tools=[tool]).run_until_done("meet")
+    assert tool.peak == 1
+    assert [r["content"] for r in last_results(model.requests[1])] == ["a saw 1", "b saw 2"]
+
+
+async def test_overlapping_calls_are_asked_about_one_at_a_time(
+    make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    tool = MeetingTool(expected=2)
+    asked: list[str] = []
+    asking = 0
+
+    async def ask(request: PermissionRequest) -> Decision:
+        nonlocal asking
+        asking += 1
+        assert asking == 1, "two permission prompts at once"
+        await asyncio.sleep(0.02)
+        asked.append(request.description)
+        asking -= 1
+        return Decision("deny", "no") if "b" in request.description else Decision("allow", "ok")
+
+    permissions = Permissions.from_lists(ask=["meet"], cwd=tmp_path / "work")
+    model = ScriptedModel([turn(meet("a"), meet("b"), meet("c")), turn("done")])
+    await make_agent(model, tools=[tool], permissions=permissions, ask=ask).run_until_done("go")
+
+    assert asked == ["meet: a", "meet: b", "meet: c"]
+    assert (tool.started, tool.peak) == (["a", "c"], 2)
+    a, b, c = last_results(model.requests[1])
+    assert (a["content"], c["content"]) == ("a saw 2", "c saw 2")
+    assert b["is_error"] and b["content"].endswith("denied: no")
+
+
+async def test_a_read_cut_off_by_max_tokens_is_not_run_beside_the_others(
+    make_agent: MakeAgent,
+) -> None:
+    tool = MeetingTool(expected=2)
+    model = ScriptedModel(
+        [turn(meet("a"), meet("b"), meet("c"), stop_reason="max_tokens"), turn("done")]
+    )
+    await make_agent(model, tools=[tool]).run_until_done("go")
+    assert (tool.started, tool.peak) == (["a", "b"], 2)
+    *_, cut = last_results(model.requests[1])
+    assert cut["is_error"] and "cut off at max_tokens" in cut["content"]

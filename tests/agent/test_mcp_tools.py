@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
+from tercet.agent import Agent, AgentConfig, Permissions, ScriptedModel, tool_use, turn
 from tercet.agent.tools.base import ToolContext, ToolResult
 from tercet.agent.tools.mcp import MAX_NAME_CHARS, McpServers, McpServerTool, tool_name
 from tercet.agent.tools.mcp_config import (
@@ -32,7 +33,19 @@ from tests.mcp.servers import SECRET_WORD, McpServerInfo, free_port, running_mcp
 pytestmark = pytest.mark.timeout(60)
 
 SERVER_SCRIPT = str(Path(__file__).parent / "fixtures" / "mcp_stdio_server.py")
-STDIO_TOOLS = ["add", "echo", "look", "env", "cwd", "pid", "picture", "sleep", "fail", "die"]
+STDIO_TOOLS = [
+    "add",
+    "echo",
+    "look",
+    "meet",
+    "env",
+    "cwd",
+    "pid",
+    "picture",
+    "sleep",
+    "fail",
+    "die",
+]
 HTTP_TOOLS = {"add", "echo", "secret_word", "sleep", "fail", "reject", "die"}
 TOKEN = "tok-agent-0451"
 TOKEN_VAR = "TERCET_TEST_MCP_AGENT_TOKEN"
@@ -179,6 +192,27 @@ async def test_concurrent_calls_share_one_server(local: McpServers) -> None:
         for n in range(8):
             group.start_soon(add, n)
     assert sorted(results, key=int) == [str(2 * n) for n in range(8)]
+
+
+@pytest.mark.anyio
+async def test_the_agent_runs_read_only_mcp_calls_of_one_reply_together(
+    local: McpServers, tmp_path: Path
+) -> None:
+    meet = tool_use("mcp__local__meet", {"expected": 2})
+    model = ScriptedModel([turn(meet, tool_use("mcp__local__meet", {"expected": 2})), turn("ok")])
+    config = AgentConfig(
+        tools=local.tools,
+        cwd=tmp_path,
+        sessions_dir=tmp_path / "sessions",
+        load_instructions=False,
+        permissions=Permissions(mode="bypassPermissions", cwd=tmp_path),
+    )
+    started = time.monotonic()
+    assert (await Agent(model, config).run_until_done("meet twice")).ok
+    results = model.requests[1].messages[-1]["content"]
+    # Run one after the other, the first call would wait its 3 s alone and say "1 met".
+    assert [r["content"] for r in results] == ["2 met", "2 met"]
+    assert time.monotonic() - started < 3
 
 
 @pytest.mark.anyio

@@ -486,6 +486,29 @@ async def test_editor_view_reads_a_huge_file_only_in_part(
     assert "longer than 100 bytes: only its first" in lines[-1]
 
 
+@pytest.mark.parametrize("command", ["str_replace", "insert"])
+async def test_editor_refuses_to_edit_a_file_too_large_to_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    monkeypatch.setattr(editor, "MAX_EDITED_BYTES", 100)
+    tool, ctx = TextEditorTool(), ToolContext(tmp_path)
+    path = tmp_path / "huge.txt"
+    path.write_text("needle\n" + "hay\n" * 100)
+    before = path.read_bytes()
+    edits = (
+        {"old_str": "needle", "new_str": "pin"}
+        if command == "str_replace"
+        else {"insert_line": 0, "insert_text": "top\n"}
+    )
+    result = await edit(tool, ctx, command=command, path="huge.txt", **edits)
+    assert result.is_error and "larger than 100 bytes, too large to edit" in text(result)
+    assert path.read_bytes() == before
+    small = tmp_path / "small.txt"
+    small.write_text("needle\n")
+    edits["path"] = "small.txt"
+    assert not (await edit(tool, ctx, command=command, **edits)).is_error
+
+
 async def test_editor_refuses_binary_and_unknown_commands(tmp_path: Path) -> None:
     tool, ctx = TextEditorTool(), ToolContext(tmp_path)
     (tmp_path / "blob.bin").write_bytes(b"\x00\x01\x02")

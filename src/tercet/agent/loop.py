@@ -12,6 +12,7 @@ is saved to the session's trajectory as it happens, so `resume` continues where 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import time
@@ -139,6 +140,16 @@ class _Run:
     continuations: int = 0
     stop_vetoed: bool = False
     stop: Stop | None = None  # asked for (interrupt, a hook): taken at the next check
+
+
+@dataclass
+class _Admitted:
+    """A tool call cleared to run: where it stands in its batch, the tool, the final input."""
+
+    index: int
+    tool: AgentTool
+    tool_id: str
+    input: dict[str, Any]
 
 
 class Agent:
@@ -275,14 +286,13 @@ class Agent:
             raise Stop("refusal", message_text(reply.content) or "the model declined")
         if calls:
             results: list[dict[str, Any]] = []
-            for block in calls:
-                # A call cut off by max_tokens has partial input: it is answered, never run.
-                cut = cut_off and block is calls[-1]
-                async with aclosing(self._call_tool(block, cut)) as events:
-                    async for event in events:
-                        yield event
-                        if isinstance(event, ToolFinished):
-                            results.append(_tool_result(block["id"], event.content, event.is_error))
+            async with aclosing(self._call_tools(calls, cut_off)) as events:
+                async for event in events:
+                    yield event
+                    if isinstance(event, ToolFinished):
+                        results.append(
+                            _tool_result(event.tool_use_id, event.content, event.is_error)
+                        )
             yield self._add("user", results)
         elif cut_off or reply.stop_reason == "model_context_window_exceeded":
             if run.continuations > self.config.max_continuations:
@@ -343,9 +353,71 @@ class Agent:
         if spent is not None:
             raise Stop(*spent)
 
-    async def _call_tool(self, block: dict[str, Any], cut: bool) -> AsyncGenerator[Event, None]:
-        """One tool call: PreToolUse hooks, permissions (and the user), the tool, PostToolUse
-        hooks. Yields the call, the decision and, always last, the result."""
+    async def _call_tools(
+        self, calls: list[dict[str, Any]], cut_off: bool
+    ) -> AsyncGenerator[Event, None]:
+        """The reply's tool calls, their results in call order. Consecutive read-only calls to
+        tools that allow it (`concurrent_reads`) run side by side; any other call runs alone."""
+        last = len(calls) - 1
+        start = 0
+        while start < len(calls):
+            end = start + 1
+            # A call cut off by max_tokens (the last) has partial input: answered, never run.
+            if self._may_overlap(calls[start]):
+                while end <= last and self._may_overlap(calls[end]):
+                    end += 1
+                if cut_off and end > last:
+                    end = max(start + 1, last)
+            batch = [(calls[i], cut_off and i == last) for i in range(start, end)]
+            async with aclosing(self._call_batch(batch)) as events:
+                async for event in events:
+                    yield event
+            start = end
+
+    def _may_overlap(self, block: dict[str, Any]) -> bool:
+        """Whether the call is a read-only one to a tool that lets reads overlap."""
+        tool = self.tools.get(block["name"])
+        return _overlaps(tool, dict(block.get("input") or {})) if tool is not None else False
+
+    async def _call_batch(
+        self, batch: list[tuple[dict[str, Any], bool]]
+    ) -> AsyncGenerator[Event, None]:
+        """Calls that may overlap: each admitted in turn (hooks, permission, the user), the
+        admitted ones run together, then each finished in order (PostToolUse hooks). A call
+        whose input a hook made writing runs alone, after the others."""
+        admitted: list[_Admitted] = []
+        answered: dict[int, ToolFinished] = {}
+        for index, (block, cut) in enumerate(batch):
+            async with aclosing(self._admit(index, block, cut, admitted)) as events:
+                async for event in events:
+                    if isinstance(event, ToolFinished):
+                        answered[index] = event
+                    else:
+                        yield event
+        together = [c for c in admitted if len(batch) > 1 and _overlaps(c.tool, c.input)]
+        outcomes = dict(
+            zip(
+                [c.index for c in together],
+                await asyncio.gather(*(self._execute(c) for c in together)),
+                strict=True,
+            )
+        )
+        for call in admitted:
+            if call.index not in outcomes:
+                outcomes[call.index] = await self._execute(call)
+        by_index = {call.index: call for call in admitted}
+        for index in range(len(batch)):
+            if index in answered:
+                yield answered[index]
+            else:
+                yield await self._finish(by_index[index], *outcomes[index])
+
+    async def _admit(
+        self, index: int, block: dict[str, Any], cut: bool, admitted: list[_Admitted]
+    ) -> AsyncGenerator[Event, None]:
+        """A call up to running it: PreToolUse hooks, then permissions (and the user). Yields
+        the call and the decision; a call not to run gets its `ToolFinished` here, an allowed
+        one joins `admitted`."""
         run, hooks = self._active, self.config.hooks
         tool_id, name, input = block["id"], block["name"], dict(block.get("input") or {})
         tool = self.tools.get(name)
@@ -375,20 +447,33 @@ class Agent:
             denied = f"Permission to use {name} was denied: {decision.reason}"
             yield ToolFinished(tool_id, name, denied, True)
             return
+        admitted.append(_Admitted(index, tool, tool_id, input))
+
+    async def _execute(self, call: _Admitted) -> tuple[ToolResult, float]:
+        """Run the tool: its result (a failure of the tool itself reported, not raised) and
+        how long it took."""
         started = time.monotonic()
+        context = ToolContext(self.config.cwd, self.checkpoints, self._active.turn)
         try:
-            result = await tool.run(input, ToolContext(self.config.cwd, self.checkpoints, run.turn))
+            result = await call.tool.run(call.input, context)
         except Exception as exc:  # the tool's own failure, not the model's: report it
-            log.debug("tool %s failed", name, exc_info=True)
-            result = ToolResult(f"The {name} tool failed: {type(exc).__name__}: {exc}", True)
-        post = await hooks.run_post_tool_use(
-            PostToolUseInput(run.session_id, run.turn, name, tool_id, input, result)
+            log.debug("tool %s failed", call.tool.name, exc_info=True)
+            result = ToolResult(
+                f"The {call.tool.name} tool failed: {type(exc).__name__}: {exc}", True
+            )
+        return result, time.monotonic() - started
+
+    async def _finish(self, call: _Admitted, result: ToolResult, duration_s: float) -> ToolFinished:
+        """PostToolUse hooks over the result, then the result as the model will read it."""
+        run, name = self._active, call.tool.name
+        post = await self.config.hooks.run_post_tool_use(
+            PostToolUseInput(run.session_id, run.turn, name, call.tool_id, call.input, result)
         )
         if post.stop_run:
             run.stop = Stop("hook", post.stop_run)
         result = post.updated_result or result
         content = _annotated(result.content, post.annotation)
-        yield ToolFinished(tool_id, name, content, result.is_error, time.monotonic() - started)
+        return ToolFinished(call.tool_id, name, content, result.is_error, duration_s)
 
     async def _permit(
         self, tool: AgentTool, tool_id: str, input: dict[str, Any]
@@ -525,6 +610,10 @@ class Agent:
 
 def _text(text: str) -> dict[str, Any]:
     return {"type": "text", "text": text}
+
+
+def _overlaps(tool: AgentTool, input: dict[str, Any]) -> bool:
+    return bool(getattr(tool, "concurrent_reads", False)) and tool.is_read_only(input)
 
 
 def _tool_uses(message: dict[str, Any]) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ Every write first records the file in the context's checkpoints.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import codecs
 import os
@@ -41,6 +42,7 @@ IMAGE_TYPES = {
 MAX_IMAGE_BYTES = 5 * 1024 * 1024  # Anthropic's limit for one image
 MAX_LISTED = 1000  # directory entries in one view
 MAX_VIEW_BYTES = 16 * 1024 * 1024  # read by one view: a huge file must not fill the memory
+MAX_EDITED_BYTES = 16 * 1024 * 1024  # a file str_replace or insert reads whole, then rewrites
 
 
 class TextEditorTool:
@@ -48,6 +50,7 @@ class TextEditorTool:
     `view` shows (whole lines; a note says how to see the rest); None shows files whole."""
 
     name = NAME
+    concurrent_reads = True  # views of different files may run side by side
 
     def __init__(self, max_characters: int | None = 32_000) -> None:
         self.max_characters = max_characters
@@ -69,8 +72,8 @@ class TextEditorTool:
         raw = input.get("path")
         try:
             path = resolve_path(ctx.cwd, raw)
-            if command == "view":
-                return self._view(path, str(raw), input.get("view_range"))
+            if command == "view":  # in a thread: a 16 MiB read must not hold up other calls
+                return await asyncio.to_thread(self._view, path, str(raw), input.get("view_range"))
             if command in WRITE_COMMANDS:
                 return ToolResult(_edit(command, path, str(raw), input, ctx))
             raise ToolInputError(
@@ -132,9 +135,13 @@ def edited_path(input: dict[str, Any], cwd: Path) -> Path | None:
 
 def read_text(path: Path, shown: str) -> str:
     """The file's text, its line endings untouched; a clear error for binary or non-UTF-8."""
-    if not path.is_file():
-        raise ToolInputError(f"The path {shown} is not a file.")
-    return _decode(path.read_bytes(), shown, final=True)
+    text, cut = _read_head(path, shown, MAX_EDITED_BYTES)
+    if cut:
+        raise ToolInputError(
+            f"{shown} is larger than {MAX_EDITED_BYTES} bytes, too large to edit with this "
+            "tool; use bash (sed, a script) for it."
+        )
+    return text
 
 
 def _read_head(path: Path, shown: str, max_bytes: int) -> tuple[str, bool]:

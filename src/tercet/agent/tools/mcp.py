@@ -56,6 +56,8 @@ _MAX_TOOL_PAGES = 100
 class McpServerTool:
     """One tool of an MCP server, offered to the model as `mcp__<server>__<tool>`."""
 
+    concurrent_reads = True  # a session multiplexes calls; read-only ones may overlap
+
     def __init__(self, name: str, server: _Server, tool: Tool) -> None:
         self.name = name
         self.server_name = server.name

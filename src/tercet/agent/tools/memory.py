@@ -34,6 +34,7 @@ class MemoryTool:
     """The memory directory `/memories`, kept under `root` (created if missing)."""
 
     name = NAME
+    concurrent_reads = True  # views may run beside other reads
 
     def __init__(self, root: Path) -> None:
         self.root = root
