@@ -33,7 +33,11 @@ class ToolContext:
 
 
 class AgentTool(Protocol):
-    """A tool the agent offers the model and runs on its behalf."""
+    """A tool the agent offers the model and runs on its behalf.
+
+    A tool may also set `concurrent_reads = True`: its read-only calls (`is_read_only`) may
+    then run beside other such calls of the same reply. Without it, every call runs alone.
+    """
 
     name: str
 
