@@ -188,6 +188,15 @@ class Agent:
             raise ValueError(f"session {session_id} ended with the model's answer; give a prompt")
         return self._loop(session, prompt)
 
+    def compact(self, session_id: str, instructions: str = "") -> AsyncGenerator[Event, None]:
+        """Summarise a saved session's conversation now, as the loop does when it nears the
+        window (`instructions` say what the summary should keep); the last event is the
+        `Result` (`end_turn` once compacted)."""
+        session = self.sessions.load(session_id)
+        if not session.messages:
+            raise ValueError(f"session {session_id} holds no conversation to compact")
+        return self._loop(session, None, compact=instructions)
+
     async def run_until_done(self, task: str) -> Result:
         """`run`, returning only the final `Result`."""
         return await _last(self.run(task))
@@ -221,9 +230,10 @@ class Agent:
         await self.aclose()
 
     async def _loop(
-        self, session: Session | None, prompt: str | None
+        self, session: Session | None, prompt: str | None, compact: str | None = None
     ) -> AsyncGenerator[Event, None]:
-        """The run: every step's events, then the `Result` its `Stop` turns into."""
+        """The run: every step's events, then the `Result` its `Stop` turns into. With
+        `compact` (instructions, maybe empty) it only compacts the conversation."""
         if self._run is not None:
             raise RuntimeError("this agent is already running; one run at a time")
         run = self._run = self._start(session, prompt)
@@ -236,6 +246,10 @@ class Agent:
                     yield self._emit(self._add("user", answers))
                 if prompt is not None:
                     yield self._emit(self._add("user", [_text(prompt)]))
+                if compact is not None:
+                    yield self._emit(RequestSent(run.turn, "compaction", len(self.messages)))
+                    yield self._emit(await self._compact(compact))
+                    raise Stop("end_turn")
                 while True:
                     async with aclosing(self._step()) as step:
                         async for event in step:
@@ -507,8 +521,9 @@ class Agent:
             raise Stop("compaction_loop", looping)
         return True
 
-    async def _compact(self) -> Compacted:
-        """Summarise the conversation and keep the task, the summary and the latest steps."""
+    async def _compact(self, instructions: str = "") -> Compacted:
+        """Summarise the conversation and keep the task, the summary and the latest steps
+        (`instructions`: the caller's, as a PreCompact hook's, added to the prompt)."""
         run, c = self._active, self.config
         window = self._window or DEFAULT_CONTEXT_WINDOW
         hook = await c.hooks.run_pre_compact(
@@ -519,7 +534,8 @@ class Agent:
         if hook.stop_run:
             raise Stop("hook", hook.stop_run)
         self._check(turn=False)
-        prompt = c.compaction.prompt + (f"\n\n{hook.instructions}" if hook.instructions else "")
+        extra = [text for text in (instructions, hook.instructions) if text]
+        prompt = "\n\n".join([c.compaction.prompt, *extra])
         request = self._request(summary_messages(self.messages, prompt), summary=True)
         reply: ModelReply | None = None
         async with aclosing(self.model.stream(request)) as stream:

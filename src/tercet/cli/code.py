@@ -90,6 +90,7 @@ from tercet.cli.engine_options import (
     load_engine,
     prompt_cache,
 )
+from tercet.cli.slash_commands import EXIT_COMMANDS, SlashCommands, parse
 from tercet.engine.bundled import BundledModelMissing
 from tercet.server.config import ServerConfig
 
@@ -100,7 +101,6 @@ EXIT_BROKEN_PIPE = 141  # as a shell reports a command killed by SIGPIPE
 LIMIT_REASONS = frozenset(
     {"max_turns", "max_total_tokens", "max_wall_time", "max_cost", "max_tokens"}
 )
-EXIT_COMMANDS = ("/exit", "/quit")
 T = TypeVar("T")
 
 
@@ -262,7 +262,8 @@ async def run_interactive(
     interrupts: Interrupts | None = None,
 ) -> int:
     """A conversation: each line of `stdin` is a prompt, answered in the same session (the
-    first starts it, or continues `options.resume`), until EOF or /exit."""
+    first starts it, or continues `options.resume`), or a slash command (/help lists them),
+    until EOF or /exit."""
     interrupts = interrupts or Interrupts(err)
     lines = LineReader(stdin)
     transcript = Transcript(out)
@@ -277,9 +278,17 @@ async def run_interactive(
                 return EXIT_FAILED
         prompt_mark = "\n> " if stdin.isatty() else ""
         if stdin.isatty():
-            print(f"tercet code in {options.cwd}; /exit or Ctrl-D quits.", file=out)
+            print(f"tercet code in {options.cwd}; /help lists commands, /exit quits.", file=out)
+
+        async def run_events(events: AsyncGenerator[Event, None]) -> Result | None:
+            return await _run(agent, events, transcript.show, interrupts)
+
+        commands = SlashCommands(agent, out, run_events)
         try:
             while (prompt := await _next_prompt(lines, out, prompt_mark)) is not None:
+                if (command := parse(prompt)) is not None:
+                    session_id = await commands.run(command, session_id)
+                    continue
                 events = agent.resume(session_id, prompt) if session_id else agent.run(prompt)
                 await _run(agent, events, transcript.show, interrupts)
                 session_id = agent.session_id
