@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tercet.sandbox import containers
 from tercet.sandbox.config import ContainerLimits, ExecutionLimits
 from tercet.sandbox.containers import ContainerError, ContainerManager
 from tercet.sandbox.runner import disk_usage, unavailable_reason
@@ -78,6 +79,32 @@ def test_a_container_keeps_its_files_until_it_expires(
         manager.get(container.id)
     assert caught.value.code == "container_expired"
     assert not container.directory.exists()
+
+
+def test_expiry_is_told_only_to_the_owner_and_remembered_within_bounds(
+    manager: ContainerManager, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(containers, "REMEMBERED_EXPIRED", 2)
+    ids = [manager.create(owner="alice").id for _ in range(3)]
+    clock.now += 601
+    manager.live()  # expires them, the first forgotten beyond the bound
+    codes = {}
+    for owner in ("alice", "mallory"):
+        for container_id in ids:
+            with pytest.raises(ContainerError) as caught:
+                manager.get(container_id, owner)
+            codes[owner, container_id] = caught.value.code
+    assert [codes["alice", i] for i in ids] == [
+        "unavailable",
+        "container_expired",
+        "container_expired",
+    ]
+    assert {codes["mallory", i] for i in ids} == {"unavailable"}  # another key learns nothing
+    again = manager.create(ids[2], owner="bob")  # an expired id can be taken again
+    assert manager.get(again.id, "bob") is again
+    with pytest.raises(ContainerError) as caught:
+        manager.create(ids[2], owner="bob")
+    assert caught.value.code == "invalid_tool_input"  # a live one cannot
 
 
 def test_limits_on_containers(manager: ContainerManager) -> None:

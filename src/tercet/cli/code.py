@@ -1,6 +1,6 @@
 """`tercet code`: a coding agent in the terminal, on tercet's agent SDK.
 
-    tercet code                                  # interactive: type prompts, replies stream
+    tercet code                                  # interactive: type prompts (/help: commands)
     tercet code -p "fix the failing test"        # one task, for scripts and CI
     tercet code -p "..." --output-format json    # ... ending in one JSON object (its Result)
 

@@ -15,6 +15,7 @@ import shutil
 import string
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from tercet.sandbox.runner import ExecResult, disk_usage
 _ID_ALPHABET = string.ascii_letters + string.digits
 _VALID_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 FIRST_UID = 200_000  # container users: far from the system's and people's ids
+REMEMBERED_EXPIRED = 10_000  # expired ids kept to answer `container_expired`; older: unavailable
 OUTPUTS = "outputs"
 
 
@@ -72,7 +74,7 @@ class ContainerManager:
         self._clock = clock
         self._lock = threading.Lock()
         self._containers: dict[str, Container] = {}
-        self._expired: set[str] = set()
+        self._expired: OrderedDict[str, str] = OrderedDict()  # id -> owner, oldest first
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o711)  # container users may pass through, not list
         self._load()
@@ -84,6 +86,8 @@ class ContainerManager:
             )
         with self._lock:
             self._expire()
+            if container_id in self._containers:
+                raise ContainerError("invalid_tool_input", f"a container {container_id} exists")
             if len(self._containers) >= self.limits.max_containers:
                 raise ContainerError(
                     "too_many_requests",
@@ -99,6 +103,7 @@ class ContainerManager:
             new_id = container_id or "container_" + "".join(
                 secrets.choice(_ID_ALPHABET) for _ in range(24)
             )
+            self._expired.pop(new_id, None)  # an expired id may be used again
             uid = self._free_uid()
             now = self._clock()
             container = Container(new_id, uid, now, now, self.root / new_id, owner)
@@ -117,7 +122,7 @@ class ContainerManager:
             if container is not None and container.owner != owner:
                 container = None
             if container is None:
-                if container_id in self._expired:
+                if self._expired.get(container_id) == owner:
                     raise ContainerError("container_expired", f"{container_id} has expired")
                 raise ContainerError("unavailable", f"no container {container_id}")
             return container
@@ -162,7 +167,9 @@ class ContainerManager:
         for container in list(self._containers.values()):
             if container.expires_at(self.limits) <= now:
                 del self._containers[container.id]
-                self._expired.add(container.id)
+                self._expired[container.id] = container.owner
+                if len(self._expired) > REMEMBERED_EXPIRED:
+                    self._expired.popitem(last=False)
                 shutil.rmtree(container.directory, ignore_errors=True)
 
     def _free_uid(self) -> int:
