@@ -319,6 +319,17 @@ async def test_interactive_always_and_no_with_a_reason(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+async def test_interactive_prompts_go_on_after_a_trailing_backslash(tmp_path: Path) -> None:
+    model = ScriptedModel(["Both lines read.", "One line."])
+    stdin = io.StringIO("first line \\\nsecond line\n\\\n\nsingle\n")
+    assert (
+        await run_interactive(model, options_in(tmp_path), stdin, io.StringIO(), io.StringIO()) == 0
+    )
+    first, second = (m.messages[-1]["content"][-1]["text"] for m in model.requests)
+    assert (first, second) == ("first line \nsecond line", "single")  # a lone "\\" is blank
+
+
+@pytest.mark.anyio
 async def test_interactive_reports_a_session_it_cannot_resume(tmp_path: Path) -> None:
     options = options_in(tmp_path, resume="20200101-000000-abcdef")
     err = io.StringIO()

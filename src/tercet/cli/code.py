@@ -299,14 +299,21 @@ async def run_interactive(
 
 
 async def _next_prompt(lines: LineReader, out: TextIO, mark: str) -> str | None:
-    """The next prompt typed, None to quit; blank lines are skipped."""
+    """The next prompt typed, None to quit; blank lines are skipped. A line that ends in a
+    backslash goes on on the next one, for a prompt of several lines."""
     while True:
         print(mark, end="", file=out, flush=True)
         line = await lines.readline()
         if line is None or line.strip() in EXIT_COMMANDS:
             return None
-        if line.strip():
-            return line.strip()
+        parts: list[str] = []
+        while line is not None and (text := line.rstrip("\r\n")).endswith("\\"):
+            parts.append(text[:-1])
+            print(". " if mark else "", end="", file=out, flush=True)
+            line = await lines.readline()
+        parts.append((line or "").rstrip("\r\n"))
+        if prompt := "\n".join(parts).strip():
+            return prompt
 
 
 async def _run(
