@@ -8,11 +8,12 @@ import socket
 import sqlite3
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from tercet.sandbox import containers
+from tercet.sandbox import containers, runner
 from tercet.sandbox.config import ContainerLimits, ExecutionLimits
 from tercet.sandbox.containers import ContainerError, ContainerManager
 from tercet.sandbox.runner import disk_usage, unavailable_reason
@@ -182,6 +183,52 @@ def test_a_fork_bomb_is_contained(manager: ContainerManager) -> None:
 def test_a_memory_bomb_is_contained(manager: ContainerManager) -> None:
     result = manager.run(manager.create(), ["python", "-c", "x = bytearray(2 * 1024**3)"])
     assert result.return_code != 0 and "MemoryError" in result.stderr
+
+
+HOARDER = (  # `count` processes that each fill and hold `mib` MiB, then say so
+    "import os, sys, time\n"
+    "count, mib = int(sys.argv[1]), int(sys.argv[2])\n"
+    "for _ in range(count - 1):\n"
+    "    if os.fork() == 0:\n"
+    "        break\n"
+    "held = bytearray(mib * 2**20)\n"
+    "held[::4096] = b'x' * len(range(0, len(held), 4096))  # every page touched: resident\n"
+    "print('holding', flush=True)\n"
+    "time.sleep(1.5)\n"
+)
+
+
+def test_processes_that_together_hold_too_much_memory_are_stopped(
+    tmp_path: Path, manager: ContainerManager
+) -> None:
+    # Each stays under its own 512 MiB limit; together they pass the execution's 600 MiB.
+    limits = replace(LIMITS, total_memory_bytes=600 * 2**20)
+    started = time.monotonic()
+    result = runner.run(
+        ["python", "-c", HOARDER, "4", "200"], tmp_path, limits, runtime=default_runtime()
+    )
+    assert result.over_memory and result.return_code < 0
+    assert "held more than 600 MiB of memory together" in result.stderr
+    assert time.monotonic() - started < 1.5  # stopped as it grew, not when it ended
+    # Within the limit the same program runs to its end.
+    fits = runner.run(
+        ["python", "-c", HOARDER, "2", "200"], tmp_path, limits, runtime=default_runtime()
+    )
+    assert (fits.stdout, fits.return_code, fits.over_memory) == ("holding\n" * 2, 0, False)
+
+
+def test_more_processes_at_once_than_allowed_are_stopped(tmp_path: Path) -> None:
+    # Run without a user of its own (as an unprivileged server does), no rlimit counts the
+    # processes: the watch over the tree does.
+    limits = replace(LIMITS, processes=8)
+    spawn = "for i in $(seq 20); do sleep 5 & done; wait; echo all ended"
+    result = runner.run(["/bin/sh", "-c", spawn], tmp_path, limits)
+    assert result.too_many_processes and "all ended" not in result.stdout
+    assert "ran more than 8 processes at once" in result.stderr
+    few = runner.run(
+        ["/bin/sh", "-c", "for i in 1 2 3; do sleep 0.2 & done; wait; echo ok"], tmp_path, limits
+    )
+    assert (few.stdout, few.too_many_processes) == ("ok\n", False)
 
 
 def test_a_busy_loop_is_stopped(manager: ContainerManager) -> None:

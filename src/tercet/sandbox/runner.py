@@ -6,9 +6,10 @@ directories, the Python runtime, a private /tmp and /proc, and the container's w
 /workspace (the only writable place that outlives the execution). When the server runs as
 root, the sandbox runs as the container's own unprivileged user, so process limits apply.
 Limits are rlimits set (by `prlimit`) before bubblewrap starts, plus a wall clock that kills the whole
-process group (and with it the sandbox's PID namespace). /tmp is a tmpfs of bounded size; the
-workspace, a host directory, is watched while the command runs, and a command that grows it past
-its quota is killed then, not after it has filled the host's disk.
+process group (and with it the sandbox's PID namespace). /tmp is a tmpfs of bounded size. While
+the command runs it is watched every 0.1 s: the workspace, a host directory, against its quota
+(killed then, not after it has filled the host's disk), and its processes together against the
+memory and process limits (rlimits bound each process alone).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from tercet.sandbox.config import ExecutionLimits
+from tercet.sandbox.process_tree import tree_usage
 
 WORKSPACE = "/workspace"
 RUNTIME = "/opt/python"  # where the runtime's virtual environment appears
@@ -37,7 +39,11 @@ SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc/alternatives", 
 TRUNCATED = "\n[output truncated: {} more bytes]\n"
 FIRST_PROBE_UID = 65534  # nobody
 _BLOCK_BYTES = 4096
-QUOTA_POLL_SECONDS = 0.1  # how often a running command's workspace is measured
+WATCH_SECONDS = 0.1  # how often a running command's workspace and processes are measured
+# bubblewrap's own processes in the tree: its monitor and the namespace's init
+BWRAP_PROCESSES = 2
+OVER_MEMORY = "\n[stopped: its processes held more than {} MiB of memory together]\n"
+TOO_MANY_PROCESSES = "\n[stopped: it ran more than {} processes at once]\n"
 
 
 class SandboxUnavailable(RuntimeError):
@@ -51,6 +57,8 @@ class ExecResult:
     return_code: int
     timed_out: bool = False
     over_quota: bool = False  # killed for growing the workspace past `disk_bytes`
+    over_memory: bool = False  # killed: its processes together held over `total_memory_bytes`
+    too_many_processes: bool = False  # killed: more than `processes` at once
 
 
 def bubblewrap() -> str:
@@ -88,7 +96,8 @@ def run(
 ) -> ExecResult:
     """Run `command` with `workspace` mounted at /workspace; never raises for what the command
     does (a timeout is `timed_out`, a signal a negative return code, a workspace grown past
-    `disk_bytes` while it ran `over_quota`)."""
+    `disk_bytes` while it ran `over_quota`, too much memory or too many processes at once
+    `over_memory` or `too_many_processes`, said at the end of stderr too)."""
     per_user = uid is not None and os.geteuid() == 0
     argv = [
         *_limits_prefix(limits, per_user),
@@ -113,14 +122,20 @@ def run(
         process.stdin.close()
     except BrokenPipeError:
         pass
-    timed_out = over_quota = False
+    timed_out = over_quota = over_memory = too_many = False
     deadline = started + limits.wall_seconds
-    poll = limits.wall_seconds if disk_bytes is None else QUOTA_POLL_SECONDS
     try:
         with _ExitWatch(process) as exited:
-            while not exited.within(min(max(deadline - time.monotonic(), 0.0), poll)):
+            while not exited.within(min(max(deadline - time.monotonic(), 0.0), WATCH_SECONDS)):
                 if time.monotonic() >= deadline:
                     timed_out = True
+                    break
+                usage = tree_usage(process.pid)
+                if usage.resident_bytes > limits.total_memory_bytes:
+                    over_memory = True
+                    break
+                if usage.processes > limits.processes + BWRAP_PROCESSES:
+                    too_many = True
                     break
                 if disk_bytes is not None and disk_usage(workspace) > disk_bytes:
                     over_quota = True
@@ -129,7 +144,13 @@ def run(
         _kill_group(process.pid)
         process.wait()
     stdout, stderr = (capture.text() for capture in outputs)
-    return ExecResult(stdout, stderr, process.returncode, timed_out, over_quota)
+    if over_memory:
+        stderr += OVER_MEMORY.format(limits.total_memory_bytes // 2**20)
+    if too_many:
+        stderr += TOO_MANY_PROCESSES.format(limits.processes)
+    return ExecResult(
+        stdout, stderr, process.returncode, timed_out, over_quota, over_memory, too_many
+    )
 
 
 class _ExitWatch:
