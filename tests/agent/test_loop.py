@@ -575,13 +575,16 @@ async def test_rewind_restores_files_the_editor_changed(
 class MeetingTool:
     """A tool whose calls record how many of them run at once; with `concurrent_reads` and
     `read_only` its calls may overlap. A call ends once `expected` calls have started (or after
-    two seconds, so a run that never overlaps still finishes)."""
+    `patience_s`, so a run that never overlaps still finishes)."""
 
     name = "meet"
 
-    def __init__(self, *, concurrent_reads: bool = True, expected: int = 1) -> None:
+    def __init__(
+        self, *, concurrent_reads: bool = True, expected: int = 1, patience_s: float = 2.0
+    ) -> None:
         self.concurrent_reads = concurrent_reads
         self.expected = expected
+        self.patience_s = patience_s
         self.running = 0
         self.peak = 0
         self.started: list[str] = []
@@ -600,7 +603,7 @@ class MeetingTool:
         self.running += 1
         self.peak = max(self.peak, self.running)
         try:
-            for _ in range(200):
+            for _ in range(round(self.patience_s / 0.01)):
                 if len(self.started) >= self.expected:
                     break
                 await asyncio.sleep(0.01)
@@ -700,3 +703,81 @@ async def test_a_read_cut_off_by_max_tokens_is_not_run_beside_the_others(
     assert (tool.started, tool.peak) == (["a", "b"], 2)
     *_, cut = last_results(model.requests[1])
     assert cut["is_error"] and "cut off at max_tokens" in cut["content"]
+
+
+def saved_results(agent: Any) -> list[str]:
+    """The tool results the session saved last, as text."""
+    message = agent.sessions.load(agent.session_id).messages[-1]
+    return [b["content"] for b in message["content"] if b["type"] == "tool_result"]
+
+
+async def test_a_stop_while_reads_run_keeps_the_first_result_only(make_agent: MakeAgent) -> None:
+    # As one after another would: a PostToolUse hook that stops after the first call leaves
+    # the later calls' results unused (they ran; they are not passed on).
+    tool = MeetingTool(expected=3)
+    hooks = Hooks()
+    hooks.add("PostToolUse", lambda i: PostToolUseOutput(stop_run="secret seen"))
+    model = ScriptedModel([turn(meet("a"), meet("b"), meet("c")), turn("never asked")])
+    agent = make_agent(model, tools=[tool], hooks=hooks)
+    result = await agent.run_until_done("go")
+    assert (result.reason, len(model.requests)) == ("hook", 1)
+    assert saved_results(agent) == [
+        "a saw 3",
+        "Its result was not used: secret seen.",
+        "Its result was not used: secret seen.",
+    ]
+
+
+async def test_an_interrupt_before_the_reads_run_leaves_them_unrun(make_agent: MakeAgent) -> None:
+    tool = MeetingTool(expected=2)
+    agent: Any = None
+
+    async def ask(request: PermissionRequest) -> Decision:
+        if "b" in request.description:
+            agent.interrupt()  # Ctrl-C at the second prompt
+        return Decision("allow", "ok")
+
+    permissions = Permissions.from_lists(ask=["meet"], cwd=Path.cwd())
+    model = ScriptedModel([turn(meet("a"), meet("b"), meet("c")), turn("never asked")])
+    agent = make_agent(model, tools=[tool], permissions=permissions, ask=ask)
+    result = await agent.run_until_done("go")
+    assert result.reason == "interrupted" and tool.started == []
+    assert [r.split(":")[0] for r in saved_results(agent)] == ["Not run"] * 3
+
+
+async def test_a_call_a_hook_makes_writing_runs_alone_in_its_place(make_agent: MakeAgent) -> None:
+    tool = MeetingTool(expected=4, patience_s=0.3)
+    hooks = Hooks()
+
+    def make_b_write(i: PreToolUseInput) -> PreToolUseOutput | None:
+        return (
+            PreToolUseOutput(updated_input={**i.tool_input, "write": True})
+            if i.tool_input["who"] == "b"
+            else None
+        )
+
+    hooks.add("PreToolUse", make_b_write)
+    calls = [meet("a"), meet("b"), meet("c"), meet("d")]
+    model = ScriptedModel([turn(*calls), turn("done")])
+    await make_agent(model, tools=[tool], hooks=hooks).run_until_done("go")
+    assert tool.started == ["a", "b", "c", "d"]  # in order: a, then b alone, then c and d
+    assert tool.peak == 2  # only c and d overlapped
+    assert [r["content"] for r in last_results(model.requests[1])] == [
+        "a saw 1",  # waited for the others in vain: it ran before b, alone
+        "b saw 2",
+        "c saw 4",
+        "d saw 4",
+    ]
+
+
+async def test_cancelling_the_run_cancels_every_read_in_flight(make_agent: MakeAgent) -> None:
+    tool = MeetingTool(expected=99)  # never met: each call waits its two seconds
+    model = ScriptedModel([turn(meet("a"), meet("b")), turn("never asked")])
+    agent = make_agent(model, tools=[tool])
+    task = asyncio.create_task(agent.run_until_done("go"))
+    while tool.running < 2:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert tool.running == 0  # both calls ended with the run, none left behind

@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 
 from tercet.agent.checkpoints import Checkpoints
-from tercet.agent.tools import BashTool, MemoryTool, TextEditorTool, ToolContext, ToolResult, editor
+from tercet.agent.tools import (
+    BashTool,
+    MemoryTool,
+    TextEditorTool,
+    ToolContext,
+    ToolResult,
+    editor,
+    memory,
+)
 from tercet.agent.tools.bash_syntax import is_read_only_command, split_commands
 from tercet.sandbox.runner import unavailable_reason
 
@@ -590,6 +598,24 @@ async def test_memory_commands_round_trip(tmp_path: Path) -> None:
     deleted = await memo(tool, command="delete", path="/memories/archive/todo.md")
     assert text(deleted) == "Successfully deleted /memories/archive/todo.md"
     assert (await memo(tool, command="delete", path="/memories")).is_error
+
+
+async def test_memory_views_the_start_of_a_huge_file_but_will_not_edit_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory, "MAX_VIEW_BYTES", 100)
+    monkeypatch.setattr(editor, "MAX_EDITED_BYTES", 100)
+    tool = MemoryTool(tmp_path / "mem")
+    (tmp_path / "mem/big.md").write_text("".join(f"note {n}\n" for n in range(100)))
+    view = await memo(tool, command="view", path="/memories/big.md")
+    lines = text(view).splitlines()
+    assert not view.is_error and lines[1] == "     1\tnote 0"
+    assert lines[-1] == "[/memories/big.md is longer than 100 bytes: only its start is shown]"
+    assert len(lines) < 20
+    edit = await memo(
+        tool, command="str_replace", path="/memories/big.md", old_str="note 0", new_str="x"
+    )
+    assert edit.is_error and "too large to edit" in text(edit)
 
 
 async def test_memory_refuses_paths_outside_memories(tmp_path: Path) -> None:

@@ -43,6 +43,13 @@ def texts(message: dict[str, Any]) -> list[str]:
     return [b["text"] for b in message["content"] if b.get("type") == "text"]
 
 
+@pytest.mark.parametrize("line", ["/exit", "/quit", " /exit now\n", "/quit please"])
+async def test_exit_and_quit_end_the_session_whatever_follows(tmp_path: Path, line: str) -> None:
+    model = ScriptedModel([])
+    await converse(model, options_in(tmp_path), line, "never sent")
+    assert model.requests == []
+
+
 @pytest.mark.parametrize(
     ("line", "command"),
     [
@@ -96,10 +103,19 @@ async def test_rewind_lists_the_steps_and_puts_files_back(tmp_path: Path) -> Non
         [turn(tool_use(EDITOR, create)), turn(tool_use(EDITOR, edit)), "Written.", "Seen."]
     )
     shown = await converse(
-        model, options, "write notes", "/rewind", "/rewind 7", "/rewind 2", "/cost", "look"
+        model,
+        options,
+        "write notes",
+        "/rewind",
+        "/rewind 7",
+        "/rewind ²",
+        "/rewind 2",
+        "/cost",
+        "look",
     )
     assert "  1: notes.md\n  2: notes.md\n" in shown
     assert "/rewind: no step 7 changed files; the steps: [1, 2]." in shown
+    assert "/rewind: no step ² changed files" in shown  # a digit, but not one int() reads
     assert "Restored 1 file as they were before step 2: notes.md." in shown
     assert (options.cwd / "notes.md").read_text() == "draft\n"
     assert "1 run, 3 turns, " in shown  # /cost, after the first prompt's run

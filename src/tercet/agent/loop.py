@@ -396,42 +396,63 @@ class Agent:
     async def _call_batch(
         self, batch: list[tuple[dict[str, Any], bool]]
     ) -> AsyncGenerator[Event, None]:
-        """Calls that may overlap: each admitted in turn (hooks, permission, the user), the
-        admitted ones run together, then each finished in order (PostToolUse hooks). A call
-        whose input a hook made writing runs alone, after the others."""
-        admitted: list[_Admitted] = []
-        answered: dict[int, ToolFinished] = {}
+        """Calls that may overlap. Each is admitted in turn (PreToolUse hooks, permissions, the
+        user); the admitted reads run together, then finish in call order (PostToolUse hooks).
+        A call a hook made writing first lets the reads before it run, then runs alone."""
+        pending: list[ToolFinished | _Admitted] = []  # in call order, not yet answered
         for index, (block, cut) in enumerate(batch):
-            async with aclosing(self._admit(index, block, cut, admitted)) as events:
+            async with aclosing(self._admit(index, block, cut)) as events:
                 async for event in events:
-                    if isinstance(event, ToolFinished):
-                        answered[index] = event
+                    if isinstance(event, ToolFinished | _Admitted):
+                        admitted = event
                     else:
                         yield event
-        together = [c for c in admitted if len(batch) > 1 and _overlaps(c.tool, c.input)]
-        outcomes = dict(
-            zip(
-                [c.index for c in together],
-                await asyncio.gather(*(self._execute(c) for c in together)),
-                strict=True,
-            )
-        )
-        for call in admitted:
-            if call.index not in outcomes:
-                outcomes[call.index] = await self._execute(call)
-        by_index = {call.index: call for call in admitted}
-        for index in range(len(batch)):
-            if index in answered:
-                yield answered[index]
+            if isinstance(admitted, _Admitted) and not _overlaps(admitted.tool, admitted.input):
+                alone: list[ToolFinished | _Admitted] = [admitted]
+                for group in (pending, alone):  # the reads before it, then it alone
+                    async with aclosing(self._settle(group)) as settled:
+                        async for event in settled:
+                            yield event
+                pending = []
             else:
-                yield await self._finish(by_index[index], *outcomes[index])
+                pending.append(admitted)
+        async with aclosing(self._settle(pending)) as settled:
+            async for event in settled:
+                yield event
+
+    async def _settle(
+        self, entries: Sequence[ToolFinished | _Admitted]
+    ) -> AsyncGenerator[Event, None]:
+        """Run the admitted calls among `entries` together (none once the run is stopping),
+        then answer every entry in order. A stop that comes while they run (an interrupt, the
+        first call's PostToolUse hook) lets the first finish and leaves the later results
+        unused, as if they had run one after another."""
+        run = self._active
+        calls = [entry for entry in entries if isinstance(entry, _Admitted)]
+        outcomes: dict[int, tuple[ToolResult, float]] = {}
+        if calls and run.stop is None:
+            async with asyncio.TaskGroup() as group:  # one failing never leaves others running
+                tasks = {call.index: group.create_task(self._execute(call)) for call in calls}
+            outcomes = {index: task.result() for index, task in tasks.items()}
+        finished = False
+        for entry in entries:
+            if isinstance(entry, ToolFinished):
+                yield entry
+            elif entry.index not in outcomes or (finished and run.stop is not None):
+                assert run.stop is not None
+                why = run.stop.message or run.stop.reason
+                text = "Not run" if entry.index not in outcomes else "Its result was not used"
+                yield ToolFinished(entry.tool_id, entry.tool.name, f"{text}: {why}.", True)
+            else:
+                finished = True
+                yield await self._finish(entry, *outcomes[entry.index])
 
     async def _admit(
-        self, index: int, block: dict[str, Any], cut: bool, admitted: list[_Admitted]
-    ) -> AsyncGenerator[Event, None]:
+        self, index: int, block: dict[str, Any], cut: bool
+    ) -> AsyncGenerator[Event | _Admitted, None]:
         """A call up to running it: PreToolUse hooks, then permissions (and the user). Yields
-        the call and the decision; a call not to run gets its `ToolFinished` here, an allowed
-        one joins `admitted`."""
+        the call, the decision and, last, the `_Admitted` call to run or the `ToolFinished`
+        of one not to run."""
         run, hooks = self._active, self.config.hooks
         tool_id, name, input = block["id"], block["name"], dict(block.get("input") or {})
         tool = self.tools.get(name)
@@ -461,7 +482,7 @@ class Agent:
             denied = f"Permission to use {name} was denied: {decision.reason}"
             yield ToolFinished(tool_id, name, denied, True)
             return
-        admitted.append(_Admitted(index, tool, tool_id, input))
+        yield _Admitted(index, tool, tool_id, input)
 
     async def _execute(self, call: _Admitted) -> tuple[ToolResult, float]:
         """Run the tool: its result (a failure of the tool itself reported, not raised) and

@@ -90,7 +90,7 @@ from tercet.cli.engine_options import (
     load_engine,
     prompt_cache,
 )
-from tercet.cli.slash_commands import EXIT_COMMANDS, SlashCommands, parse
+from tercet.cli.slash_commands import SlashCommands, is_exit, parse
 from tercet.engine.bundled import BundledModelMissing
 from tercet.server.config import ServerConfig
 
@@ -304,7 +304,7 @@ async def _next_prompt(lines: LineReader, out: TextIO, mark: str) -> str | None:
     while True:
         print(mark, end="", file=out, flush=True)
         line = await lines.readline()
-        if line is None or line.strip() in EXIT_COMMANDS:
+        if line is None or is_exit(line):
             return None
         parts: list[str] = []
         while line is not None and (text := line.rstrip("\r\n")).endswith("\\"):

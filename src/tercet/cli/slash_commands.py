@@ -16,7 +16,7 @@ from typing import TextIO
 
 from tercet.agent import Agent, Checkpoints, Event, Result, SessionNotFound, TrajectoryError, Usage
 
-EXIT_COMMANDS = ("/exit", "/quit")
+EXIT_COMMANDS = ("/exit", "/quit")  # the interactive mode ends on these, whatever follows
 HELP = (
     ("/help", "this list"),
     ("/clear", "start a new conversation (this one stays saved)"),
@@ -26,7 +26,7 @@ HELP = (
     ("/session", "this conversation's session id"),
     ("/exit", "quit (also /quit or Ctrl-D)"),
 )
-NAMES = frozenset(usage.split()[0][1:] for usage, _ in HELP)
+NAMES = frozenset(usage.split()[0][1:] for usage, _ in HELP) | {"quit"}
 _COMMAND = re.compile(r"/([a-z][a-z-]*)(?:\s+(.*))?", re.DOTALL)
 
 RunEvents = Callable[[AsyncGenerator[Event, None]], Awaitable[Result | None]]
@@ -36,6 +36,12 @@ RunEvents = Callable[[AsyncGenerator[Event, None]], Awaitable[Result | None]]
 class SlashCommand:
     name: str  # without the slash
     argument: str  # what follows it, stripped; may be empty
+
+
+def is_exit(line: str) -> bool:
+    """Whether `line` ends the interactive mode: /exit or /quit, with or without words after."""
+    words = line.split(maxsplit=1)
+    return bool(words) and words[0] in EXIT_COMMANDS
 
 
 def parse(line: str) -> SlashCommand | None:
@@ -105,7 +111,7 @@ class SlashCommands:
                 ),
             )
             return
-        if not argument.isdigit() or int(argument) not in steps:
+        if not (argument.isascii() and argument.isdigit()) or int(argument) not in steps:
             self._say(f"/rewind: no step {argument} changed files; the steps: {steps or 'none'}.")
             return
         restored = checkpoints.rewind(int(argument))

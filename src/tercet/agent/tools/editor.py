@@ -100,7 +100,7 @@ class TextEditorTool:
         media_type = IMAGE_TYPES.get(path.suffix.lower())
         if media_type is not None:
             return ToolResult(_image(path, shown, media_type))
-        text, cut = _read_head(path, shown, MAX_VIEW_BYTES)
+        text, cut = read_head(path, shown, MAX_VIEW_BYTES)
         lines = split_lines(text)
         start, end = line_range(view_range, len(lines))
         shown_lines = lines[start - 1 : end]
@@ -134,8 +134,9 @@ def edited_path(input: dict[str, Any], cwd: Path) -> Path | None:
 
 
 def read_text(path: Path, shown: str) -> str:
-    """The file's text, its line endings untouched; a clear error for binary or non-UTF-8."""
-    text, cut = _read_head(path, shown, MAX_EDITED_BYTES)
+    """The whole text of a file to edit, its line endings untouched; a clear error for binary
+    or non-UTF-8 text, or a file over MAX_EDITED_BYTES."""
+    text, cut = read_head(path, shown, MAX_EDITED_BYTES)
     if cut:
         raise ToolInputError(
             f"{shown} is larger than {MAX_EDITED_BYTES} bytes, too large to edit with this "
@@ -144,8 +145,9 @@ def read_text(path: Path, shown: str) -> str:
     return text
 
 
-def _read_head(path: Path, shown: str, max_bytes: int) -> tuple[str, bool]:
-    """At most `max_bytes` of the file's text, whole lines when cut, and whether it was cut."""
+def read_head(path: Path, shown: str, max_bytes: int) -> tuple[str, bool]:
+    """At most `max_bytes` of the file's text, whole lines when cut, and whether it was cut
+    (for views: a huge file must not fill the memory)."""
     if not path.is_file():
         raise ToolInputError(f"The path {shown} is not a file.")
     with path.open("rb") as handle:

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tercet.agent.tools.base import ToolContext, ToolInputError, ToolResult, one_line
-from tercet.agent.tools.editor import read_text
+from tercet.agent.tools.editor import MAX_VIEW_BYTES, read_head, read_text
 from tercet.agent.tools.text_edits import (
     insert_after,
     line_range,
@@ -101,10 +101,14 @@ class MemoryTool:
             return self._listing(target, shown.rstrip("/") or PREFIX)
         if not target.is_file():
             raise ToolInputError(f"The path {shown} does not exist. Please provide a valid path.")
-        lines = split_lines(read_text(target, shown))
+        text, cut = read_head(target, shown, MAX_VIEW_BYTES)
+        lines = split_lines(text)
         start, end = line_range(input.get("view_range"), len(lines))
-        return f"Here's the content of {shown} with line numbers:\n" + numbered(
-            lines[start - 1 : end], start
+        note = f"\n[{shown} is longer than {MAX_VIEW_BYTES} bytes: only its start is shown]"
+        return (
+            f"Here's the content of {shown} with line numbers:\n"
+            + numbered(lines[start - 1 : end], start)
+            + (note if cut else "")
         )
 
     def _listing(self, directory: Path, shown: str) -> str:
