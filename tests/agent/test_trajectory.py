@@ -37,6 +37,17 @@ pytestmark = pytest.mark.anyio
 GOLDEN_V1 = Path(__file__).parent / "fixtures" / "trajectory_v1.jsonl"
 
 
+def uncached(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`messages` without the cache breakpoints the agent puts on requests."""
+    return [
+        {
+            **m,
+            "content": [{k: v for k, v in b.items() if k != "cache_control"} for b in m["content"]],
+        }
+        for m in messages
+    ]
+
+
 def script() -> list[ScriptedTurn]:
     return [
         turn("Step one.", tool_use("echo", {"text": "1"})),
@@ -100,6 +111,28 @@ async def test_resume_answers_calls_left_without_results(make_agent: MakeAgent) 
     (answer,) = second.requests[0].messages[-1]["content"]
     assert answer["type"] == "tool_result" and answer["is_error"] is True
     assert "interrupted" in answer["content"]
+
+
+async def test_fork_starts_a_session_where_a_step_began(make_agent: MakeAgent) -> None:
+    model = ScriptedModel([*script(), turn("Took the other way.")])
+    agent = make_agent(model, tools=[EchoTool()])
+    first = await agent.run_until_done("count")
+    store = agent.sessions
+    forked = store.fork(first.session_id, 3)
+    session = store.load(forked)
+    assert session.header.forked_from == f"{first.session_id}@3"
+    assert session.turns == 2
+    # Everything up to the results of step 2, nothing of step 3 or after.
+    assert session.messages == uncached(model.requests[2].messages)
+    original = store.load(first.session_id)
+    assert original.turns == 4 and original.header.forked_from == ""  # left as it was
+    again = await agent.resume_until_done(forked, "try another way")
+    assert again.text == "Took the other way." and again.session_id == forked
+    assert uncached(model.requests[4].messages[:-1]) == uncached(model.requests[2].messages[:-1])
+    with pytest.raises(ValueError, match="has no step 9"):
+        store.fork(first.session_id, 9)
+    with pytest.raises(SessionNotFound):
+        store.fork("20200101-000000-abcdef", 1)
 
 
 async def test_replay_yields_the_saved_events(make_agent: MakeAgent) -> None:

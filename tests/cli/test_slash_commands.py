@@ -4,6 +4,7 @@ conversation as it says, and anything else is still a prompt."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,13 @@ def test_what_is_a_command(line: str, command: SlashCommand | None) -> None:
 async def test_help_unknown_commands_and_paths(tmp_path: Path) -> None:
     model = ScriptedModel(["It is the logs."])
     shown = await converse(model, options_in(tmp_path), "/help", "/frobnicate", "/usr is full")
-    for usage in ("/clear", "/compact [INSTRUCTIONS]", "/rewind [STEP]", "/cost", "/exit"):
+    for usage in (
+        "/clear",
+        "/compact [INSTRUCTIONS]",
+        "/rewind [STEP [code|conversation]]",
+        "/cost",
+        "/exit",
+    ):
         assert usage in shown
     assert "Unknown command /frobnicate; /help lists them." in shown
     assert texts(model.requests[0].messages[0]) == ["/usr is full"]  # a prompt, sent as typed
@@ -95,13 +102,16 @@ async def test_clear_starts_a_new_session(tmp_path: Path) -> None:
     assert first != second
 
 
-async def test_rewind_lists_the_steps_and_puts_files_back(tmp_path: Path) -> None:
-    options = options_in(tmp_path)
+def write_then_edit_notes() -> list[Any]:
+    """Replies: step 1 creates notes.md, step 2 edits it, step 3 answers."""
     create = {"command": "create", "path": "notes.md", "file_text": "draft\n"}
     edit = {"command": "str_replace", "path": "notes.md", "old_str": "draft", "new_str": "final"}
-    model = ScriptedModel(
-        [turn(tool_use(EDITOR, create)), turn(tool_use(EDITOR, edit)), "Written.", "Seen."]
-    )
+    return [turn(tool_use(EDITOR, create)), turn(tool_use(EDITOR, edit)), "Written."]
+
+
+async def test_rewind_code_lists_the_steps_and_puts_files_back(tmp_path: Path) -> None:
+    options = options_in(tmp_path)
+    model = ScriptedModel([*write_then_edit_notes(), "Seen."])
     shown = await converse(
         model,
         options,
@@ -109,17 +119,45 @@ async def test_rewind_lists_the_steps_and_puts_files_back(tmp_path: Path) -> Non
         "/rewind",
         "/rewind 7",
         "/rewind ²",
-        "/rewind 2",
+        "/rewind 2 both ways",
+        "/rewind 2 code",
         "/cost",
         "look",
     )
-    assert "  1: notes.md\n  2: notes.md\n" in shown
-    assert "/rewind: no step 7 changed files; the steps: [1, 2]." in shown
-    assert "/rewind: no step ² changed files" in shown  # a digit, but not one int() reads
+    assert "Steps 1 to 3." in shown and "  1: notes.md\n  2: notes.md\n" in shown
+    usage = "/rewind: use /rewind STEP [code|conversation], STEP from 1 to 3."
+    assert shown.count(usage) == 3  # 7 is past the last step; ² is no number for int()
     assert "Restored 1 file as they were before step 2: notes.md." in shown
+    assert "The conversation is unchanged" in shown
     assert (options.cwd / "notes.md").read_text() == "draft\n"
     assert "1 run, 3 turns, " in shown  # /cost, after the first prompt's run
+    assert len(model.requests[3].messages) == 7  # the whole conversation, then "look"
     assert model.remaining == 0
+
+
+@pytest.mark.parametrize("what", ["", " conversation"])
+async def test_rewind_takes_the_conversation_back_in_a_new_session(
+    tmp_path: Path, what: str
+) -> None:
+    options = options_in(tmp_path)
+    model = ScriptedModel([*write_then_edit_notes(), "Kept the draft."])
+    shown = await converse(model, options, "write notes", f"/rewind 2{what}", "keep the draft")
+    sessions = tmp_path / "sessions"
+    headers = {p.stem: json.loads(p.read_text().splitlines()[0]) for p in sessions.glob("*.jsonl")}
+    (old,) = [stem for stem, header in headers.items() if not header["forked_from"]]
+    (new,) = [stem for stem, header in headers.items() if header["forked_from"] == f"{old}@2"]
+    assert f"The conversation is back to before step 2, as session {new} ({old} is kept" in shown
+    # The model is asked again from where step 2 began: the prompt, the create and its result,
+    # then the new prompt; the edit and the answer are gone.
+    again = model.requests[3].messages
+    assert [m["role"] for m in again] == ["user", "assistant", "user"]
+    assert texts(again[-1]) == ["keep the draft"]
+    assert again[-1]["content"][0]["type"] == "tool_result"
+    notes = (options.cwd / "notes.md").read_text()
+    assert notes == ("draft\n" if what == "" else "final\n")  # files too, unless only the talk
+    assert len((sessions / f"{old}.jsonl").read_text().splitlines()) > len(
+        (sessions / f"{new}.jsonl").read_text().splitlines()
+    )
 
 
 async def test_compact_summarises_the_conversation_now(tmp_path: Path) -> None:

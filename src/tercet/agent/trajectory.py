@@ -24,7 +24,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -64,6 +64,7 @@ class Header:
     cwd: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     version: int = FORMAT_VERSION
+    forked_from: str = ""  # "SESSION_ID@STEP": made by `SessionStore.fork`
 
 
 @dataclass
@@ -219,6 +220,40 @@ class SessionStore:
         """The session changed last, if any."""
         ids = self.ids()
         return ids[-1] if ids else None
+
+    def fork(self, session_id: str, step: int) -> str:
+        """A new session holding `session_id` as it was when turn `step` began (the request
+        for it not yet sent), so a conversation can go back and take another way; the
+        original is left as it is. Returns the new id."""
+        path = self.path(session_id)
+        if not path.is_file():
+            raise SessionNotFound(f"no session {session_id!r} in {self.directory}")
+        header, records = read_records(path)
+        cut = next(
+            (
+                n
+                for n, r in enumerate(records)
+                if r.get("type") == "request_sent"
+                and r.get("purpose") == "turn"
+                and r.get("turn") == step
+            ),
+            None,
+        )
+        if cut is None:
+            raise ValueError(f"session {session_id} has no step {step}")
+        if not any(r.get("type") == "user_message" for r in records[:cut]):
+            raise ValueError(f"session {session_id} holds no conversation before step {step}")
+        new_id = self.new_id()
+        forked = replace(
+            header, session_id=new_id, created=_now(), forked_from=f"{session_id}@{step}"
+        )
+        trajectory = Trajectory.create(self.path(new_id), forked)
+        try:
+            for record in records[:cut]:
+                trajectory._write(record)
+        finally:
+            trajectory.close()
+        return new_id
 
     def load(self, session_id: str) -> Session:
         path = self.path(session_id)

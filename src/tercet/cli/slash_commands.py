@@ -21,7 +21,7 @@ HELP = (
     ("/help", "this list"),
     ("/clear", "start a new conversation (this one stays saved)"),
     ("/compact [INSTRUCTIONS]", "summarise the conversation now, to free the context"),
-    ("/rewind [STEP]", "list the steps that changed files; with STEP, put the files back"),
+    ("/rewind [STEP [code|conversation]]", "list the steps; go back to before STEP"),
     ("/cost", "tokens, cost and time of this conversation"),
     ("/session", "this conversation's session id"),
     ("/exit", "quit (also /quit or Ctrl-D)"),
@@ -79,7 +79,7 @@ class SlashCommands:
         elif command.name == "compact":
             await self._compact(session_id, command.argument)
         elif command.name == "rewind":
-            self._rewind(session_id, command.argument)
+            return self._rewind(session_id, command.argument)
         elif command.name == "cost":
             self._cost(session_id)
         return session_id
@@ -92,34 +92,63 @@ class SlashCommands:
             return
         await self.run_events(events)
 
-    def _rewind(self, session_id: str, argument: str) -> None:
+    def _rewind(self, session_id: str, argument: str) -> str:
+        """List the steps, or go back to before one: the files (`code`), the conversation (a
+        new session from that point; the old one is kept) or both. The session to go on in."""
         agent = self.agent
         if agent.session_id == session_id and agent.checkpoints is not None:
             checkpoints = agent.checkpoints
         else:
             checkpoints = Checkpoints(agent.sessions.checkpoints_dir(session_id))
-        steps = checkpoints.steps()
-        if not argument:
-            if not steps:
-                self._say("No step of this conversation changed a file.")
-                return
+        try:
+            turns = agent.sessions.load(session_id).turns
+        except (SessionNotFound, TrajectoryError) as exc:
+            self._say(f"/rewind: {exc}")
+            return session_id
+        if turns == 0:
+            self._say("/rewind: the model has not taken a step yet.")
+            return session_id
+        words = argument.split()
+        if not words:
+            changed = checkpoints.steps()
             self._say(
-                "Steps that changed files (/rewind STEP puts them back as they were before):",
+                f"Steps 1 to {turns}. /rewind STEP takes the files and the conversation back to "
+                "before STEP; /rewind STEP code, or conversation, only one of them.",
+                *(["Steps that changed files:"] if changed else ["No step changed a file."]),
                 *(
                     f"  {s}: {', '.join(self._shown(p) for p in checkpoints.files(s))}"
-                    for s in steps
+                    for s in changed
                 ),
             )
-            return
-        if not (argument.isascii() and argument.isdigit()) or int(argument) not in steps:
-            self._say(f"/rewind: no step {argument} changed files; the steps: {steps or 'none'}.")
-            return
-        restored = checkpoints.rewind(int(argument))
+            return session_id
+        what = words[1] if len(words) == 2 else "both"
+        number = words[0]
+        if (
+            len(words) > 2
+            or what not in ("both", "code", "conversation")
+            or not (number.isascii() and number.isdigit() and 1 <= int(number) <= turns)
+        ):
+            self._say(f"/rewind: use /rewind STEP [code|conversation], STEP from 1 to {turns}.")
+            return session_id
+        step = int(number)
+        if what in ("both", "code"):
+            restored = checkpoints.rewind(step)
+            files = ", ".join(self._shown(p) for p in restored)
+            self._say(
+                f"Restored {len(restored)} file{'' if len(restored) == 1 else 's'} as they were "
+                f"before step {step}: {files}."
+                if restored
+                else f"No file changed from step {step} on."
+            )
+        if what == "code":
+            self._say("The conversation is unchanged: tell the model, if it should know.")
+            return session_id
+        forked = agent.sessions.fork(session_id, step)
         self._say(
-            f"Restored {len(restored)} file{'' if len(restored) == 1 else 's'} as they were "
-            f"before step {argument}: {', '.join(self._shown(p) for p in restored)}.",
-            "The conversation is unchanged: tell the model, if it should know.",
+            f"The conversation is back to before step {step}, as session {forked} "
+            f"({session_id} is kept as it was)."
         )
+        return forked
 
     def _cost(self, session_id: str) -> None:
         try:
