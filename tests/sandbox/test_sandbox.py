@@ -231,6 +231,17 @@ def test_more_processes_at_once_than_allowed_are_stopped(tmp_path: Path) -> None
     assert (few.stdout, few.too_many_processes) == ("ok\n", False)
 
 
+def test_a_fork_bomb_without_a_user_of_its_own_is_stopped_by_the_watch(tmp_path: Path) -> None:
+    # No rlimit counts its processes (see above): the watch stops it long before the wall clock.
+    limits = replace(LIMITS, processes=32)
+    bomb = "bomb() { bomb | bomb & }; bomb; sleep 5; echo survived"
+    started = time.monotonic()
+    result = runner.run(["/bin/bash", "-c", bomb], tmp_path, limits)
+    assert result.too_many_processes and not result.timed_out
+    assert "survived" not in result.stdout and time.monotonic() - started < 5
+    assert runner.run(["/bin/echo", "fine"], tmp_path, limits).stdout == "fine\n"
+
+
 def test_a_busy_loop_is_stopped(manager: ContainerManager) -> None:
     result = manager.run(manager.create(), ["python", "-c", "while True: pass"])
     assert result.return_code != 0 or result.timed_out  # CPU limit (SIGXCPU) or wall clock

@@ -22,9 +22,10 @@ class TreeUsage:
     resident_bytes: int  # the sum of each process's RSS: pages shared between them count twice
 
 
-def tree_usage(root: int) -> TreeUsage:
+def tree_usage(root: int, stop_after: int | None = None) -> TreeUsage:
     """`root` and its descendants: how many are alive and the memory they hold. Processes
-    that end while it is read are skipped."""
+    that end while it is read are skipped. With `stop_after`, the walk ends once it has seen
+    more processes than that (a fork bomb's tree is not read to its end)."""
     children = _children_lister()
     seen: set[int] = set()
     pending = [root]
@@ -38,6 +39,8 @@ def tree_usage(root: int) -> TreeUsage:
             continue
         seen.add(pid)
         resident += pages * PAGE_BYTES
+        if stop_after is not None and len(seen) > stop_after:
+            break
         pending.extend(children(pid))
     return TreeUsage(len(seen), resident)
 

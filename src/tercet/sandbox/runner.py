@@ -130,7 +130,7 @@ def run(
                 if time.monotonic() >= deadline:
                     timed_out = True
                     break
-                usage = tree_usage(process.pid)
+                usage = tree_usage(process.pid, stop_after=limits.processes + BWRAP_PROCESSES)
                 if usage.resident_bytes > limits.total_memory_bytes:
                     over_memory = True
                     break
