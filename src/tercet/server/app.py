@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -19,6 +18,7 @@ import anyio
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
+from pydantic_core import from_json
 from starlette.types import Receive, Scope, Send
 
 import tercet
@@ -291,7 +291,10 @@ async def _read_body(request: Request, model: type[Model], limit: int) -> Model:
         if len(body) > limit:
             raise too_large
     try:
-        data = json.loads(body)
+        # Strict, as Anthropic's parser is: a lone surrogate (which no later `.encode()`
+        # survives), NaN, or nesting deeper than 200 levels (where `json` recurses past the
+        # interpreter's limit) is a 400 here rather than a 500 further in.
+        data = from_json(body, allow_inf_nan=False)
     except ValueError as exc:
         raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from exc
     return model.model_validate(data)

@@ -82,7 +82,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(InternalError("Internal server error"), _request_id(request))
+        request_id = _request_id(request)
+        response = error_response(InternalError("Internal server error"), request_id)
+        # This handler runs outside every middleware, RequestIdMiddleware included.
+        if request_id is not None:
+            response.headers["request-id"] = request_id
+        return response
 
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(HTTPException, on_http_error)

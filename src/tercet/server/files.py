@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from tercet.files.documents import pdf_text
@@ -271,7 +271,7 @@ def _too_large(config: ServerConfig) -> RequestTooLargeError:
     )
 
 
-def _malformed(exc: MultipartParseError) -> InvalidRequestError:
+def _malformed(exc: FormParserError) -> InvalidRequestError:
     return InvalidRequestError(
         f"the upload is not well-formed multipart/form-data ({exc}); send the file as a"
         " `file` part of a multipart/form-data body"
@@ -305,13 +305,16 @@ class _Upload:
             "on_part_data": self._part_data,
             "on_part_end": self._part_end,
         }
-        self._parser = MultipartParser(boundary, callbacks)
+        try:
+            self._parser = MultipartParser(boundary, callbacks)
+        except FormParserError as exc:  # a boundary longer than the parser takes
+            raise _malformed(exc) from exc
         self._done = False
 
     def feed(self, chunk: bytes) -> None:
         try:
             self._parser.write(chunk)
-        except MultipartParseError as exc:
+        except FormParserError as exc:
             raise _malformed(exc) from exc
         if self._error is not None:
             raise self._error
@@ -319,7 +322,7 @@ class _Upload:
     def finished(self) -> tuple[BlobWriter, str, str]:
         try:
             self._parser.finalize()
-        except MultipartParseError as exc:
+        except FormParserError as exc:
             raise _malformed(exc) from exc
         if self._writer is None or self._writing or not self._done:
             raise InvalidRequestError("the upload has no complete `file` part")
