@@ -20,13 +20,14 @@ import random
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
 
-from tercet.engine.scripted import ScriptedEngine
+from tercet.engine.scripted import ScriptedCall, ScriptedEngine
 from tercet.server.app import create_app
 from tercet.server.config import ServerConfig
 from tercet.server.runner import BackgroundServer
@@ -195,6 +196,8 @@ VALUES: list[Any] = [
     DEEP_LIST,
     DEEP_OBJECT,
     Raw(b"[" * 900 + b"]" * 900),
+    Raw(b"[" * 190 + b"]" * 190),  # as deep as the parser takes
+    Raw(b'{"a":' * 190 + b"{}" + b"}" * 190),
     Raw(b"1e999"),
     Raw(b"-0"),
     Raw(b"123456789012345678901234567890.5e-400"),
@@ -417,10 +420,10 @@ def header_mutations(group: str, method: str, path: str, body: bytes | None) -> 
 USER = [{"role": "user", "content": "Hello there"}]
 
 
-def message_bases(
-    file_id: str, signature: str, mcp_url: str
-) -> dict[str, tuple[dict[str, Any], dict[str, str]]]:
-    """Valid `POST /v1/messages` bodies (and extra headers), one per feature area."""
+def message_bases(fuzz: Fuzz) -> dict[str, tuple[dict[str, Any], dict[str, str]]]:
+    """Valid `POST /v1/messages` bodies (and extra headers), one per feature area. The
+    `caller-*` models call a tool, so code execution and MCP calls run too."""
+    file_id = fuzz.file_id
     plain = {"model": CLAUDE_MODEL, "max_tokens": 32, "messages": USER}
     rich = {
         "model": CLAUDE_MODEL,
@@ -525,10 +528,10 @@ def message_bases(
         "cache_control": {"type": "ephemeral"},
     }
     server_tools = {
-        "model": CLAUDE_MODEL,
+        "model": "caller-code",
         "max_tokens": 48,
         "stream": True,
-        "container": "cntr_fuzz_does_not_exist",
+        "container": fuzz.container_id,
         "tools": [
             {"type": "bash_20250124", "name": "bash"},
             {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
@@ -581,7 +584,7 @@ def message_bases(
             {
                 "role": "assistant",
                 "content": [
-                    {"type": "thinking", "thinking": "", "signature": signature},
+                    {"type": "thinking", "thinking": "", "signature": fuzz.signature},
                     {"type": "redacted_thinking", "data": "opaque"},
                     {"type": "text", "text": "Hi"},
                 ],
@@ -602,10 +605,10 @@ def message_bases(
         ],
     }
     mcp = {
-        "model": CLAUDE_MODEL,
+        "model": "caller-mcp",
         "max_tokens": 32,
         "mcp_servers": [
-            {"type": "url", "url": mcp_url, "name": "tools", "authorization_token": "tok-fuzz"}
+            {"type": "url", "url": fuzz.mcp_url, "name": "tools", "authorization_token": "tok-fuzz"}
         ],
         "tools": [
             {
@@ -880,6 +883,8 @@ class Fuzz:
     file_id: str
     signature: str
     mcp_url: str
+    container_id: str
+    output_file_id: str | None  # a downloadable file (a code execution output)
     errors: list[logging.LogRecord]
 
     def run(self, cases: list[Case]) -> None:
@@ -939,6 +944,16 @@ class _Collect(logging.Handler):
         self.records.append(record)
 
 
+RUN_BASH = ScriptedCall("bash_code_execution", {"command": "echo out > outputs/out.txt"})
+CALL_ECHO = ScriptedCall("echo", {"text": "hi"})
+CODE_RUN = {
+    "model": "caller-code",
+    "max_tokens": 32,
+    "messages": USER,
+    "tools": [{"type": "code_execution_20250825", "name": "code_execution"}],
+}
+
+
 @pytest.fixture(scope="module")
 def mcp_server() -> Iterator[McpServerInfo]:
     with running_mcp_server("streamable-http", token="tok-fuzz") as info:
@@ -954,8 +969,12 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory, mcp_server: McpServerInfo) ->
         max_file_bytes=MAX_FILE,
         mcp_connect_timeout_s=5,
     )
-    engine = ScriptedEngine(["Fuzzed reply."], context_window=100_000)
-    with BackgroundServer(create_app(config, [engine])) as running:
+    engines = [
+        ScriptedEngine(["Fuzzed reply."], context_window=100_000),
+        ScriptedEngine([RUN_BASH, "Ran it."], model_id="caller-code", context_window=100_000),
+        ScriptedEngine([CALL_ECHO, "Echoed."], model_id="caller-mcp", context_window=100_000),
+    ]
+    with BackgroundServer(create_app(config, engines)) as running:
         records: list[logging.LogRecord] = []
         handler = _Collect(records)
         loggers = [logging.getLogger(name) for name in ("tercet", "uvicorn", "uvicorn.error")]
@@ -972,12 +991,17 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory, mcp_server: McpServerInfo) ->
                     "thinking": {"type": "enabled", "budget_tokens": 1024},
                 }
                 signed = client.post("/v1/messages", json=thinking, headers=HEADERS)
+                ran = client.post("/v1/messages", json=CODE_RUN, headers=HEADERS).json()
+                result = ran["content"][1]["content"]  # no sandbox here: an error, no output
+                outputs = [o["file_id"] for o in result.get("content", [])]
                 yield Fuzz(
                     running.base_url,
                     client,
                     stored.json()["id"],
                     signed.json()["content"][0]["signature"],
                     mcp_server.url,
+                    ran["container"]["id"] if ran["container"] else "container_none",
+                    outputs[0] if outputs else None,
                     records,
                 )
         finally:
@@ -991,13 +1015,17 @@ def rng_for(group: str) -> random.Random:
 
 def test_every_base_request_is_valid(fuzz: Fuzz) -> None:
     """The mutations start from requests the server accepts (else they test little)."""
-    bases = message_bases(fuzz.file_id, fuzz.signature, fuzz.mcp_url)
+    bases = message_bases(fuzz)
     for name, (body, headers) in bases.items():
         response = fuzz.client.post(
             "/v1/messages", content=render(body), headers={**HEADERS, **headers}
         )
         assert response.status_code == 200, (name, response.text)
         assert b"event: error" not in response.content, name
+        if name == "server_tools":  # the model's call ran (in the sandbox, or failed there)
+            assert b'"bash_code_execution_tool_result"' in response.content
+        if name == "mcp":
+            assert b'"mcp_tool_result"' in response.content
     for name, (body, headers) in count_bases(bases).items():
         response = fuzz.client.post(
             "/v1/messages/count_tokens", content=render(body), headers={**HEADERS, **headers}
@@ -1007,8 +1035,8 @@ def test_every_base_request_is_valid(fuzz: Fuzz) -> None:
 
 def test_messages(fuzz: Fuzz) -> None:
     rng = rng_for("messages")
-    bases = message_bases(fuzz.file_id, fuzz.signature, fuzz.mcp_url)
-    cases = json_mutations(rng, "messages", bases, "/v1/messages", per_path=3, stacked=40)
+    bases = message_bases(fuzz)
+    cases = json_mutations(rng, "messages", bases, "/v1/messages", per_path=5, stacked=80)
     valid = render(bases["plain"][0])
     cases += body_mutations("messages", "/v1/messages", valid, rng)
     cases += body_mutations("messages?beta", "/v1/messages?beta=true", valid, rng)[:10]
@@ -1019,8 +1047,8 @@ def test_messages(fuzz: Fuzz) -> None:
 def test_count_tokens(fuzz: Fuzz) -> None:
     rng = rng_for("count_tokens")
     path = "/v1/messages/count_tokens"
-    bases = count_bases(message_bases(fuzz.file_id, fuzz.signature, fuzz.mcp_url))
-    cases = json_mutations(rng, "count_tokens", bases, path, per_path=2, stacked=25)
+    bases = count_bases(message_bases(fuzz))
+    cases = json_mutations(rng, "count_tokens", bases, path, per_path=3, stacked=40)
     valid = render(bases["plain"][0])
     cases += body_mutations("count_tokens", path, valid, rng)
     cases += header_mutations("count_tokens", "POST", path, valid)
@@ -1090,6 +1118,14 @@ def test_files_list_and_ids(fuzz: Fuzz) -> None:
             cases.append(
                 Case(f"files-id#{file_id[:40]} delete", "DELETE", f"/v1/files/{file_id}", None)
             )
+    if fuzz.output_file_id is not None:  # a code execution output: downloadable
+        output = f"/v1/files/{fuzz.output_file_id}"
+        cases += [
+            Case("files-output#meta", "GET", output, None, expect=frozenset({200})),
+            Case("files-output#content", "GET", f"{output}/content", None, expect=frozenset({200})),
+            Case("files-output#content?x", "GET", f"{output}/content?limit=abc", None),
+        ]
+        cases += header_mutations("files-output", "GET", f"{output}/content", None)
     cases += header_mutations("files-list", "GET", "/v1/files", None)
     cases += header_mutations("files-meta", "GET", f"/v1/files/{fuzz.file_id}", None)
     # Delete one file twice: the second is a 404.
@@ -1215,3 +1251,90 @@ def test_the_server_is_still_up(fuzz: Fuzz) -> None:
         headers=HEADERS,
     )
     assert streamed.status_code == 200 and b"event: message_stop" in streamed.content
+
+
+# --- what the fuzz found, one by one -----------------------------------------------------------
+
+
+def with_thinking_text(fuzz: Fuzz, text: str) -> dict[str, Any]:
+    body, _ = message_bases(fuzz)["thinking"]
+    return mutated(body, ("messages", 1, "content", 0, "thinking"), text)
+
+
+@pytest.mark.parametrize(
+    "what",
+    [
+        "nesting past the parser's recursion",
+        "a lone surrogate in a thinking block",
+        "a lone surrogate in a file id",
+        "NaN",
+    ],
+)
+def test_json_the_server_cannot_use_is_a_400(fuzz: Fuzz, what: str) -> None:
+    """Each was a 500: `json` raised RecursionError; a surrogate reached `.encode()` (signing
+    the thinking text) or SQLite (the file id); Anthropic answers all of them with a 400."""
+    plain = {"model": CLAUDE_MODEL, "max_tokens": 8, "messages": USER}
+    source = {"type": "file", "file_id": "file_\ud800"}
+    document = [{"type": "document", "source": source}, {"type": "text", "text": "Read."}]
+    body = {
+        "nesting past the parser's recursion": render(mutated(plain, ("metadata",), DEEP_LIST)),
+        "a lone surrogate in a thinking block": render(with_thinking_text(fuzz, "\udc00\ud800")),
+        "a lone surrogate in a file id": render(
+            mutated(plain, ("messages",), [{"role": "user", "content": document}])
+        ),
+        "NaN": render(mutated(plain, ("temperature",), float("nan"))),
+    }[what]
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        case = Case(what, "POST", path, body, expect=frozenset({400}))
+        response = fuzz.send(case)
+        assert problems(case, response) == [], response.text
+        assert "The request body is not valid JSON" in response.json()["error"]["message"]
+
+
+def test_a_boundary_longer_than_the_parser_takes_is_a_400(fuzz: Fuzz) -> None:
+    boundary = b"b" * 300  # python-multipart refuses more than 256 when the parser is made
+    case = Case(
+        "long boundary",
+        "POST",
+        "/v1/files",
+        multipart([(file_part(), b"x")], boundary),
+        {**HEADERS, "content-type": "multipart/form-data; boundary=" + boundary.decode()},
+        expect=frozenset({400}),
+    )
+    response = fuzz.send(case)
+    assert problems(case, response) == [], response.text
+    assert "Boundary length 300 exceeds" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("container", [{"id": ["x"]}, {"id": {"a": 1}}, {"id": 5}])
+def test_a_container_id_that_is_no_string_names_no_container(
+    fuzz: Fuzz, container: dict[str, Any]
+) -> None:
+    """`{"id": ["x"]}` was a 500 (the container manager hashed the list)."""
+    response = fuzz.client.post(
+        "/v1/messages", json={**CODE_RUN, "container": container}, headers=HEADERS
+    )
+    assert response.status_code == 200, response.text
+    result = response.json()["content"][1]
+    assert result["content"]["error_code"] == "unavailable"
+
+
+def test_a_500_is_the_envelope_with_the_request_id(fuzz: Fuzz, tmp_path: Path) -> None:
+    """The handler for unexpected errors runs outside the middleware that adds `request-id`;
+    it adds the header itself. (And the fuzz's log check sees such errors.)"""
+    app = create_app(ServerConfig(data_dir=tmp_path, api_keys=[]), [ScriptedEngine()])
+
+    async def crash() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/crash", crash)
+    with BackgroundServer(app) as running:
+        response = httpx.get(f"{running.base_url}/crash", timeout=30)
+    assert response.status_code == 500
+    assert response.json() == {
+        "type": "error",
+        "error": {"type": "api_error", "message": "Internal server error"},
+        "request_id": response.headers["request-id"],
+    }
+    assert any("unhandled error" in r.getMessage() for r in fuzz.errors)
+    fuzz.errors.clear()

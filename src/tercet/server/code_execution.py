@@ -109,8 +109,10 @@ class CodeExecutor:
         """The request's container: the one it names (if `owner`'s), or a new one."""
         wanted = requested.get("id") if isinstance(requested, dict) else requested
         try:
-            if wanted:
-                return self.containers.get(wanted, owner)  # type: ignore[arg-type]
+            if isinstance(wanted, str) and wanted:
+                return self.containers.get(wanted, owner)
+            if wanted:  # `{"id": 5}`, `{"id": ["x"]}`: no container (the manager keys on str)
+                raise ContainerError("unavailable", "a container id is a string")
             return self.containers.create(owner=owner)
         except ContainerError as error:
             return error
