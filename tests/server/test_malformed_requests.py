@@ -17,6 +17,8 @@ import copy
 import json
 import logging
 import random
+import socket
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -1338,3 +1340,26 @@ def test_a_500_is_the_envelope_with_the_request_id(fuzz: Fuzz, tmp_path: Path) -
     }
     assert any("unhandled error" in r.getMessage() for r in fuzz.errors)
     fuzz.errors.clear()
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens", "/v1/files"])
+def test_a_client_that_leaves_mid_body_is_no_server_error(
+    fuzz: Fuzz, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Starlette raises ClientDisconnect from the body stream; it was logged as an unhandled
+    error (a traceback, and a 500 sent to nobody)."""
+    caplog.set_level(logging.INFO, logger="tercet.server")
+    host, port = fuzz.base_url.removeprefix("http://").split(":")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nx-api-key: {KEY}\r\n"
+        "content-type: multipart/form-data; boundary=fuzzb0undary\r\n"
+        "content-length: 20000\r\n\r\n--fuzzb0undary\r\n"  # under every size limit
+    )
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(head.encode())
+    deadline = time.monotonic() + 10
+    while not any("client went away" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, "the server did not notice the client leave"
+        time.sleep(0.01)
+    assert not fuzz.errors, [r.getMessage() for r in fuzz.errors]
+    assert_alive(fuzz.client)

@@ -6,9 +6,10 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from tercet.server.json_body import JSONBody
 from tercet.wire.errors import (
@@ -80,6 +81,12 @@ def install_error_handlers(app: FastAPI) -> None:
             InvalidRequestError(describe_validation_error(exc)), _request_id(request)
         )
 
+    async def on_disconnect(request: Request, exc: Exception) -> Response:
+        # The client left before it sent its whole body (`request.stream()` raises this):
+        # nobody reads an answer, and it is no server error to log with a traceback.
+        log.info("client went away during %s %s", request.method, request.url.path)
+        return Response(status_code=499)
+
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         request_id = _request_id(request)
@@ -93,4 +100,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(ValidationError, on_validation_error)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(Exception, on_bug)
