@@ -4,6 +4,7 @@ reasons, interrupts, prompt caching and thinking."""
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -781,3 +782,21 @@ async def test_cancelling_the_run_cancels_every_read_in_flight(make_agent: MakeA
     with pytest.raises(asyncio.CancelledError):
         await task
     assert tool.running == 0  # both calls ended with the run, none left behind
+
+
+async def test_names_that_are_not_utf8_reach_the_model_and_the_trajectory_as_u_fffd(
+    make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    # Python gives such a name lone surrogates, which no request body or UTF-8 file holds.
+    work = tmp_path / "work"
+    (work / os.fsdecode(b"caf\xe9.txt")).write_text("x")
+    view = tool_use("str_replace_based_edit_tool", {"command": "view", "path": "."})
+    model = ScriptedModel([turn(view), turn("ok")])
+    agent = make_agent(model, tools=[TextEditorTool()])
+    result = await agent.run_until_done("look \udcff here")
+    assert result.ok, result.message
+    (listing,) = last_results(model.requests[1])
+    assert "caf\ufffd.txt" in listing["content"]
+    saved = agent.sessions.load(result.session_id).messages
+    assert saved[0]["content"][0]["text"] == "look \ufffd here"
+    assert "caf\ufffd.txt" in saved[2]["content"][0]["content"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
@@ -70,6 +71,7 @@ from tercet.agent.tools.base import AgentTool, ToolContext, ToolResult
 from tercet.agent.trajectory import Header, Session, SessionStore, Trajectory, add_message
 
 log = logging.getLogger("tercet.agent")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 DEFAULT_SYSTEM_PROMPT = """\
 You are a coding agent working in the user's project through the tools you are given. Read \
 the relevant code before you change it, make small and precise edits, and check your work \
@@ -236,6 +238,7 @@ class Agent:
         `compact` (instructions, maybe empty) it only compacts the conversation."""
         if self._run is not None:
             raise RuntimeError("this agent is already running; one run at a time")
+        prompt = _well_formed(prompt)
         run = self._run = self._start(session, prompt)
         try:
             try:
@@ -385,6 +388,8 @@ class Agent:
             batch = [(calls[i], cut_off and i == last) for i in range(start, end)]
             async with aclosing(self._call_batch(batch)) as events:
                 async for event in events:
+                    if isinstance(event, ToolFinished):
+                        event = replace(event, content=_well_formed(event.content))
                     yield event
             start = end
 
@@ -612,6 +617,7 @@ class Agent:
         cost: float = 0.0,
     ) -> UserMessage | AssistantMessage:
         """Add to the conversation, returning the event that records it."""
+        content = _well_formed(content)
         add_message(self.messages, role, content)
         if reply is None:
             return UserMessage(copy.deepcopy(content))
@@ -657,6 +663,19 @@ def _tool_uses(message: dict[str, Any]) -> list[dict[str, Any]]:
     if message["role"] != "assistant" or isinstance(message["content"], str):
         return []
     return [b for b in message["content"] if b.get("type") == "tool_use"]
+
+
+def _well_formed(value: Any) -> Any:
+    """`value` with every lone surrogate in its strings made U+FFFD. They come from file names
+    that are not UTF-8 (Python decodes them with `surrogateescape`) and the like; no UTF-8
+    file or request body can hold one, and Anthropic's API refuses them with a 400."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_well_formed(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _well_formed(item) for key, item in value.items()}
+    return value
 
 
 def _tool_result(
