@@ -147,6 +147,16 @@ def test_unknown_model_is_404(client: anthropic.Anthropic) -> None:
     assert "model: gpt-4o" in caught.value.message
 
 
+def test_a_huge_value_is_not_echoed_whole(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        client.messages.create(model="m" * 100_000, max_tokens=5, messages=USER)
+    message = caught.value.body["error"]["message"]  # type: ignore[index]
+    assert message.startswith("model: mmm") and message.endswith(
+        f"… ({100_007 - 2000} more characters)"
+    )
+    assert len(message) < 2100
+
+
 def test_prompt_too_long_uses_the_wording_claude_code_compacts_on(
     client: anthropic.Anthropic,
 ) -> None:

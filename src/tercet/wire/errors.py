@@ -25,6 +25,9 @@ ErrorType = Literal[
 ]
 
 
+MAX_MESSAGE_CHARS = 2000
+
+
 class ErrorDetail(ResponseModel):
     type: ErrorType
     message: str
@@ -43,6 +46,9 @@ class APIError(Exception):
     error_type: ClassVar[ErrorType] = "api_error"
 
     def __init__(self, message: str) -> None:
+        if len(message) > MAX_MESSAGE_CHARS:  # a message that echoes a huge value sent
+            cut = len(message) - MAX_MESSAGE_CHARS
+            message = f"{message[:MAX_MESSAGE_CHARS]}… ({cut} more characters)"
         super().__init__(message)
         self.message = message
 
