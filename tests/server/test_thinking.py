@@ -189,6 +189,30 @@ def test_adaptive_effort_maps_to_budgets(effort: str | None, max_tokens: int, bu
     assert thinking_budget(request, frozenset(), adaptive_model=False) is None
 
 
+def test_interleaved_budget_is_capped_by_max_tokens_and_never_negative(
+    client: anthropic.Anthropic,
+) -> None:
+    betas = frozenset({"interleaved-thinking-2025-05-14"})
+    for max_tokens, budget in ((0, 0), (2000, 1999), (50_000, 16_000)):
+        request = MessageCreateRequest.model_validate(
+            {
+                "model": "m",
+                "max_tokens": max_tokens,
+                "messages": QUESTION,
+                "thinking": {"type": "enabled", "budget_tokens": 16_000},
+            }
+        )
+        assert thinking_budget(request, betas, adaptive_model=False) == budget
+    warmed = client.beta.messages.create(
+        model=CLAUDE_MODEL,
+        max_tokens=0,
+        messages=QUESTION,  # type: ignore[arg-type]
+        thinking={"type": "enabled", "budget_tokens": 16_000},
+        betas=list(betas),
+    )
+    assert (warmed.content, warmed.usage.output_tokens) == ([], 0)
+
+
 def test_stream_sends_thinking_then_signature_then_text(server: str) -> None:
     body = {
         "model": CLAUDE_MODEL,

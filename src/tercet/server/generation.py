@@ -201,7 +201,7 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
     runs = job.tool_runs
     blocks = BlockWriter(
         job.signer,
-        thinking=thinking,
+        thinking=thinking and job.params.max_tokens > 0,  # 0: fill the cache, write nothing
         omit_thinking=job.omit_thinking,
         tool_use_ids=lambda: new_id("toolu"),
         server_tools=SERVER_TOOL_NAMES if runs and runs.executor else frozenset(),

@@ -71,7 +71,9 @@ def thinking_budget(
                 "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our "
                 "documentation on extended thinking."
             )
-        return min(config.budget_tokens, request.max_tokens - 1)
+        # Interleaved, the budget may pass max_tokens; one reply still cannot (nor go below 0:
+        # `max_tokens: 0` fills the prompt cache and generates nothing).
+        return max(0, min(config.budget_tokens, request.max_tokens - 1))
     if isinstance(config, ThinkingAdaptive):
         effort = (request.output_config.effort if request.output_config else None) or "high"
         # Leave half of max_tokens for the answer.
