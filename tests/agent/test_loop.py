@@ -800,3 +800,22 @@ async def test_names_that_are_not_utf8_reach_the_model_and_the_trajectory_as_u_f
     saved = agent.sessions.load(result.session_id).messages
     assert saved[0]["content"][0]["text"] == "look \ufffd here"
     assert "caf\ufffd.txt" in saved[2]["content"][0]["content"]
+
+
+async def test_lone_surrogates_from_the_model_hooks_or_the_cwd_never_end_the_run(
+    make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    cwd = tmp_path / os.fsdecode(b"w\xe9rk")  # a working directory whose name is not UTF-8
+    cwd.mkdir()
+    hooks = Hooks()
+    hooks.add("PreToolUse", lambda i: PreToolUseOutput(block="no \udcff here"), tool="echo")
+    hooks.add("Stop", lambda i: StopOutput(stop_run="done \ud800 now"))
+    model = ScriptedModel([turn(echo("caf\udce9")), turn("ok")])  # JSON may carry "\\udce9"
+    agent = make_agent(model, tools=[EchoTool()], hooks=hooks, cwd=cwd)
+    result = await agent.run_until_done("go")
+    assert (result.reason, result.message) == ("hook", "done \ufffd now")
+    session = agent.sessions.load(result.session_id)  # the trajectory holds every record
+    assert session.header.cwd.endswith("w\ufffdrk")
+    (blocked,) = last_results(model.requests[1])
+    assert blocked["content"].endswith("no \ufffd here")
+    assert session.messages[1]["content"][0]["input"] == {"text": "caf\ufffd"}

@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -337,7 +337,9 @@ class Agent:
         c = self.config
         if session is None:
             session_id = self.sessions.new_id()
-            header = Header(session_id, c.model, _now(), str(c.cwd), c.summary())
+            header = Header(
+                session_id, c.model, _now(), _well_formed(str(c.cwd)), _well_formed(c.summary())
+            )
             trajectory = Trajectory.create(self.sessions.path(session_id), header)
             run = _Run(session_id, trajectory, [{"type": "text", "text": prompt or ""}])
             self.messages = []
@@ -353,7 +355,7 @@ class Agent:
             self.checkpoints = Checkpoints(self.sessions.checkpoints_dir(session_id))
         instructions = load_instructions(c.cwd) if c.load_instructions else ""
         parts = [c.system_prompt.strip(), f"The working directory is {c.cwd}.", instructions]
-        self._system = "\n\n".join(part for part in parts if part)
+        self._system = _well_formed("\n\n".join(part for part in parts if part))
         return run
 
     def _check(self, *, turn: bool) -> None:
@@ -598,7 +600,7 @@ class Agent:
             max_tokens=c.max_tokens,
             messages=with_cache_breakpoints(messages),
             system=[{"type": "text", "text": self._system, "cache_control": EPHEMERAL}],
-            tools=tools,
+            tools=_well_formed(tools),  # an MCP server's tool may bring a lone surrogate
             thinking=thinking if c.thinking else None,
             tool_choice={"type": "none"} if summary and tools else None,
         )
@@ -627,6 +629,9 @@ class Agent:
         )
 
     def _emit(self, event: Event) -> Event:
+        """Save `event` and pass it on, its text well-formed (a hook's reason, a tool input
+        the model wrote with a lone surrogate: the trajectory is UTF-8)."""
+        event = _well_formed_event(event)
         self._active.trajectory.append(event)
         return event
 
@@ -670,12 +675,23 @@ def _well_formed(value: Any) -> Any:
     that are not UTF-8 (Python decodes them with `surrogateescape`) and the like; no UTF-8
     file or request body can hold one, and Anthropic's API refuses them with a 400."""
     if isinstance(value, str):
-        return _SURROGATE.sub("\ufffd", value)
+        return _SURROGATE.sub("\ufffd", value) if _SURROGATE.search(value) else value
     if isinstance(value, list):
-        return [_well_formed(item) for item in value]
+        items = [_well_formed(item) for item in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
     if isinstance(value, dict):
-        return {key: _well_formed(item) for key, item in value.items()}
+        cleaned = {key: _well_formed(item) for key, item in value.items()}
+        changed = any(cleaned[key] is not item for key, item in value.items())
+        return cleaned if changed else value
     return value
+
+
+def _well_formed_event(event: Event) -> Event:
+    values = {f.name: getattr(event, f.name) for f in fields(event)}
+    cleaned = {name: _well_formed(value) for name, value in values.items()}
+    if all(cleaned[name] is value for name, value in values.items()):
+        return event
+    return replace(event, **cleaned)
 
 
 def _tool_result(
