@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,13 +14,17 @@ from tercet.agent import (
     FORMAT_VERSION,
     AssistantMessage,
     Budget,
+    Checkpoints,
     Compacted,
     Event,
+    ModelError,
+    ModelRequest,
     Result,
     ScriptedModel,
     SessionNotFound,
     SessionStore,
     TextDelta,
+    TextEditorTool,
     ThinkingDelta,
     TrajectoryError,
     UserMessage,
@@ -133,6 +138,87 @@ async def test_fork_starts_a_session_where_a_step_began(make_agent: MakeAgent) -
         store.fork(first.session_id, 9)
     with pytest.raises(SessionNotFound):
         store.fork("20200101-000000-abcdef", 1)
+
+
+async def test_a_fork_keeps_the_checkpoints_of_the_steps_before(
+    make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    notes = tmp_path / "work" / "notes.md"
+
+    def edit(**input: str) -> ScriptedTurn:
+        return turn(tool_use("str_replace_based_edit_tool", {"path": "notes.md", **input}))
+
+    model = ScriptedModel(
+        [
+            edit(command="create", file_text="v1\n"),
+            edit(command="str_replace", old_str="v1", new_str="v2"),
+            edit(command="str_replace", old_str="v2", new_str="v3"),
+            "Done.",
+        ]
+    )
+    agent = make_agent(model, tools=[TextEditorTool()])
+    first = await agent.run_until_done("write notes")
+    store = agent.sessions
+    forked = store.fork(first.session_id, 3)
+    checkpoints = Checkpoints(store.checkpoints_dir(forked))
+    assert checkpoints.steps() == [1, 2]  # step 3's record is not the fork's to rewind
+    (blob,) = (store.checkpoints_dir(forked) / "blobs").iterdir()  # v1: all steps 1-2 need
+    assert os.path.samefile(blob, store.checkpoints_dir(first.session_id) / "blobs" / blob.name)
+    assert notes.read_text() == "v3\n"
+    assert checkpoints.rewind(2) == [notes] and notes.read_text() == "v1\n"
+    assert checkpoints.rewind(1) == [notes] and not notes.exists()
+    # The original's records are its own still.
+    assert Checkpoints(store.checkpoints_dir(first.session_id)).steps() == [1, 2, 3]
+
+
+def failing(request: ModelRequest) -> str:
+    raise ModelError("overloaded")
+
+
+async def test_a_fork_cuts_where_the_step_that_answered_began(make_agent: MakeAgent) -> None:
+    # "second" fails; "third" tries turn 2 again, which the model answers having both.
+    model = ScriptedModel(["One.", failing, "Three.", "Other."])
+    agent = make_agent(model)
+    first = await agent.run_until_done("first")
+    assert (await agent.resume_until_done(first.session_id, "second")).reason == "error"
+    await agent.resume_until_done(first.session_id, "third")
+    assert texts_of(model.requests[2].messages) == [["first"], ["One."], ["second", "third"]]
+    store = agent.sessions
+    forked = store.fork(first.session_id, 2)
+    # Back to before all that step 2 answered: both prompts go, to be replaced.
+    assert texts_of(store.load(forked).messages) == [["first"], ["One."]]
+    await agent.resume_until_done(forked, "other")
+    assert texts_of(model.requests[3].messages) == [["first"], ["One."], ["other"]]
+    with pytest.raises(ValueError, match=r"nothing of session .* comes before step 1"):
+        store.fork(first.session_id, 1)  # the prompt that began step 1 is all it had before
+
+
+async def test_a_fork_after_tool_results_keeps_them_and_drops_the_prompt_after_them(
+    make_agent: MakeAgent,
+) -> None:
+    model = ScriptedModel([turn(tool_use("echo", {"text": "1"})), failing, "Done."])
+    agent = make_agent(model, tools=[EchoTool()])
+    first = await agent.run_until_done("count")  # turn 2 fails after the echo's result
+    await agent.resume_until_done(first.session_id, "go on")  # turn 2 again
+    store = agent.sessions
+    session = store.load(store.fork(first.session_id, 2))
+    assert session.turns == 1
+    assert session.messages == uncached(model.requests[1].messages)  # without "go on"
+
+
+async def test_a_step_tried_again_without_a_prompt_is_cut_before_its_first_try(
+    make_agent: MakeAgent,
+) -> None:
+    model = ScriptedModel([failing, "Hello."])
+    agent = make_agent(model)
+    first = await agent.run_until_done("greet")
+    assert (await agent.resume_until_done(first.session_id)).text == "Hello."
+    with pytest.raises(ValueError, match="comes before step 1"):
+        agent.sessions.fork(first.session_id, 1)
+
+
+def texts_of(messages: list[dict[str, Any]]) -> list[list[str]]:
+    return [[b["text"] for b in m["content"] if b.get("type") == "text"] for m in messages]
 
 
 async def test_replay_yields_the_saved_events(make_agent: MakeAgent) -> None:

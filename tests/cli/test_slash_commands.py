@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tercet.agent import ScriptedModel, tool_use, turn
+from tercet.agent import ModelError, ModelRequest, ScriptedModel, tool_use, turn
 from tercet.agent.compaction import SUMMARY_HEADER
 from tercet.cli.code import CodeOptions, run_interactive
 from tercet.cli.slash_commands import SlashCommand, parse
@@ -178,3 +178,54 @@ async def test_compact_that_cannot_shrink_says_why(tmp_path: Path) -> None:
     model = ScriptedModel(["Hi.", "A summary much longer than the conversation itself. " * 20])
     shown = await converse(model, options_in(tmp_path), "hi", "/compact")
     assert "compaction_loop" in shown and "would not make the conversation smaller" in shown
+
+
+async def test_a_conversation_taken_back_can_still_take_the_files_back(tmp_path: Path) -> None:
+    options = options_in(tmp_path)
+    model = ScriptedModel(write_then_edit_notes())
+    shown = await converse(
+        model, options, "write notes", "/rewind 3 conversation", "/rewind", "/rewind 1 code"
+    )
+    assert "  1: notes.md\n  2: notes.md\n" in shown  # the new session has the old records
+    assert "Restored 1 file as they were before step 1: notes.md." in shown
+    assert not (options.cwd / "notes.md").exists()
+
+
+async def test_going_back_to_a_step_leaves_out_the_prompt_that_began_it(tmp_path: Path) -> None:
+    model = ScriptedModel(["One.", "Two.", "Instead."])
+    shown = await converse(
+        model, options_in(tmp_path), "first", "second", "/rewind", "/rewind 2", "instead, this"
+    )
+    assert "leaving out the prompt that began it" in shown
+    assert [texts(m) for m in model.requests[2].messages] == [
+        ["first"],
+        ["One."],
+        ["instead, this"],
+    ]
+
+
+def failing(request: ModelRequest) -> str:
+    raise ModelError("overloaded")
+
+
+async def test_going_back_to_a_step_tried_twice_leaves_out_both_prompts(tmp_path: Path) -> None:
+    # "second" fails, "third" tries step 2 again: the model answers both of them.
+    model = ScriptedModel(["One.", failing, "Three.", "Other."])
+    await converse(model, options_in(tmp_path), "first", "second", "third", "/rewind 2", "other")
+    assert [texts(m) for m in model.requests[2].messages] == [
+        ["first"],
+        ["One."],
+        ["second", "third"],
+    ]
+    assert [texts(m) for m in model.requests[3].messages] == [["first"], ["One."], ["other"]]
+
+
+@pytest.mark.parametrize("what", ["", " conversation"])
+async def test_nothing_of_the_conversation_comes_before_step_1(tmp_path: Path, what: str) -> None:
+    options = options_in(tmp_path)
+    model = ScriptedModel([*write_then_edit_notes(), "Seen."])
+    shown = await converse(model, options, "write notes", f"/rewind 1{what}", "look")
+    assert "comes before step 1; /clear starts a new one." in shown
+    assert (options.cwd / "notes.md").exists() == bool(what)  # both: the files go back anyway
+    assert len(model.requests[3].messages) == 7  # the same conversation goes on
+    assert len(list((tmp_path / "sessions").glob("*.jsonl"))) == 1

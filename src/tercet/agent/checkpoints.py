@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -88,6 +89,20 @@ class Checkpoints:
             (self._steps_dir / f"{s}.json").unlink(missing_ok=True)
         return sorted(restored)
 
+    def copy_before(self, step: int, directory: Path) -> Checkpoints:
+        """The records of the steps before `step`, copied under `directory` (a forked session's
+        checkpoints), so a rewind there still reaches them. Files are hard-linked where the
+        file system allows: a blob or a manifest is never changed in place, only written anew
+        and renamed over, so the two sessions cannot change each other's."""
+        kept = sorted(s for s in self._records if s < step)
+        blobs = {saved.blob for s in kept for saved in self._records[s].values() if saved.blob}
+        copy = Checkpoints(directory)
+        for digest in sorted(blobs):
+            _link_or_copy(self._blobs_dir / digest, copy._blobs_dir / digest)
+        for s in kept:
+            _link_or_copy(self._steps_dir / f"{s}.json", copy._steps_dir / f"{s}.json")
+        return Checkpoints(directory)
+
     def steps(self) -> list[int]:
         """The steps that changed files, in order."""
         return sorted(s for s, files in self._records.items() if files)
@@ -150,6 +165,13 @@ def _load_manifest(manifest: Path) -> dict[Path, _Saved]:
         Path(p): _Saved(entry["blob"], entry.get("mode"), entry.get("parent"))
         for p, entry in document["files"].items()
     }
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or one without hard links
+        shutil.copy2(source, target)
 
 
 def _atomic_write(path: Path, content: bytes, mode: int | None = None) -> None:

@@ -31,6 +31,7 @@ from typing import IO, Any
 
 import platformdirs
 
+from tercet.agent.checkpoints import Checkpoints
 from tercet.agent.events import (
     RECORDED,
     AssistantMessage,
@@ -222,28 +223,25 @@ class SessionStore:
         return ids[-1] if ids else None
 
     def fork(self, session_id: str, step: int) -> str:
-        """A new session holding `session_id` as it was when turn `step` began (the request
-        for it not yet sent), so a conversation can go back and take another way; the
-        original is left as it is. Returns the new id."""
+        """A new session holding `session_id` as it was before turn `step` began, so a
+        conversation can go back and take another way; the original is left as it is. The
+        prompt that began the step is left out too (going back to it means replacing it), and
+        the file checkpoints of the steps before are kept, so the new session can still
+        rewind them. Returns the new id; a ValueError if nothing of the conversation comes
+        before `step` (step 1)."""
         path = self.path(session_id)
         if not path.is_file():
             raise SessionNotFound(f"no session {session_id!r} in {self.directory}")
         header, records = read_records(path)
-        cut = next(
-            (
-                n
-                for n, r in enumerate(records)
-                if r.get("type") == "request_sent"
-                and r.get("purpose") == "turn"
-                and r.get("turn") == step
-            ),
-            None,
-        )
-        if cut is None:
+        request = _answered_request(records, step)
+        if request is None:
             raise ValueError(f"session {session_id} has no step {step}")
+        cut = _before_prompts(records, request, step)
         if not any(r.get("type") == "user_message" for r in records[:cut]):
-            raise ValueError(f"session {session_id} holds no conversation before step {step}")
+            raise ValueError(f"nothing of session {session_id} comes before step {step}")
         new_id = self.new_id()
+        if (checkpoints := self.checkpoints_dir(session_id)).is_dir():
+            Checkpoints(checkpoints).copy_before(step, self.checkpoints_dir(new_id))
         forked = replace(
             header, session_id=new_id, created=_now(), forked_from=f"{session_id}@{step}"
         )
@@ -260,6 +258,56 @@ class SessionStore:
         if not path.is_file():
             raise SessionNotFound(f"no session {session_id!r} in {self.directory}")
         return load_session(path)
+
+
+def _is_request(record: dict[str, Any], step: int) -> bool:
+    return (
+        record.get("type") == "request_sent"
+        and record.get("purpose", "turn") == "turn"
+        and record.get("turn") == step
+    )
+
+
+def _answered_request(records: list[dict[str, Any]], step: int) -> int | None:
+    """The index of the request for turn `step` that its answer answered: the last before
+    that answer, since a failed or interrupted attempt leaves the turn's number to the next
+    try (or the last of all, if no attempt was answered)."""
+    answer = next(
+        (
+            n
+            for n, r in enumerate(records)
+            if r.get("type") == "assistant_message" and r.get("turn") == step
+        ),
+        len(records),
+    )
+    return max((n for n in range(answer) if _is_request(records[n], step)), default=None)
+
+
+def _is_prompt(record: dict[str, Any]) -> bool:
+    """A user message the user wrote, not one answering tool calls."""
+    content = record.get("content") or []
+    return record.get("type") == "user_message" and not any(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in content
+    )
+
+
+def _before_prompts(records: list[dict[str, Any]], cut: int, step: int) -> int:
+    """`cut`, moved back before the prompts that began the step and the runs they started:
+    all those since the last answer or tool results, so a failed attempt at the step and the
+    prompt that came after it are left out alike, and so is a compaction that folded them
+    in. One before them all (a `/compact`, an earlier run's result) is kept."""
+    start = cut
+    for n in range(cut - 1, -1, -1):
+        record, kind = records[n], records[n].get("type")
+        if _is_prompt(record) or (kind == "run_started" and start == n + 1):
+            start = n
+        elif not (
+            kind in ("run_started", "result", "compacted")
+            or _is_request(record, step)
+            or (kind == "request_sent" and record.get("purpose") == "compaction")
+        ):
+            break
+    return start
 
 
 def _now() -> str:

@@ -113,7 +113,8 @@ class SlashCommands:
             changed = checkpoints.steps()
             self._say(
                 f"Steps 1 to {turns}. /rewind STEP takes the files and the conversation back to "
-                "before STEP; /rewind STEP code, or conversation, only one of them.",
+                "before STEP (leaving out the prompt that began it, if one did: you will give "
+                "another); /rewind STEP code, or conversation, only one of them.",
                 *(["Steps that changed files:"] if changed else ["No step changed a file."]),
                 *(
                     f"  {s}: {', '.join(self._shown(p) for p in checkpoints.files(s))}"
@@ -143,7 +144,11 @@ class SlashCommands:
         if what == "code":
             self._say("The conversation is unchanged: tell the model, if it should know.")
             return session_id
-        forked = agent.sessions.fork(session_id, step)
+        try:
+            forked = agent.sessions.fork(session_id, step)
+        except (SessionNotFound, TrajectoryError, ValueError) as exc:
+            self._say(f"The conversation is unchanged: {exc}; /clear starts a new one.")
+            return session_id
         self._say(
             f"The conversation is back to before step {step}, as session {forked} "
             f"({session_id} is kept as it was)."
