@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from tercet.sandbox.config import ExecutionLimits
-from tercet.sandbox.process_tree import tree_usage
+from tercet.sandbox.process_tree import tree_usage, user_tasks
 
 WORKSPACE = "/workspace"
 RUNTIME = "/opt/python"  # where the runtime's virtual environment appears
@@ -43,7 +43,8 @@ WATCH_SECONDS = 0.1  # how often a running command's workspace and processes are
 # bubblewrap's own processes in the tree: its monitor and the namespace's init
 BWRAP_PROCESSES = 2
 OVER_MEMORY = "\n[stopped: its processes held more than {} MiB of memory together]\n"
-TOO_MANY_PROCESSES = "\n[stopped: it ran more than {} processes at once]\n"
+TOO_MANY_PROCESSES = "\n[stopped: it ran more than {} processes and threads at once]\n"
+THREADS_PER_LIBRARY = "4"  # for numerical libraries, which would start one a core
 
 
 class SandboxUnavailable(RuntimeError):
@@ -131,7 +132,7 @@ def run(
                     timed_out = True
                     break
                 usage = tree_usage(process.pid, stop_after=limits.processes + BWRAP_PROCESSES)
-                if usage.resident_bytes > limits.total_memory_bytes:
+                if usage.memory_bytes > limits.total_memory_bytes:
                     over_memory = True
                     break
                 if usage.processes > limits.processes + BWRAP_PROCESSES:
@@ -229,6 +230,10 @@ def _bwrap_argv(
     argv += [
         "--proc", "/proc",
         "--dev", "/dev",
+        # /dev is a tmpfs the command could fill (as root in a user namespace): read-only,
+        # with a small shared-memory folder of its own.
+        "--perms", "1777", "--size", str(limits.shm_bytes), "--tmpfs", "/dev/shm",
+        "--remount-ro", "/dev",
         "--perms", "1777", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp",
         "--bind", str(workspace), WORKSPACE,
         "--chdir", WORKSPACE,
@@ -238,6 +243,9 @@ def _bwrap_argv(
         "--setenv", "LANG", "C.UTF-8",
         "--setenv", "MPLBACKEND", "Agg",
         "--setenv", "MPLCONFIGDIR", "/tmp",
+        "--setenv", "OMP_NUM_THREADS", THREADS_PER_LIBRARY,
+        "--setenv", "OPENBLAS_NUM_THREADS", THREADS_PER_LIBRARY,
+        "--setenv", "MKL_NUM_THREADS", THREADS_PER_LIBRARY,
         "--",
     ]  # fmt: skip
     if as_root:
@@ -274,19 +282,22 @@ def _limits_prefix(limits: ExecutionLimits, per_user: bool) -> list[str]:
     """`prlimit` before bubblewrap: limits inherited by everything it runs. (A command rather
     than a `preexec_fn`, so that Python can start the process without copying itself.)
 
-    The process limit counts every process of the user, so it is set only when the sandbox
-    runs as the container's own user (a server started as root); otherwise it would count the
-    operator's own processes too.
+    The process limit counts every process (and thread) of the user. Run as the container's
+    own user (a server started as root), it is the execution's limit; otherwise the user's
+    own processes count too, so it is set to those now plus the execution's limit.
     """
     prefix = [
         "prlimit",
         f"--cpu={limits.cpu_seconds}:{limits.cpu_seconds + 1}",
         f"--as={limits.memory_bytes}",
         f"--fsize={limits.file_bytes}",
+        f"--nofile={limits.open_files}",
         "--core=0",
     ]
     if per_user:
         prefix.append(f"--nproc={limits.processes}")
+    else:  # what the user runs now, and room for the command's own (a fork bomb's bound)
+        prefix.append(f"--nproc={user_tasks(os.getuid()) + limits.processes}")
     return [*prefix, "--"]
 
 
