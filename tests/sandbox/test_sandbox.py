@@ -268,6 +268,21 @@ def test_dev_is_read_only_and_dev_shm_small(tmp_path: Path) -> None:
     assert result.stdout == "dev-refused\nshm-full\nok\n", result.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="a server run as root sets the cap")
+def test_sysv_shared_memory_is_capped_at_the_dev_shm_size(manager: ContainerManager) -> None:
+    script = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "for mib in (200, 8):\n"
+        "    shmid = libc.shmget(0, ctypes.c_size_t(mib * 2**20), 0o1600)\n"  # IPC_CREAT
+        "    print(mib, 'refused' if shmid < 0 else 'granted')\n"
+    )
+    result = manager.run(manager.create(), ["python", "-c", script])
+    assert result.stdout == "200 refused\n8 granted\n", result.stderr
+    with open("/proc/sys/kernel/shmall") as host:  # the host's own limit is untouched
+        assert int(host.read()) > 64 * 2**20 // 4096
+
+
 def test_threads_count_as_processes(tmp_path: Path) -> None:
     limits = replace(LIMITS, processes=8, memory_bytes=8 * 2**30)  # room for thread arenas
     spawn = (

@@ -6,7 +6,8 @@ cgroup needed, which containers and unprivileged servers often cannot create).
 
 Memory is each process's proportional share of what it maps (PSS, so pages that forked workers
 share count once in all), plus the memfd files they hold open, which no process maps and which
-would otherwise be invisible. SysV shared memory detached from every process is not seen.
+would otherwise be invisible. SysV shared memory detached from every process is not seen (the
+runner caps it in the sandbox's IPC namespace instead, where it can: run as root).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 _PROC = Path("/proc")
 _MEMFD = "/memfd:"
+_HAS_ROLLUP = (_PROC / "self" / "smaps_rollup").exists()  # Linux 4.14 and later
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,10 @@ def _stat_fields(pid: int) -> list[bytes] | None:
 
 
 def _proportional_bytes(pid: int, resident_pages: int) -> int:
-    """The process's PSS (smaps_rollup), or its RSS where the kernel has no rollup."""
+    """The process's PSS (smaps_rollup), or its RSS where the kernel has no rollup; 0 once
+    it is gone (its RSS read a moment ago would count its shared pages whole)."""
+    if not _HAS_ROLLUP:
+        return resident_pages * PAGE_BYTES
     try:
         with open(_PROC / str(pid) / "smaps_rollup", "rb") as rollup:
             for line in rollup:
@@ -89,7 +94,7 @@ def _proportional_bytes(pid: int, resident_pages: int) -> int:
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return resident_pages * PAGE_BYTES
+    return 0  # ended, or a zombie, which maps nothing
 
 
 def _add_memfds(pid: int, memfds: dict[tuple[int, int], int]) -> None:

@@ -44,6 +44,7 @@ WATCH_SECONDS = 0.1  # how often a running command's workspace and processes are
 BWRAP_PROCESSES = 2
 OVER_MEMORY = "\n[stopped: its processes held more than {} MiB of memory together]\n"
 TOO_MANY_PROCESSES = "\n[stopped: it ran more than {} processes and threads at once]\n"
+SET_SHMALL = 'echo "$0" > /proc/sys/kernel/shmall && exec "$@"'
 THREADS_PER_LIBRARY = "4"  # for numerical libraries, which would start one a core
 
 
@@ -249,6 +250,11 @@ def _bwrap_argv(
         "--",
     ]  # fmt: skip
     if as_root:
+        # Still root in the sandbox, cap SysV shared memory in its own IPC namespace at the
+        # /dev/shm size (segments no process maps would escape the memory watch), then become
+        # the container's user, who cannot raise it again.
+        shm_pages = str(limits.shm_bytes // os.sysconf("SC_PAGE_SIZE"))
+        argv += ["/bin/sh", "-c", SET_SHMALL, shm_pages]
         argv += [
             "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
             "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--",
