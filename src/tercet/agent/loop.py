@@ -146,7 +146,7 @@ class _Run:
 
 @dataclass
 class _Admitted:
-    """A tool call cleared to run: where it stands in its batch, the tool, the final input."""
+    """A tool call cleared to run: where it stands in the reply, the tool, the final input."""
 
     index: int
     tool: AgentTool
@@ -375,39 +375,14 @@ class Agent:
     async def _call_tools(
         self, calls: list[dict[str, Any]], cut_off: bool
     ) -> AsyncGenerator[Event, None]:
-        """The reply's tool calls, their results in call order. Consecutive read-only calls to
-        tools that allow it (`concurrent_reads`) run side by side; any other call runs alone."""
-        last = len(calls) - 1
-        start = 0
-        while start < len(calls):
-            end = start + 1
-            # A call cut off by max_tokens (the last) has partial input: answered, never run.
-            if self._may_overlap(calls[start]):
-                while end <= last and self._may_overlap(calls[end]):
-                    end += 1
-                if cut_off and end > last:
-                    end = max(start + 1, last)
-            batch = [(calls[i], cut_off and i == last) for i in range(start, end)]
-            async with aclosing(self._call_batch(batch)) as events:
-                async for event in events:
-                    if isinstance(event, ToolFinished):
-                        event = replace(event, content=_well_formed(event.content))
-                    yield event
-            start = end
-
-    def _may_overlap(self, block: dict[str, Any]) -> bool:
-        """Whether the call is a read-only one to a tool that lets reads overlap."""
-        tool = self.tools.get(block["name"])
-        return _overlaps(tool, dict(block.get("input") or {})) if tool is not None else False
-
-    async def _call_batch(
-        self, batch: list[tuple[dict[str, Any], bool]]
-    ) -> AsyncGenerator[Event, None]:
-        """Calls that may overlap. Each is admitted in turn (PreToolUse hooks, permissions, the
-        user); the admitted reads run together, then finish in call order (PostToolUse hooks).
-        A call a hook made writing first lets the reads before it run, then runs alone."""
+        """The reply's tool calls, answered in call order. Each is admitted in turn (PreToolUse
+        hooks, permissions, the user). Consecutive admitted reads of tools that allow it
+        (`concurrent_reads`) run together, then finish in order (PostToolUse hooks); any
+        other call first lets the reads before it run, then runs alone."""
         pending: list[ToolFinished | _Admitted] = []  # in call order, not yet answered
-        for index, (block, cut) in enumerate(batch):
+        for index, block in enumerate(calls):
+            # A call cut off by max_tokens (the last) has partial input: answered, never run.
+            cut = cut_off and index == len(calls) - 1
             async with aclosing(self._admit(index, block, cut)) as events:
                 async for event in events:
                     if isinstance(event, ToolFinished | _Admitted):
