@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tercet.agent import Agent, AgentConfig, Permissions, ScriptedModel, tool_use, turn
+from tercet.agent import ScriptedModel, tool_use, turn
 from tercet.agent.tools.base import ToolContext, ToolResult
 from tercet.agent.tools.mcp import MAX_NAME_CHARS, McpServers, McpServerTool, tool_name
 from tercet.agent.tools.mcp_config import (
@@ -27,6 +27,7 @@ from tercet.agent.tools.mcp_config import (
     load_mcp_config,
     parse_mcp_config,
 )
+from tests.agent.conftest import MakeAgent
 from tests.mcp.servers import SECRET_WORD, McpServerInfo, free_port, running_mcp_server
 
 # Nothing here should take long: a hang (a call or a close that never ends) fails fast.
@@ -196,19 +197,12 @@ async def test_concurrent_calls_share_one_server(local: McpServers) -> None:
 
 @pytest.mark.anyio
 async def test_the_agent_runs_read_only_mcp_calls_of_one_reply_together(
-    local: McpServers, tmp_path: Path
+    local: McpServers, make_agent: MakeAgent
 ) -> None:
     meet = tool_use("mcp__local__meet", {"expected": 2})
     model = ScriptedModel([turn(meet, tool_use("mcp__local__meet", {"expected": 2})), turn("ok")])
-    config = AgentConfig(
-        tools=local.tools,
-        cwd=tmp_path,
-        sessions_dir=tmp_path / "sessions",
-        load_instructions=False,
-        permissions=Permissions(mode="bypassPermissions", cwd=tmp_path),
-    )
     started = time.monotonic()
-    assert (await Agent(model, config).run_until_done("meet twice")).ok
+    assert (await make_agent(model, tools=local.tools).run_until_done("meet twice")).ok
     results = model.requests[1].messages[-1]["content"]
     # Run one after the other, the first call would wait its 3 s alone and say "1 met".
     assert [r["content"] for r in results] == ["2 met", "2 met"]

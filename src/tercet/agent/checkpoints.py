@@ -89,19 +89,18 @@ class Checkpoints:
             (self._steps_dir / f"{s}.json").unlink(missing_ok=True)
         return sorted(restored)
 
-    def copy_before(self, step: int, directory: Path) -> Checkpoints:
+    def copy_before(self, step: int, directory: Path) -> None:
         """The records of the steps before `step`, copied under `directory` (a forked session's
         checkpoints), so a rewind there still reaches them. Files are hard-linked where the
         file system allows: a blob or a manifest is never changed in place, only written anew
         and renamed over, so the two sessions cannot change each other's."""
         kept = sorted(s for s in self._records if s < step)
         blobs = {saved.blob for s in kept for saved in self._records[s].values() if saved.blob}
-        copy = Checkpoints(directory)
+        target = Checkpoints(directory)  # makes its folders
         for digest in sorted(blobs):
-            _link_or_copy(self._blobs_dir / digest, copy._blobs_dir / digest)
+            _link_or_copy(self._blobs_dir / digest, target._blobs_dir / digest)
         for s in kept:
-            _link_or_copy(self._steps_dir / f"{s}.json", copy._steps_dir / f"{s}.json")
-        return Checkpoints(directory)
+            _link_or_copy(self._steps_dir / f"{s}.json", target._steps_dir / f"{s}.json")
 
     def steps(self) -> list[int]:
         """The steps that changed files, in order."""

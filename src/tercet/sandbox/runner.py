@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from tercet.sandbox.config import ExecutionLimits
-from tercet.sandbox.process_tree import tree_usage, user_tasks
+from tercet.sandbox.process_tree import PAGE_BYTES, tree_usage, user_tasks
 
 WORKSPACE = "/workspace"
 RUNTIME = "/opt/python"  # where the runtime's virtual environment appears
@@ -126,17 +126,18 @@ def run(
         pass
     timed_out = over_quota = over_memory = too_many = False
     deadline = started + limits.wall_seconds
+    max_tasks = limits.processes + BWRAP_PROCESSES
     try:
         with _ExitWatch(process) as exited:
             while not exited.within(min(max(deadline - time.monotonic(), 0.0), WATCH_SECONDS)):
                 if time.monotonic() >= deadline:
                     timed_out = True
                     break
-                usage = tree_usage(process.pid, stop_after=limits.processes + BWRAP_PROCESSES)
+                usage = tree_usage(process.pid, stop_after=max_tasks)
                 if usage.memory_bytes > limits.total_memory_bytes:
                     over_memory = True
                     break
-                if usage.processes > limits.processes + BWRAP_PROCESSES:
+                if usage.processes > max_tasks:
                     too_many = True
                     break
                 if disk_bytes is not None and disk_usage(workspace) > disk_bytes:
@@ -253,7 +254,7 @@ def _bwrap_argv(
         # Still root in the sandbox, cap SysV shared memory in its own IPC namespace at the
         # /dev/shm size (segments no process maps would escape the memory watch), then become
         # the container's user, who cannot raise it again.
-        shm_pages = str(limits.shm_bytes // os.sysconf("SC_PAGE_SIZE"))
+        shm_pages = str(limits.shm_bytes // PAGE_BYTES)
         argv += ["/bin/sh", "-c", SET_SHMALL, shm_pages]
         argv += [
             "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
