@@ -49,7 +49,7 @@ def raw_run(engine: LlamaCppEngine, text: str, max_tokens: int) -> Run:
     """llama-cpp-python directly: tokenise the same rendered prompt, generate greedily."""
     llm: llama_cpp.Llama = engine._llama
     conversation = Conversation(
-        system=None, turns=[Turn("user", [TextBlockParam(type="text", text=text)])]
+        system=(), turns=[Turn("user", [TextBlockParam(type="text", text=text)])]
     )
     started = time.perf_counter()
     tokens = engine.prepare_sync(conversation).tokens
