@@ -7,7 +7,7 @@ a prompt (chat templates, tool formats, reasoning markers) is the engine's busin
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from tercet.cache.store import CacheStats
 
 CacheTTL = Literal["5m", "1h"]
+# Told `(tokens evaluated so far, tokens in the prompt)` once as a prefill starts and after each
+# batch it evaluates, on the engine's thread. Engines that cannot see their prefill never call it.
+PrefillProgress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ class SamplingParams:
     # Whether the model may think again between tool calls (within the same budget).
     interleaved_thinking: bool = False
     tools: ToolPolicy | None = None  # None: the reply is text only
+    prefill_progress: PrefillProgress | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from tercet.engine.base import (
     FinishReason,
     GenerationEvent,
     ModelSpec,
+    PrefillProgress,
     PreparedPrompt,
     SamplingParams,
     TextChunk,
@@ -276,7 +277,7 @@ class LlamaCppEngine:
         at the budget, opening a forced call) or samples under a grammar (tool names, inputs
         that match their JSON schema, whether to call another tool).
         """
-        self._prefill(prompt, cancel)
+        self._prefill(prompt, cancel, params.prefill_progress)
         if params.max_tokens == 0:  # only filling the prompt cache
             yield Finish("max_tokens", 0)
             return
@@ -457,7 +458,12 @@ class LlamaCppEngine:
             grammar=grammar,
         )
 
-    def _prefill(self, prompt: PreparedPrompt, cancel: threading.Event) -> None:
+    def _prefill(
+        self,
+        prompt: PreparedPrompt,
+        cancel: threading.Event,
+        progress: PrefillProgress | None = None,
+    ) -> None:
         """Bring the KV cache to hold exactly `prompt.tokens`, from the longest prefix at hand.
 
         The prompt is evaluated in segments that end at its block boundaries, whatever is
@@ -470,7 +476,8 @@ class LlamaCppEngine:
         them; one-hour writes are captured at once, so that they reach the disk.
 
         The last token is always evaluated, so the logits to sample from are this prompt's;
-        `Llama.generate` then finds the prompt cached and samples at once.
+        `Llama.generate` then finds the prompt cached and samples at once. `progress` hears how
+        far it is, before the first batch and after each (cheap: a batch is hundreds of tokens).
         """
         llm = self._llama
         tokens = prompt.tokens
@@ -500,6 +507,8 @@ class LlamaCppEngine:
         self._scope = layout.scope
         self._register_live([w for n, ws in lives.items() if n <= start for w in ws])
         ends = sorted({*(b for b in layout.segments if b > start), *saves, *lives, len(tokens)})
+        if progress is not None:
+            progress(llm.n_tokens, len(tokens))
         for end in ends:
             if end <= start:
                 continue
@@ -508,6 +517,8 @@ class LlamaCppEngine:
                     raise _Cancelled
                 llm.eval(tokens[batch : min(batch + self._batch_size, end)])
                 self._prefilled = llm.n_tokens
+                if progress is not None:
+                    progress(llm.n_tokens, len(tokens))
             if end in saves:
                 self._save(saves[end], "1h")
             self._register_live(lives.get(end, []))

@@ -12,11 +12,13 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, replace
+from time import perf_counter
 from typing import Any, TypeVar
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from pydantic_core import from_json
 from starlette.types import Receive, Scope, Send
@@ -36,7 +38,9 @@ from tercet.server.files import files_router, resolve_file_sources_async
 from tercet.server.generation import GenerationPlan, complete, plan, stream_events
 from tercet.server.json_body import JSONBody
 from tercet.server.mcp_connector import discover
+from tercet.server.metrics import ServerMetrics
 from tercet.server.models import ModelRegistry
+from tercet.server.request_log import PrefillLog, RequestRecord, log_request
 from tercet.server.signatures import ThinkingSigner
 from tercet.server.sse import encode, with_pings
 from tercet.server.thinking import thinks
@@ -76,8 +80,10 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
     app = FastAPI(title="tercet", version=tercet.__version__, lifespan=lifespan)
     app.state.registry = registry
     app.state.lines = lines
+    metrics = ServerMetrics(registry.engines, lines)
+    app.state.metrics = metrics
     install_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestIdMiddleware, on_end=metrics.observe)
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def root() -> dict[str, str]:
@@ -105,7 +111,10 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
 
     @api.post("/messages", response_model=None)
     async def create_message(request: Request) -> Response:
+        record: RequestRecord = request.state.record
+        record.owner = request.state.owner
         body = await _read_body(request, MessageCreateRequest, config.max_body_bytes)
+        record.model = body.model
         await resolve_file_sources_async(body, files, request.state.owner)
         job = await plan(
             body,
@@ -118,10 +127,15 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
             owner=request.state.owner,
             max_tool_iterations=config.max_tool_iterations,
         )
+        record.planned = perf_counter()
+        record.served_model = job.engine.spec.id
+        record.prompt, record.generation = job.prompt, job.stats
+        record.prefill = PrefillLog(record.request_id, config.prefill_progress_interval_s)
+        job.params = replace(job.params, prefill_progress=record.prefill)
         if body.stream:
-            return EventStreamResponse(job, config.ping_interval)
+            return EventStreamResponse(job, config.ping_interval, record)
         try:
-            message = await _until_disconnected(request.receive, complete(job))
+            message = await _until_disconnected(request.receive, complete(job), record)
         finally:
             job.ticket.leave()
         if message is None:  # the client went away; nobody reads this
@@ -160,6 +174,14 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
     app.include_router(api)
     app.include_router(files_router(config, files, authenticate))
 
+    if config.metrics != "off":
+        scrapers = [Depends(authenticate)] if config.metrics == "key" else []
+
+        @app.get("/metrics", dependencies=scrapers, include_in_schema=False)
+        async def prometheus_metrics() -> Response:
+            """Prometheus' text format (tercet's own; not part of Anthropic's API)."""
+            return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/stats", dependencies=[Depends(_authenticator(config))])
     async def stats() -> dict[str, Any]:
         """Operator counters per served model (tercet's own; not part of Anthropic's API)."""
@@ -172,59 +194,115 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
 
 
 class RequestIdMiddleware:
-    """Gives every request a `request-id` (echoed in error bodies), as Anthropic's API does."""
+    """Gives every request a `request-id` (echoed in error bodies), as Anthropic's API does,
+    and a `RequestRecord`; when the request ends, hands the record to `on_end` (the metrics)
+    and writes a Messages request's log line.
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+    The end is just before the last byte goes out, so a client that has its answer finds it
+    counted; or when the app returns or fails without one (a client that left; a bug).
+    """
+
+    def __init__(
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        on_end: Callable[[RequestRecord], None],
+    ) -> None:
         self.app = app
+        self.on_end = on_end
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request_id = "req_" + secrets.token_hex(12)
-        scope.setdefault("state", {})["request_id"] = request_id
+        record = RequestRecord(request_id, scope["method"])
+        state = scope.setdefault("state", {})
+        state["request_id"], state["record"] = request_id, record
+
+        def end() -> None:
+            if record.ended is not None:
+                return
+            record.ended = perf_counter()
+            route = scope.get("route")
+            record.route = getattr(route, "path", None)
+            self.on_end(record)
+            if record.route == MESSAGES_ROUTE:
+                log_request(record)
 
         async def send_with_id(message: Any) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", []).append((b"request-id", request_id.encode()))
+                if record.status is None:  # a stream that failed or was left has said so
+                    record.status = message["status"]
+            elif message["type"] == "http.response.body":
+                if record.status is not None and record.status >= 400:
+                    record.error_type = record.error_type or _error_type(message.get("body"))
+                if not message.get("more_body", False):
+                    end()
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except BaseException:
+            if record.status is None:  # the outermost handler answers with a 500
+                record.status, record.error_type = 500, "api_error"
+            raise
+        finally:
+            end()
+
+
+MESSAGES_ROUTE = "/v1/messages"
+
+
+def _error_type(body: object) -> str | None:
+    """The `error.type` of an error envelope."""
+    try:
+        return str(from_json(body)["error"]["type"]) if isinstance(body, bytes) else None
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class EventStreamResponse(StreamingResponse):
     """An SSE Messages stream that stops generating as soon as the client disconnects."""
 
-    def __init__(self, job: GenerationPlan, ping_interval: float) -> None:
+    def __init__(self, job: GenerationPlan, ping_interval: float, record: RequestRecord) -> None:
         super().__init__(
-            self._frames(job, ping_interval),
+            self._frames(job, ping_interval, record),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache"},
         )
         self._job = job
+        self._record = record
 
     @staticmethod
-    async def _frames(job: GenerationPlan, ping_interval: float) -> AsyncIterator[bytes]:
+    async def _frames(
+        job: GenerationPlan, ping_interval: float, record: RequestRecord
+    ) -> AsyncIterator[bytes]:
         try:
             async for event in with_pings(stream_events(job), ping_interval):
                 yield encode(event)
         except APIError as exc:
+            record.status, record.error_type = exc.status_code, exc.error_type
             yield encode(ErrorEvent(error=exc.detail()))
         except Exception:
             log.exception("generation failed mid-stream")
+            record.status, record.error_type = 500, "api_error"
             yield encode(
                 ErrorEvent(error=ErrorDetail(type="api_error", message="Internal server error"))
             )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await _until_disconnected(receive, self.stream_response(send))
+            await _until_disconnected(receive, self.stream_response(send), self._record)
         finally:
             self._job.ticket.leave()
 
 
-async def _until_disconnected(receive: Receive, work: Awaitable[T]) -> T | None:
-    """Run `work`, cancelling it if the client disconnects first (then the result is None)."""
+async def _until_disconnected(
+    receive: Receive, work: Awaitable[T], record: RequestRecord
+) -> T | None:
+    """Run `work`, cancelling it if the client disconnects first (then the result is None,
+    and the record says 499)."""
     result: list[T] = []
     try:
         async with anyio.create_task_group() as group:
@@ -236,6 +314,8 @@ async def _until_disconnected(receive: Receive, work: Awaitable[T]) -> T | None:
             group.start_soon(run)
             while (await receive())["type"] != "http.disconnect":
                 pass
+            if not result:
+                record.status = 499
             group.cancel_scope.cancel()
     except BaseExceptionGroup as group_error:
         # The task group wraps what `work` raised; callers handle the error itself (a 4xx).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import BaseModel, Field
@@ -68,6 +69,14 @@ class ServerConfig(BaseModel):
     mcp_idle_timeout_s: float = Field(default=300.0, gt=0, description="pooled sessions close")
     mcp_max_connections: int = Field(
         default=256, ge=1, description="MCP sessions held at once (least recently used go first)"
+    )
+    prefill_progress_interval_s: float = Field(
+        default=5.0, ge=0, description="seconds between a long prefill's progress lines in the log"
+    )
+    metrics: Literal["open", "key", "off"] = Field(
+        default="open",
+        description="/metrics for Prometheus: open (no API key, as vLLM's; it shows counts and "
+        "timings, never keys or content), key (one of api_keys, as x-api-key or Bearer), or off",
     )
     container_limits: ContainerLimits = Field(default_factory=ContainerLimits)
     execution_limits: ExecutionLimits = Field(default_factory=ExecutionLimits)

@@ -11,7 +11,8 @@ import secrets
 import string
 from collections.abc import AsyncGenerator, Mapping, Set
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from time import perf_counter
 
 import anyio
 
@@ -32,6 +33,7 @@ from tercet.server.code_execution import SERVER_TOOL_NAMES, CodeExecutor, code_e
 from tercet.server.conversation import build_conversation
 from tercet.server.mcp_connector import McpToolbox, discover
 from tercet.server.models import ModelRegistry
+from tercet.server.request_log import GenerationStats
 from tercet.server.signatures import ThinkingSigner
 from tercet.server.thinking import check_thinking_blocks, interleaves, thinking_budget
 from tercet.server.tools import tool_policy
@@ -94,6 +96,8 @@ class GenerationPlan:
     signer: ThinkingSigner
     conversation: Conversation
     tool_runs: ServerToolRuns | None = None  # when the request offers server-run tools
+    # Timings and usage for the log line and the metrics, taken at a few points, not per token.
+    stats: GenerationStats = field(default_factory=GenerationStats)
 
     @property
     def omit_thinking(self) -> bool:
@@ -213,14 +217,19 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
     container: Container | ContainerError | None = None
     stop_reason: StopReason | None = None
     output_tokens = thinking_tokens = iterations = 0
+    stats = job.stats
+    first_token: float | None = None
     try:
         async with job.ticket:
+            stats.admitted = perf_counter()
             while True:
                 async with aclosing(job.engine.generate(prompt, params)) as events:
                     async for event in events:
                         if isinstance(event, Finish):
                             finish = event
                         else:
+                            if first_token is None:
+                                first_token = stats.first_token = perf_counter()
                             for block_event in blocks.add(event):
                                 yield block_event
                 if finish is None:
@@ -235,6 +244,7 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
                     yield block_event
                 result: ServerToolResultBlock | MCPToolResultBlock
                 async with job.ticket.stepped_aside():  # others may use the engine meanwhile
+                    began = perf_counter()
                     if isinstance(call, MCPToolUseBlockParam):
                         assert runs.mcp is not None
                         result = await runs.mcp.call(call)
@@ -246,6 +256,7 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
                         result = await anyio.to_thread.run_sync(
                             executor.execute, container, call.name, call.id, call.input, runs.owner
                         )
+                    stats.server_tools.append((result, perf_counter() - began))
                 for block_event in blocks.result(result):
                     yield block_event
                 iterations += 1
@@ -258,11 +269,12 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
                 prompt, params = await _continuation(job, blocks.written, output_tokens)
     finally:
         job.ticket.leave()
+        stats.ended = perf_counter()
     assert finish is not None
     for block_event in blocks.finish():
         yield block_event
     details = OutputTokensDetails(thinking_tokens=thinking_tokens) if thinking else None
-    yield MessageDeltaEvent(
+    delta = MessageDeltaEvent(
         delta=MessageDelta(
             stop_reason=stop_reason or STOP_REASONS[finish.reason],
             stop_sequence=finish.stop_sequence,
@@ -280,6 +292,8 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
             output_tokens_details=details,
         ),
     )
+    stats.usage, stats.stop_reason = delta.usage, delta.delta.stop_reason
+    yield delta
     yield MessageStopEvent()
 
 
