@@ -103,7 +103,7 @@ def run(
     per_user = uid is not None and os.geteuid() == 0
     argv = [
         *_limits_prefix(limits, per_user),
-        *_bwrap_argv(command, workspace, uid, runtime, limits),
+        *sandbox_argv(command, workspace, limits, uid=uid, runtime=runtime),
     ]
     started = time.monotonic()
     process = subprocess.Popen(
@@ -201,23 +201,49 @@ def disk_usage(path: Path) -> int:
     return total
 
 
-def _bwrap_argv(
+def sandbox_argv(
     command: Sequence[str],
     workspace: Path,
-    uid: int | None,
-    runtime: Path | None,
     limits: ExecutionLimits,
+    *,
+    uid: int | None = None,
+    runtime: Path | None = None,
 ) -> list[str]:
+    """bubblewrap's whole command line for `command`, without the rlimits (set around it)."""
     as_root = uid is not None and os.geteuid() == 0
-    # As root, bubblewrap sets up the namespaces itself (no user namespace, so that the
-    # command can become the container's user, a real user on the host, with no capabilities);
-    # otherwise it uses an unprivileged user namespace.
+    argv = [
+        bubblewrap(),
+        *namespace_args(as_root),
+        *mount_args(workspace, runtime, limits),
+        "--",
+    ]
+    if as_root:
+        assert uid is not None
+        # Still root in the sandbox, cap SysV shared memory in its own IPC namespace at the
+        # /dev/shm size (segments no process maps would escape the memory watch), then become
+        # the container's user, who cannot raise it again.
+        shm_pages = str(limits.shm_bytes // PAGE_BYTES)
+        argv += ["/bin/sh", "-c", SET_SHMALL, shm_pages, *user_switch_args(uid)]
+    return [*argv, *command]
+
+
+def namespace_args(as_root: bool) -> list[str]:
+    """bubblewrap's namespaces: every one unshared.
+
+    As root, bubblewrap sets up the namespaces itself (no user namespace, so that the command
+    can become the container's user, a real user on the host, with no capabilities);
+    otherwise it uses an unprivileged user namespace."""
     unshare = (
         ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
         if as_root
         else ["--unshare-all"]
     )
-    argv = [bubblewrap(), *unshare, "--die-with-parent", "--new-session"]
+    return [*unshare, "--die-with-parent", "--new-session"]
+
+
+def mount_args(workspace: Path, runtime: Path | None, limits: ExecutionLimits) -> list[str]:
+    """The sandbox's root, working directory and environment, as bubblewrap options."""
+    argv: list[str] = []
     for path in SYSTEM_PATHS:
         if os.path.islink(path):
             argv += ["--symlink", os.readlink(path), path]
@@ -229,7 +255,8 @@ def _bwrap_argv(
         if base is not None and not any(base.is_relative_to(p) for p in SYSTEM_PATHS):
             argv += _readable_bind(base, base)
     path_dirs = [f"{RUNTIME}/bin"] if runtime is not None else []
-    argv += [
+    return [
+        *argv,
         "--proc", "/proc",
         "--dev", "/dev",
         # /dev is a tmpfs the command could fill (as root in a user namespace): read-only,
@@ -248,19 +275,15 @@ def _bwrap_argv(
         "--setenv", "OMP_NUM_THREADS", THREADS_PER_LIBRARY,
         "--setenv", "OPENBLAS_NUM_THREADS", THREADS_PER_LIBRARY,
         "--setenv", "MKL_NUM_THREADS", THREADS_PER_LIBRARY,
-        "--",
     ]  # fmt: skip
-    if as_root:
-        # Still root in the sandbox, cap SysV shared memory in its own IPC namespace at the
-        # /dev/shm size (segments no process maps would escape the memory watch), then become
-        # the container's user, who cannot raise it again.
-        shm_pages = str(limits.shm_bytes // PAGE_BYTES)
-        argv += ["/bin/sh", "-c", SET_SHMALL, shm_pages]
-        argv += [
-            "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-            "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--",
-        ]  # fmt: skip
-    return [*argv, *command]
+
+
+def user_switch_args(uid: int) -> list[str]:
+    """Become the container's user with no capabilities, none to gain (as root)."""
+    return [
+        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+        "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--",
+    ]  # fmt: skip
 
 
 def _readable_bind(source: Path, target: Path) -> list[str]:
