@@ -131,7 +131,7 @@ async def test_print_mode_denies_what_would_ask_and_reports_json(tmp_path: Path)
     result = json.loads(line)
     assert set(result) == {
         "type", "reason", "session_id", "message", "turns", "usage", "cost_usd", "text",
-        "duration_s", "trajectory",
+        "duration_s", "trajectory", "estimated_output_tokens",
     }  # fmt: skip
     assert (result["type"], result["reason"], result["turns"]) == ("result", "end_turn", 2)
     assert result["text"] == "I could not." and result["usage"]["output_tokens"] > 0

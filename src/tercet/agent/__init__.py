@@ -51,7 +51,14 @@ from tercet.agent.hooks import (
 from tercet.agent.inprocess import InProcessModel
 from tercet.agent.instructions import load_instructions
 from tercet.agent.loop import DEFAULT_SYSTEM_PROMPT, Agent, AgentConfig
-from tercet.agent.model import AnthropicModel, Model, ModelError, ModelReply, ModelRequest
+from tercet.agent.model import (
+    AnthropicModel,
+    Model,
+    ModelError,
+    ModelReply,
+    ModelRequest,
+    ReplyProgress,
+)
 from tercet.agent.permissions import Decision, PermissionMode, PermissionRule, Permissions
 from tercet.agent.scripted import (
     ScriptedModel,
@@ -125,6 +132,7 @@ __all__ = [
     "PreCompactOutput",
     "PreToolUseInput",
     "PreToolUseOutput",
+    "ReplyProgress",
     "RequestSent",
     "Result",
     "ResultReason",

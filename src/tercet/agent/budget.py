@@ -10,7 +10,8 @@ from tercet.agent.events import ResultReason, Usage
 
 @dataclass(frozen=True)
 class Budget:
-    """Hard limits for one run, checked before every model call; None: no limit."""
+    """Hard limits for one run, checked before every model call and between the deltas of a
+    reply (where a reply on its way counts what it has streamed so far); None: no limit."""
 
     max_turns: int | None = 100  # model calls for turns (compaction summaries not counted)
     max_total_tokens: int | None = None  # prompt and output tokens of every call, summed

@@ -173,7 +173,12 @@ class Compacted:
 @dataclass(frozen=True)
 class Result:
     """How the run ended; always the last event. `usage`, `cost_usd` and `turns` count this
-    run only (a resumed session starts them again); `text` is the last reply's text."""
+    run only (a resumed session starts them again); `text` is the last reply's text.
+
+    A reply cut short (an interrupt, a budget, a cancelled task) counts too: its prompt as the
+    server counted it, its output as counted from the stream (`model.ReplyProgress`), since
+    the server says how much it wrote only at the end. `estimated_output_tokens` says how many
+    of `usage.output_tokens` were counted that way."""
 
     type: ClassVar[Literal["result"]] = "result"
     reason: ResultReason
@@ -185,6 +190,7 @@ class Result:
     text: str = ""
     duration_s: float = 0.0
     trajectory: str | None = None  # the session file's path
+    estimated_output_tokens: int = 0
 
     @property
     def ok(self) -> bool:

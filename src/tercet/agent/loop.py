@@ -42,6 +42,8 @@ from tercet.agent.events import (
     Result,
     ResultReason,
     RunStarted,
+    TextDelta,
+    ThinkingDelta,
     ToolCall,
     ToolFinished,
     Usage,
@@ -64,6 +66,7 @@ from tercet.agent.model import (
     ModelError,
     ModelReply,
     ModelRequest,
+    ReplyProgress,
     with_cache_breakpoints,
 )
 from tercet.agent.permissions import Permissions
@@ -136,6 +139,8 @@ class _Run:
     turns: int = 0  # this run's turns
     usage: Usage = field(default_factory=Usage)
     cost: float = 0.0
+    estimated_output_tokens: int = 0  # of usage's, counted from replies cut short
+    streaming: ReplyProgress | None = None  # the reply on its way, if its model says
     started: float = field(default_factory=time.monotonic)
     last_prompt_tokens: int = 0
     last_compaction_turn: int | None = None
@@ -282,7 +287,7 @@ class Agent:
         run.turns += 1
         yield RequestSent(run.turn, "turn", len(self.messages))
         reply: ModelReply | None = None
-        async with aclosing(self.model.stream(self._request(self.messages))) as stream:
+        async with aclosing(self._stream(self._request(self.messages))) as stream:
             async for item in stream:
                 if isinstance(item, ModelReply):
                     reply = item
@@ -366,9 +371,12 @@ class Agent:
             raise run.stop
         elapsed = time.monotonic() - run.started
         turns = run.turns if turn else None
-        spent = self.config.budget.spent(
-            turns=turns, usage=run.usage, cost_usd=run.cost, elapsed_s=elapsed
-        )
+        usage, cost = run.usage, run.cost
+        if run.streaming is not None:  # a reply so far counts: a budget can stop a long one
+            so_far = run.streaming.usage
+            model = run.streaming.model or self.config.model
+            usage, cost = usage + so_far, cost + cost_of(model, so_far, self.config.prices)
+        spent = self.config.budget.spent(turns=turns, usage=usage, cost_usd=cost, elapsed_s=elapsed)
         if spent is not None:
             raise Stop(*spent)
 
@@ -541,7 +549,7 @@ class Agent:
         prompt = "\n\n".join([c.compaction.prompt, *extra])
         request = self._request(summary_messages(self.messages, prompt), summary=True)
         reply: ModelReply | None = None
-        async with aclosing(self.model.stream(request)) as stream:
+        async with aclosing(self._stream(request)) as stream:
             async for item in stream:
                 reply = item if isinstance(item, ModelReply) else reply
         if reply is None:
@@ -579,6 +587,30 @@ class Agent:
             thinking=thinking if c.thinking else None,
             tool_choice={"type": "none"} if summary and tools else None,
         )
+
+    async def _stream(
+        self, request: ModelRequest
+    ) -> AsyncGenerator[TextDelta | ThinkingDelta | ModelReply, None]:
+        """The model's stream for `request`. A reply that ends before its `ModelReply` (an
+        interrupt, a budget, a cancelled task, a broken connection) still counts: what its
+        `ReplyProgress` says it used is added to the run's usage, with the output marked as
+        estimated (the server never said)."""
+        run = self._active
+        finished = False
+        try:
+            async with aclosing(self.model.stream(request)) as stream:
+                async for item in stream:
+                    if isinstance(item, ReplyProgress):
+                        run.streaming = item
+                    else:
+                        finished = isinstance(item, ModelReply)
+                        yield item
+        finally:
+            progress, run.streaming = run.streaming, None
+            if progress is not None and not finished:
+                usage = progress.usage
+                self._account(usage, progress.model)
+                run.estimated_output_tokens += usage.output_tokens
 
     def _account(self, usage: Usage, model: str) -> float:
         run = self._active
@@ -621,6 +653,7 @@ class Agent:
             usage=run.usage,
             cost_usd=run.cost,
             text=message_text(last["content"]) if last else "",
+            estimated_output_tokens=run.estimated_output_tokens,
             duration_s=time.monotonic() - run.started,
             trajectory=str(run.trajectory.path),
         )

@@ -1,16 +1,17 @@
 """The agent's seam to a model: the `Model` protocol, and `AnthropicModel` over the Messages API.
 
 A model takes a `ModelRequest` (a Messages API body) and streams `TextDelta`s and
-`ThinkingDelta`s, then one `ModelReply`. `AnthropicModel` speaks the API through the official
-SDK, so it works against tercet's server and Anthropic's alike; `InProcessModel`
-(inprocess.py) serves the same API inside the process; `ScriptedModel` (scripted.py) replies
-from a script, for tests.
+`ThinkingDelta`s, then one `ModelReply`; one that streams over the wire yields a
+`ReplyProgress` first, as the reply starts, so that a reply cut short still says what it used.
+`AnthropicModel` speaks the API through the official SDK, so it works against tercet's server
+and Anthropic's alike; `InProcessModel` (inprocess.py) serves the same API inside the process;
+`ScriptedModel` (scripted.py) replies from a script, for tests.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import anthropic
@@ -61,7 +62,32 @@ class ModelReply:
     id: str = ""
 
 
-ModelStreamItem = TextDelta | ThinkingDelta | ModelReply
+@dataclass
+class ReplyProgress:
+    """How far a reply has streamed, for a consumer that stops reading before its
+    `ModelReply` arrives (an interrupt, a budget, a cancelled task): the model yields it once,
+    as the reply starts, and keeps it up to date until the reply ends.
+
+    `prompt` is the server's own count of the prompt (the stream's message_start: exact).
+    The output is counted from the stream, since the server says how much it wrote only at the
+    end (message_delta): one token a delta received. That is an estimate: tercet's server sends
+    a delta a generated token (but a few tokens in one while they might begin a stop sequence,
+    and none for a token that is not yet whole text), Anthropic's API several tokens a delta,
+    so against it the count is a lower bound. Tokens generated but still on their way are not
+    counted: nobody saw them."""
+
+    prompt: Usage
+    deltas: int = 0  # content block deltas received: text, thinking and tool input
+    model: str = ""
+    id: str = ""
+
+    @property
+    def usage(self) -> Usage:
+        """The reply's usage so far: the prompt's, and the output counted from the stream."""
+        return replace(self.prompt, output_tokens=max(self.prompt.output_tokens, self.deltas))
+
+
+ModelStreamItem = TextDelta | ThinkingDelta | ReplyProgress | ModelReply
 EPHEMERAL = {"type": "ephemeral"}
 
 
@@ -89,6 +115,10 @@ def with_cache_breakpoints(messages: list[dict[str, Any]]) -> list[dict[str, Any
     return marked
 
 
+# The deltas that carry generated tokens (a signature or a citation is no token of the model's).
+_TOKEN_DELTAS = frozenset({"text_delta", "thinking_delta", "input_json_delta"})
+
+
 class ModelError(Exception):
     """A model call failed: the API answered with an error, or the connection broke."""
 
@@ -97,7 +127,8 @@ class Model(Protocol):
     """Where replies come from."""
 
     def stream(self, request: ModelRequest) -> AsyncGenerator[ModelStreamItem, None]:
-        """Deltas as they come, then exactly one `ModelReply`; raises `ModelError` on failure."""
+        """Deltas as they come, then exactly one `ModelReply`; raises `ModelError` on failure.
+        Before the first delta, optionally, a `ReplyProgress` the model keeps up to date."""
         ...
 
     async def context_window(self, model: str) -> int | None:
@@ -148,8 +179,18 @@ class AnthropicModel:
             options["extra_body"] = self.extra_body
         try:
             async with self.client.messages.stream(**request.body(), **options) as stream:
+                progress: ReplyProgress | None = None
                 async for event in stream:
-                    if event.type == "text":
+                    # The SDK passes each raw event on before the text or thinking it carries.
+                    if event.type == "message_start":
+                        started = event.message
+                        usage = Usage.from_dict(started.usage.model_dump())
+                        progress = ReplyProgress(usage, model=started.model, id=started.id)
+                        yield progress
+                    elif event.type == "content_block_delta" and progress is not None:
+                        if event.delta.type in _TOKEN_DELTAS:
+                            progress.deltas += 1
+                    elif event.type == "text":
                         yield TextDelta(event.text)
                     elif event.type == "thinking":
                         yield ThinkingDelta(event.thinking)

@@ -458,7 +458,9 @@ def _summary(result: Result) -> str:
     parts = [
         result.reason,
         f"{result.turns} turn{'' if result.turns == 1 else 's'}",
-        f"{usage.prompt_tokens} in / {usage.output_tokens} out tokens",
+        # "~": some output was counted from a reply cut short, the server never said.
+        f"{usage.prompt_tokens} in / {'~' if result.estimated_output_tokens else ''}"
+        f"{usage.output_tokens} out tokens",
         f"${result.cost_usd:.4f}",
         f"{result.duration_s:.1f}s",
     ]
@@ -583,7 +585,8 @@ def register(commands: Any) -> None:
         default="text",
         help="with -p: text (the final answer; the session id on stderr), json (the run's "
         "result as one object: reason, session_id, text, turns, usage, cost_usd, duration_s, "
-        "trajectory) or stream-json (every event, one JSON object a line, the result last)",
+        "trajectory, estimated_output_tokens: those of usage's counted from a reply cut short) "
+        "or stream-json (every event, one JSON object a line, the result last)",
     )
     resuming = parser.add_mutually_exclusive_group()
     resuming.add_argument("--resume", metavar="SESSION_ID", help="continue a saved session")
