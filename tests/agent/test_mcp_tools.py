@@ -282,6 +282,9 @@ async def test_a_stdio_server_that_dies_is_an_error_and_restarted_at_the_next_ca
         "(it is restarted at the next call); its stderr ends with:\n"
     )
     assert text(died).endswith("dying on request")
+    # The promise behind "exited": the process is reaped before the result is returned, so it
+    # is not even a zombie child any more (no waiting here: the code waited).
+    assert first not in children()
     assert gone(first)
     second = int(text(await call(local, "mcp__local__pid")))
     assert second != first

@@ -7,8 +7,9 @@ the command was not found, the process exited, with the end of its stderr) and t
 still work.
 
 Calls never raise into the agent's loop: a tool error, a timeout, a protocol error or a server
-that died is an `is_error` result saying so. A server found dead (a stdio process that
-exited, an HTTP connection that failed) gets one attempt to reconnect at its next call. A
+that died is an `is_error` result saying so (a stdio server's process is reaped before that
+result is returned, so "exited" is true when it is read). A server found dead (a stdio process
+that exited, an HTTP connection that failed) gets one attempt to reconnect at its next call. A
 call is not repeated after the server died during it (it may have done its work), except on
 HTTP when the server said it no longer knows the session (HTTP 404: the call never ran).
 
@@ -389,7 +390,7 @@ class _Server:
                 ) from None
             if exc.code == CONNECTION_CLOSED or any(s in (401, 403) or s >= 500 for s in statuses):
                 connection.failed = True
-                return self._error(connection.lost(what, statuses))
+                return self._error(await connection.lost(what, statuses))
             if exc.code == PARSE_ERROR:
                 return self._error(f"it sent an unreadable answer to {what}")
             return self._error(

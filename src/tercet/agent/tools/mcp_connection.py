@@ -205,9 +205,16 @@ class Connection:
         if self._stderr is not None:
             self._stderr.close()
 
-    def lost(self, what: str, statuses: list[int]) -> str:
-        """Why the connection broke during `what`, for the model."""
+    async def lost(self, what: str, statuses: list[int]) -> str:
+        """Why the connection broke during `what`, for the model.
+
+        A stdio server's stdout ends a moment before its process does (the kernel closes a dying
+        process's files before it becomes a zombie), so the session ends first: that waits for
+        the process to exit and be reaped (killing it if it lingers, all bounded), and
+        "the server process exited" is true by the time anyone reads it. The stderr quoted is
+        then complete, too."""
         if isinstance(self.config, StdioServerConfig):
+            await self.close()
             return (
                 f"the server process exited during {what} (it is restarted at the next call)"
                 + self._stderr_note()
