@@ -339,42 +339,65 @@ def test_the_real_model_reads_an_upload_and_writes_an_output(client: anthropic.A
     assert client.beta.files.download(output.file_id).read() == data
 
 
-def test_the_server_keeps_serving_while_code_runs(tmp_path: Path) -> None:
-    import threading
+def started_workspace(data_dir: Path, timeout: float = 60.0) -> Path:
+    """The workspace whose command has written `started` (polled: the command runs in the
+    sandbox, another process; the deadline only turns a hang into a failure)."""
     import time
 
-    replies: list[str | ScriptedCall] = [bash("python3 -c 'while True: pass'"), "ok"]
-    limits = ExecutionLimits(wall_seconds=4)
+    deadline = time.monotonic() + timeout
+    while not (found := list(data_dir.glob("sandbox/*/workspace/started"))):
+        assert time.monotonic() < deadline, "the sandboxed command did not start"
+        time.sleep(0.01)
+    return found[0].parent
+
+
+# A command that runs until the test lets it go, so what the test checks meanwhile happens
+# while the command provably runs: no sleep stands in for "it has started", no clock for
+# "it has not ended yet". The probes get a timeout shorter than the command's wall limit, so a
+# server that waited for the command fails them instead of answering late.
+GATED = "touch started; while [ ! -e go ]; do {body}; done; echo let go"
+PROBE_TIMEOUT_S = 30.0
+
+
+def test_the_server_keeps_serving_while_code_runs(tmp_path: Path) -> None:
+    import threading
+
+    spin = bash(GATED.format(body=":"))  # a busy loop: the command keeps a core busy
+    replies: list[str | ScriptedCall] = [spin, "ok"]
+    limits = ExecutionLimits(wall_seconds=PROBE_TIMEOUT_S * 2)
     with scripted_server(tmp_path, replies, execution_limits=limits) as (client, _):
-        busy = threading.Thread(target=ask, args=(client,))
+        answers: list[Any] = []
+        busy = threading.Thread(target=lambda: answers.append(ask(client)))
         busy.start()
-        time.sleep(1)  # the loop is running in the sandbox now
-        started = time.monotonic()
-        assert [m.id for m in client.models.list()] == ["scripted"]
-        assert list(client.beta.files.list()) == []
-        assert time.monotonic() - started < 1
+        workspace = started_workspace(tmp_path)
+        probe = client.with_options(timeout=PROBE_TIMEOUT_S)
+        assert [m.id for m in probe.models.list()] == ["scripted"]
+        assert list(probe.beta.files.list()) == []
         assert busy.is_alive()
+        (workspace / "go").touch()
         busy.join()
+    (answer,) = answers
+    assert answer.content[1].content.stdout == "let go\n"  # it ran to its end, not to a limit
 
 
 def test_other_requests_use_the_model_while_code_runs(tmp_path: Path) -> None:
     import threading
-    import time
 
     # One engine slot: A's command holds no slot while it runs, so B is answered meanwhile.
-    replies: list[str | ScriptedCall] = [bash("sleep 3"), "B done.", "A done."]
-    with scripted_server(tmp_path, replies) as (client, engine):
+    gated = bash(GATED.format(body="sleep 0.05"))
+    replies: list[str | ScriptedCall] = [gated, "B done.", "A done."]
+    limits = ExecutionLimits(wall_seconds=PROBE_TIMEOUT_S * 2)
+    with scripted_server(tmp_path, replies, execution_limits=limits) as (client, engine):
         answers: list[Any] = []
         slow = threading.Thread(target=lambda: answers.append(ask(client)))
         slow.start()
-        time.sleep(1)  # A's command is running in the sandbox now
-        started = time.monotonic()
-        quick = client.messages.create(
+        workspace = started_workspace(tmp_path)
+        quick = client.with_options(timeout=PROBE_TIMEOUT_S).messages.create(
             model=CLAUDE_MODEL, max_tokens=50, messages=[{"role": "user", "content": "Hi"}]
         )
-        took = time.monotonic() - started
-        assert quick.content[0].text == "B done." and took < 1.5, took
+        assert quick.content[0].text == "B done."
         assert slow.is_alive()
+        (workspace / "go").touch()
         slow.join()
     (a,) = answers
     assert [b.type for b in a.content] == [

@@ -244,9 +244,14 @@ def test_sigkill_mid_upload_leaves_no_trace(tmp_path: Path) -> None:
         sender = threading.Thread(target=send)
         sender.start()
         assert sent.wait(10)
-        time.sleep(0.5)  # part of the upload is on disk
-        staged = list((data_dir / "files" / "staging").iterdir())
-        assert staged and staged[0].stat().st_size > 0
+        # Part of the upload is on disk: polled for, as the server writes when it gets to it
+        # (the body takes seconds more to send, so it is still mid-upload then).
+        staging = data_dir / "files" / "staging"
+        deadline = time.monotonic() + 30
+        while not any(path.stat().st_size > 0 for path in staging.iterdir()):
+            assert time.monotonic() < deadline, "nothing of the upload reached the disk"
+            time.sleep(0.01)
+        assert sender.is_alive()
         process.send_signal(signal.SIGKILL)
         process.wait()
         sender.join()
@@ -336,12 +341,15 @@ def test_concurrent_uploads_cannot_both_fit_the_quota(
 ) -> None:
     # Regression: the quota was checked before the commit, so two uploads could both pass.
     commit = LocalFileStore.commit
+    # Each upload waits at the commit for the other (not a sleep that hopes it came), so both
+    # are past any check made before committing.
+    both_committing = threading.Barrier(2, timeout=30)
 
-    def slow_commit(self: LocalFileStore, *args: Any, **kwargs: Any) -> StoredFile:
-        time.sleep(0.5)  # both uploads are past any check made before committing
+    def racing_commit(self: LocalFileStore, *args: Any, **kwargs: Any) -> StoredFile:
+        both_committing.wait()
         return commit(self, *args, **kwargs)
 
-    monkeypatch.setattr(LocalFileStore, "commit", slow_commit)
+    monkeypatch.setattr(LocalFileStore, "commit", racing_commit)
     client = keyed(small_server, "racing")
     outcomes: list[Any] = []
 
