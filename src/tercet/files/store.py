@@ -61,7 +61,7 @@ class BlobWriter:
         self._hash = hashlib.sha256()
         self._file: IO[bytes] = path.open("wb")
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self._file.write(data)
         self._hash.update(data)
         self.size += len(data)

@@ -1,7 +1,8 @@
 """The Files API routes, and `file` sources in messages resolved to what the model reads.
 
 Uploads are parsed as they arrive (python-multipart's streaming parser) and written straight
-to the store's staging file, so a 500 MB upload never sits in memory. Documents a request
+to the store's staging file, so a 500 MB upload never sits in memory; a worker thread parses,
+hashes and writes one megabyte while the event loop receives the next. Documents a request
 refers to are read and converted on a worker thread, up to `MAX_DOCUMENT_BYTES` per request.
 """
 
@@ -38,6 +39,8 @@ MAX_LISTED_IDS = 100
 # What one request's documents may total, read from the store or sent inline: Anthropic's
 # own request limit, and more text than any context window holds.
 MAX_DOCUMENT_BYTES = 32 * 1024 * 1024
+# What one hop to the upload's worker thread carries: few hops, little memory held.
+BATCH_BYTES = 1 << 20
 
 
 def files_router(
@@ -53,13 +56,7 @@ def files_router(
             raise _too_large(config)
         upload = _Upload(store, config.max_file_bytes, request.headers.get("content-type", ""))
         try:
-            pending = bytearray()  # the server hands over ~64 KB at a time: parse 1 MB at once
-            async for chunk in request.stream():
-                pending += chunk
-                if len(pending) >= 1 << 20:
-                    await anyio.to_thread.run_sync(upload.feed, bytes(pending))
-                    pending.clear()
-            await anyio.to_thread.run_sync(upload.feed, bytes(pending))
+            await _receive_into(upload, request)
             writer, filename, mime_type = upload.finished()
             try:
                 stored = await anyio.to_thread.run_sync(
@@ -278,6 +275,35 @@ def _malformed(exc: FormParserError) -> InvalidRequestError:
     )
 
 
+async def _receive_into(upload: _Upload, request: Request) -> None:
+    """Feed the request body to `upload` on a worker thread, a batch at a time, while the
+    event loop receives the next batch: the network and the disk (parse, hash, write) work
+    at once instead of in turn. One batch at most waits for the worker, so an upload holds
+    a few `BATCH_BYTES` in memory however fast the client sends."""
+    to_worker, batches = anyio.create_memory_object_stream[list[bytes]](1)
+
+    async def feed_batches() -> None:
+        async with batches:
+            async for batch in batches:
+                await anyio.to_thread.run_sync(upload.feed, batch)
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(feed_batches)
+            async with to_worker:
+                batch: list[bytes] = []  # the server hands over 64-256 KB at a time
+                size = 0
+                async for chunk in request.stream():
+                    batch.append(chunk)
+                    size += len(chunk)
+                    if size >= BATCH_BYTES:
+                        await to_worker.send(batch)
+                        batch, size = [], 0
+                await to_worker.send(batch)
+    except ExceptionGroup as failed:  # the task group wraps what either side raised
+        raise failed.exceptions[0] from None
+
+
 class _Upload:
     """One multipart upload, fed chunk by chunk; the part named `file` goes to the store."""
 
@@ -311,9 +337,12 @@ class _Upload:
             raise _malformed(exc) from exc
         self._done = False
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunks: list[bytes]) -> None:
+        # One write of the joined batch: the parser then hands the file's bytes to the writer
+        # in one piece, and the hash and the disk write each let go of the GIL once a batch,
+        # not once a chunk (each time the event loop's thread may keep it for a while).
         try:
-            self._parser.write(chunk)
+            self._parser.write(b"".join(chunks))
         except FormParserError as exc:
             raise _malformed(exc) from exc
         if self._error is not None:
@@ -372,7 +401,7 @@ class _Upload:
                 f"File exceeds the maximum allowed size of {self._limit} bytes"
             )
             return
-        self._writer.write(data[start:end])
+        self._writer.write(memoryview(data)[start:end])  # a view: no copy of the data
 
     def _part_end(self) -> None:
         if self._writing:
