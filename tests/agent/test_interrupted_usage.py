@@ -6,7 +6,7 @@ every interrupt waits on the text it follows, never on a clock."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,11 @@ from tercet.agent import (
     load_session,
 )
 from tercet.agent.model import ModelStreamItem
+from tercet.engine.bundled import BUNDLED_MODEL_ID, bundled_model_path
+from tercet.engine.llama import LlamaCppEngine
+from tercet.server.app import create_app
+from tercet.server.config import ServerConfig
+from tercet.server.runner import BackgroundServer
 from tests.agent.conftest import MakeAgent
 
 pytestmark = pytest.mark.anyio
@@ -55,9 +60,21 @@ class RecordedModel:
         await self.model.aclose()
 
 
+@pytest.fixture(scope="module")
+def one_thread_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server on loopback on its own bundled model, on one thread: llama.cpp's threads
+    spin-wait, and on a busy 2-core machine two of them crawl (these tests run under load)."""
+    engine = LlamaCppEngine(
+        bundled_model_path(), model_id=BUNDLED_MODEL_ID, context_window=8192, threads=1
+    )
+    config = ServerConfig(data_dir=tmp_path_factory.mktemp("data"), api_keys=[])
+    with BackgroundServer(create_app(config, [engine])) as running:
+        yield running.base_url
+
+
 @pytest.fixture
-async def model(server: str) -> AsyncGenerator[RecordedModel, None]:
-    recorded = RecordedModel(server)
+async def model(one_thread_server: str) -> AsyncGenerator[RecordedModel, None]:
+    recorded = RecordedModel(one_thread_server)
     yield recorded
     await recorded.aclose()
 
