@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,20 @@ def register(commands: Any) -> None:
         metavar="SECONDS",
         help="MCP connector: the longest one tool call may take (default 60)",
     )
+    parser.add_argument(
+        "--metrics",
+        choices=["open", "key", "off"],
+        default="open",
+        help="/metrics for Prometheus: open (no API key, as vLLM's), key (one of the API keys, "
+        "e.g. Prometheus' `authorization: {credentials: KEY}`), or off (default open)",
+    )
+    parser.add_argument(
+        "--prefill-progress",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="log a long prompt's prefill progress this often (default 5)",
+    )
     add_engine_arguments(parser)
     add_cache_arguments(parser)
     parser.set_defaults(run=run)
@@ -95,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     settings["mcp_allowed_urls"] = args.mcp_allow
     settings["mcp_allow_loopback"] = not args.no_mcp_loopback
     settings["mcp_call_timeout_s"] = args.mcp_call_timeout
+    settings["metrics"] = args.metrics
+    settings["prefill_progress_interval_s"] = args.prefill_progress
     try:
         config = ServerConfig(**settings)
     except ValidationError as invalid:
@@ -132,8 +149,18 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    _log_to_stderr(args.log_level)
     uvicorn_server(app, args.log_level).run(sockets=[sock])
     return 0
+
+
+def _log_to_stderr(level: str) -> None:
+    """tercet's own lines (one per request as it ends, prefill progress) beside uvicorn's."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("tercet")
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
 
 
 def _parse_route(text: str) -> ModelRoute:

@@ -112,7 +112,6 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
     @api.post("/messages", response_model=None)
     async def create_message(request: Request) -> Response:
         record: RequestRecord = request.state.record
-        record.owner = request.state.owner
         body = await _read_body(request, MessageCreateRequest, config.max_body_bytes)
         record.model = body.model
         await resolve_file_sources_async(body, files, request.state.owner)
@@ -223,8 +222,8 @@ class RequestIdMiddleware:
             if record.ended is not None:
                 return
             record.ended = perf_counter()
-            route = scope.get("route")
-            record.route = getattr(route, "path", None)
+            record.route = getattr(scope.get("route"), "path", None)
+            record.owner = state.get("owner")  # set by the key check, even one that failed
             self.on_end(record)
             if record.route == MESSAGES_ROUTE:
                 log_request(record)
