@@ -72,6 +72,12 @@ def user_tasks(uid: int) -> int:
     return tasks
 
 
+def parent_of(pid: int) -> int | None:
+    """The parent of `pid`, None when it is gone."""
+    stat = _stat_fields(pid)
+    return int(stat[1]) if stat is not None else None
+
+
 def _stat_fields(pid: int) -> list[bytes] | None:
     """/proc/PID/stat from its third field on, None when the process is gone."""
     try:

@@ -5,31 +5,39 @@ loopback, its own PIDs, IPC and hostname), on a root that holds only read-only s
 directories, the Python runtime, a private /tmp and /proc, and the container's workspace at
 /workspace (the only writable place that outlives the execution). When the server runs as
 root, the sandbox runs as the container's own unprivileged user, so process limits apply.
-Limits are rlimits set (by `prlimit`) before bubblewrap starts, plus a wall clock that kills the whole
-process group (and with it the sandbox's PID namespace). /tmp is a tmpfs of bounded size. While
-the command runs it is watched every 0.1 s: the workspace, a host directory, against its quota
-(killed then, not after it has filled the host's disk), and its processes together against the
-memory and process limits (rlimits bound each process alone).
+Limits are rlimits, set on the sandbox's first process while bubblewrap holds it (its
+`--block-fd`), before it starts the command, which inherits them; plus a wall clock that kills
+the whole process group (and with it the sandbox's PID namespace). /tmp is a tmpfs of bounded
+size. While the command runs it is watched every 0.1 s: the workspace, a host directory,
+against its quota (killed then, not after it has filled the host's disk), and its processes
+together against the memory and process limits (rlimits bound each process alone).
+
+An execution pays for bubblewrap and little else: no process runs before or inside the
+sandbox but bubblewrap and (as root) `setpriv`, the limits being set from here while
+bubblewrap sets up its mounts; the end is seen at once, through a pidfd; the output is read
+on the calling thread, with no threads to start.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+import json
+import math
 import os
+import resource
 import select
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from tercet.sandbox.config import ExecutionLimits
-from tercet.sandbox.process_tree import PAGE_BYTES, tree_usage, user_tasks
+from tercet.sandbox.process_tree import PAGE_BYTES, parent_of, tree_usage, user_tasks
 
 WORKSPACE = "/workspace"
 RUNTIME = "/opt/python"  # where the runtime's virtual environment appears
@@ -44,7 +52,10 @@ WATCH_SECONDS = 0.1  # how often a running command's workspace and processes are
 BWRAP_PROCESSES = 2
 OVER_MEMORY = "\n[stopped: its processes held more than {} MiB of memory together]\n"
 TOO_MANY_PROCESSES = "\n[stopped: it ran more than {} processes and threads at once]\n"
-SET_SHMALL = 'echo "$0" > /proc/sys/kernel/shmall && exec "$@"'
+DRAIN_SECONDS = 5.0  # for the output's end, once the command's processes are killed
+FALLBACK_SECONDS = 0.05  # how often an exit is checked for where Linux has no pidfds
+CLONE_NEWIPC = 0x08000000
+_libc = ctypes.CDLL(None, use_errno=True)
 THREADS_PER_LIBRARY = "4"  # for numerical libraries, which would start one a core
 
 
@@ -100,39 +111,168 @@ def run(
     does (a timeout is `timed_out`, a signal a negative return code, a workspace grown past
     `disk_bytes` while it ran `over_quota`, too much memory or too many processes at once
     `over_memory` or `too_many_processes`, said at the end of stderr too)."""
-    per_user = uid is not None and os.geteuid() == 0
-    argv = [
-        *_limits_prefix(limits, per_user),
-        *sandbox_argv(command, workspace, limits, uid=uid, runtime=runtime),
-    ]
-    started = time.monotonic()
-    process = subprocess.Popen(
-        argv,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # one process group, killed as one
-        close_fds=True,
-    )
-    assert process.stdin and process.stdout and process.stderr
-    outputs = [
-        _Capture(process.stdout, limits.output_bytes),
-        _Capture(process.stderr, limits.output_bytes),
-    ]
+    as_root = uid is not None and os.geteuid() == 0
+    info_read, info_write = os.pipe()  # bubblewrap says here which process is the sandbox
+    hold_read, hold_write = os.pipe()  # the sandbox waits on this until its limits are set
     try:
-        process.stdin.write(stdin)
-        process.stdin.close()
-    except BrokenPipeError:
-        pass
-    timed_out = over_quota = over_memory = too_many = False
+        argv = sandbox_argv(
+            command,
+            workspace,
+            limits,
+            uid=uid,
+            runtime=runtime,
+            info_fd=info_write,
+            block_fd=hold_read,
+        )
+        started = time.monotonic()
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # one process group, killed as one
+            pass_fds=(info_write, hold_read),
+        )
+    except BaseException:
+        for fd in (info_read, hold_write):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (info_write, hold_read):
+            os.close(fd)
     deadline = started + limits.wall_seconds
-    max_tasks = limits.processes + BWRAP_PROCESSES
     try:
-        with _ExitWatch(process) as exited:
-            while not exited.within(min(max(deadline - time.monotonic(), 0.0), WATCH_SECONDS)):
-                if time.monotonic() >= deadline:
-                    timed_out = True
-                    break
+        try:
+            sandbox = _sandbox_pid(info_read, deadline, process.pid)
+            if sandbox is not None:
+                _set_limits(sandbox, limits, as_root)
+        except BaseException:
+            # Killed before the hold is let go: the command never runs unlimited.
+            _kill_group(process.pid)
+            process.communicate()
+            raise
+        if sandbox is None:  # bubblewrap failed (its stderr says why), or the clock ran out
+            _kill_group(process.pid)
+        else:
+            with contextlib.suppress(BrokenPipeError):  # it ended meanwhile
+                os.write(hold_write, b"\0")
+    finally:
+        os.close(hold_write)
+        os.close(info_read)
+    return _watch(process, workspace, limits, deadline, stdin, disk_bytes)
+
+
+def _sandbox_pid(info: int, deadline: float, bubblewrap_pid: int) -> int | None:
+    """The pid of the sandbox's first process, as bubblewrap reports it on `info` (a JSON
+    object with `child-pid`, the fd then closed); None if bubblewrap ends without one, or
+    the wall clock runs out first."""
+    report = b""
+    while True:
+        ready, _, _ = select.select([info], [], [], max(deadline - time.monotonic(), 0.0))
+        if not ready:
+            return None
+        chunk = os.read(info, 4096)
+        if not chunk:
+            break
+        report += chunk
+    try:
+        pid = json.loads(report)["child-pid"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    # bubblewrap's own child, not a process that took the pid of one that ended already
+    return pid if isinstance(pid, int) and parent_of(pid) == bubblewrap_pid else None
+
+
+def _set_limits(pid: int, limits: ExecutionLimits, as_root: bool) -> None:
+    """Set the rlimits of the sandbox's first process `pid`, held before it starts the
+    command; as root, also cap SysV shared memory in its IPC namespace. `SandboxUnavailable`
+    when either cannot be done (the caller kills the sandbox then)."""
+    try:
+        for kind, value in _rlimits(limits, as_root).items():
+            resource.prlimit(pid, kind, value)
+        if as_root:
+            _cap_shared_memory(pid, limits.shm_bytes // PAGE_BYTES)
+    except ProcessLookupError:
+        return  # it already ended: it cannot start the command, and its stderr says why
+    except OSError as exc:
+        raise SandboxUnavailable(f"cannot set the sandbox's limits: {exc}") from exc
+
+
+def _rlimits(limits: ExecutionLimits, as_root: bool) -> dict[int, tuple[int, int]]:
+    """The (soft, hard) rlimits of an execution, none above this process's own hard limits
+    (which only a privileged process could raise).
+
+    The process limit counts every process (and thread) of the user. Run as the container's
+    own user (a server started as root), it is the execution's limit; otherwise the user's
+    own processes count too, so it is set to those now plus the execution's limit.
+    """
+    processes = limits.processes if as_root else user_tasks(os.getuid()) + limits.processes
+    wanted = {
+        resource.RLIMIT_CPU: (limits.cpu_seconds, limits.cpu_seconds + 1),  # SIGXCPU, then KILL
+        resource.RLIMIT_AS: (limits.memory_bytes, limits.memory_bytes),
+        resource.RLIMIT_FSIZE: (limits.file_bytes, limits.file_bytes),
+        resource.RLIMIT_NOFILE: (limits.open_files, limits.open_files),
+        resource.RLIMIT_CORE: (0, 0),
+        resource.RLIMIT_NPROC: (processes, processes),
+    }
+    capped = {}
+    for kind, (soft, hard) in wanted.items():
+        own_hard = resource.getrlimit(kind)[1]
+        if own_hard != resource.RLIM_INFINITY:
+            hard = min(hard, own_hard)
+        capped[kind] = (min(soft, hard), hard)
+    return capped
+
+
+def _cap_shared_memory(pid: int, pages: int) -> None:
+    """Set kernel.shmall in the IPC namespace of `pid` (the sandbox's own, where the container's
+    user, without capabilities, cannot raise it again): this thread enters it for the write
+    and comes back. Segments no process maps would escape the memory watch; this bounds them
+    by the /dev/shm size."""
+    own = os.open("/proc/thread-self/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        theirs = os.open(f"/proc/{pid}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _enter_namespace(theirs)
+            try:
+                with open("/proc/sys/kernel/shmall", "w") as shmall:
+                    shmall.write(str(pages))
+            finally:
+                _enter_namespace(own)
+        finally:
+            os.close(theirs)
+    finally:
+        os.close(own)
+
+
+def _enter_namespace(fd: int) -> None:
+    """setns(2) for this thread, into the IPC namespace `fd` (os.setns is Python 3.12's)."""
+    if _libc.setns(fd, CLONE_NEWIPC) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"setns: {os.strerror(error)}")
+
+
+def _watch(
+    process: subprocess.Popen[bytes],
+    workspace: Path,
+    limits: ExecutionLimits,
+    deadline: float,
+    stdin: bytes,
+    disk_bytes: int | None,
+) -> ExecResult:
+    """Feed `stdin`, read the output and watch the running command until it ends or breaks a
+    limit, all on this thread; then kill what is left of it."""
+    pipes = _Pipes(process, stdin, limits.output_bytes)
+    timed_out = over_quota = over_memory = too_many = False
+    max_tasks = limits.processes + BWRAP_PROCESSES
+    next_watch = time.monotonic() + WATCH_SECONDS
+    try:
+        while not pipes.exited:
+            now = time.monotonic()
+            if now >= deadline:
+                timed_out = True
+                break
+            if now >= next_watch:
                 usage = tree_usage(process.pid, stop_after=max_tasks)
                 if usage.memory_bytes > limits.total_memory_bytes:
                     over_memory = True
@@ -143,10 +283,13 @@ def run(
                 if disk_bytes is not None and disk_usage(workspace) > disk_bytes:
                     over_quota = True
                     break
+                next_watch = time.monotonic() + WATCH_SECONDS
+            pipes.serve(min(deadline, next_watch) - time.monotonic())
     finally:
         _kill_group(process.pid)
+        pipes.drain(DRAIN_SECONDS)
         process.wait()
-    stdout, stderr = (capture.text() for capture in outputs)
+    stdout, stderr = pipes.text()
     if over_memory:
         stderr += OVER_MEMORY.format(limits.total_memory_bytes // 2**20)
     if too_many:
@@ -154,36 +297,6 @@ def run(
     return ExecResult(
         stdout, stderr, process.returncode, timed_out, over_quota, over_memory, too_many
     )
-
-
-class _ExitWatch:
-    """Waits for a process to exit, waking the moment it does: through a pidfd where Linux has
-    them (`Popen.wait(timeout)` sleeps in steps of up to 50 ms, which a 20 ms command would
-    pay for on every run), else through `Popen.wait`."""
-
-    def __init__(self, process: subprocess.Popen[bytes]) -> None:
-        self._process = process
-        self._fd: int | None = None
-
-    def __enter__(self) -> _ExitWatch:
-        with contextlib.suppress(AttributeError, OSError):
-            self._fd = os.pidfd_open(self._process.pid)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-
-    def within(self, seconds: float) -> bool:
-        """Whether the process exits within `seconds`."""
-        if self._fd is None:
-            try:
-                self._process.wait(timeout=seconds)
-            except subprocess.TimeoutExpired:
-                return False
-            return True
-        ready, _, _ = select.select([self._fd], [], [], seconds)
-        return bool(ready)
 
 
 def disk_usage(path: Path) -> int:
@@ -208,22 +321,21 @@ def sandbox_argv(
     *,
     uid: int | None = None,
     runtime: Path | None = None,
+    info_fd: int | None = None,
+    block_fd: int | None = None,
 ) -> list[str]:
-    """bubblewrap's whole command line for `command`, without the rlimits (set around it)."""
+    """bubblewrap's whole command line for `command`, without the rlimits (set on its first
+    process by `run`, which passes the `--info-fd` and `--block-fd` it does that through)."""
     as_root = uid is not None and os.geteuid() == 0
-    argv = [
-        bubblewrap(),
-        *namespace_args(as_root),
-        *mount_args(workspace, runtime, limits),
-        "--",
-    ]
+    argv = [bubblewrap(), *namespace_args(as_root)]
+    if info_fd is not None:
+        argv += ["--info-fd", str(info_fd)]
+    if block_fd is not None:
+        argv += ["--block-fd", str(block_fd)]
+    argv += [*mount_args(workspace, runtime, limits), "--"]
     if as_root:
         assert uid is not None
-        # Still root in the sandbox, cap SysV shared memory in its own IPC namespace at the
-        # /dev/shm size (segments no process maps would escape the memory watch), then become
-        # the container's user, who cannot raise it again.
-        shm_pages = str(limits.shm_bytes // PAGE_BYTES)
-        argv += ["/bin/sh", "-c", SET_SHMALL, shm_pages, *user_switch_args(uid)]
+        argv += user_switch_args(uid)
     return [*argv, *command]
 
 
@@ -309,8 +421,10 @@ def _base_prefix(environment: Path) -> Path | None:
 
 
 def _limits_prefix(limits: ExecutionLimits, per_user: bool) -> list[str]:
-    """`prlimit` before bubblewrap: limits inherited by everything it runs. (A command rather
-    than a `preexec_fn`, so that Python can start the process without copying itself.)
+    """`prlimit` before bubblewrap, for callers that start bubblewrap themselves (`run` sets
+    the same limits without this extra process): limits inherited by everything it runs. (A
+    command rather than a `preexec_fn`, so that Python can start the process without copying
+    itself.)
 
     The process limit counts every process (and thread) of the user. Run as the container's
     own user (a server started as root), it is the execution's limit; otherwise the user's
@@ -336,24 +450,109 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-class _Capture:
-    """Reads a pipe to its end on a thread, keeping the first `limit` bytes."""
+class _Pipes:
+    """The command's stdin, fed from `stdin`, and its stdout and stderr, each keeping its first
+    `limit` bytes, served on the calling thread; and its exit, seen the moment it happens:
+    through a pidfd where Linux has them, polled with the pipes (`Popen.wait(timeout)` sleeps
+    in steps of up to 50 ms, which a 20 ms command would pay for on every run), else checked
+    every `FALLBACK_SECONDS` without reaping it (its process group is killed after)."""
 
-    def __init__(self, pipe: IO[bytes], limit: int) -> None:
-        self._pipe = pipe
+    def __init__(self, process: subprocess.Popen[bytes], stdin: bytes, limit: int) -> None:
+        assert process.stdin and process.stdout and process.stderr
+        self._process = process
+        self._files = (process.stdin, process.stdout, process.stderr)
         self._limit = limit
-        self._kept = bytearray()
-        self._dropped = 0
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
+        self._kept = {process.stdout.fileno(): bytearray(), process.stderr.fileno(): bytearray()}
+        self._dropped = dict.fromkeys(self._kept, 0)
+        self._poll = select.poll()
+        for fd in self._kept:
+            self._poll.register(fd, select.POLLIN)
+        self._open = set(self._kept)
+        self._stdin: int | None = process.stdin.fileno()
+        self._unsent = memoryview(stdin)
+        if self._unsent:
+            os.set_blocking(self._stdin, False)
+            self._poll.register(self._stdin, select.POLLOUT)
+        else:
+            self._close_stdin()
+        self.exited = False
+        self._pidfd: int | None = None
+        with contextlib.suppress(AttributeError, OSError):
+            self._pidfd = os.pidfd_open(process.pid)
+            self._poll.register(self._pidfd, select.POLLIN)
 
-    def _read(self) -> None:
-        while chunk := self._pipe.read1(65536):  # type: ignore[attr-defined]
-            room = self._limit - len(self._kept)
-            self._kept += chunk[:room]
-            self._dropped += max(len(chunk) - room, 0)
+    def serve(self, seconds: float) -> None:
+        """Move what is ready within `seconds` (at once when something is); set `exited` when
+        the process ends meanwhile."""
+        if self._pidfd is None:
+            seconds = min(seconds, FALLBACK_SECONDS)
+        for fd, _ in self._poll.poll(max(math.ceil(seconds * 1000), 0)):
+            if fd == self._pidfd:
+                self.exited = True
+                self._close_pidfd()
+            elif fd == self._stdin:
+                self._send()
+            elif fd in self._open:
+                self._receive(fd)
+        if self._pidfd is None and not self.exited:
+            flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+            self.exited = os.waitid(os.P_PID, self._process.pid, flags) is not None
 
-    def text(self) -> str:
-        self._thread.join(timeout=5)
-        text = self._kept.decode("utf-8", "replace")
-        return text + TRUNCATED.format(self._dropped) if self._dropped else text
+    def drain(self, seconds: float) -> None:
+        """Read to the end of both outputs (the command's processes are gone then), for at
+        most `seconds`: one of them may have passed its end of a pipe on."""
+        self._close_stdin()
+        self._close_pidfd()
+        until = time.monotonic() + seconds
+        while self._open and (left := until - time.monotonic()) > 0:
+            for fd, _ in self._poll.poll(math.ceil(left * 1000)):
+                self._receive(fd)
+
+    def text(self) -> tuple[str, str]:
+        for file in self._files:
+            file.close()
+        stdout, stderr = (self._decoded(fd) for fd in self._kept)
+        return stdout, stderr
+
+    def _send(self) -> None:
+        assert self._stdin is not None
+        try:
+            sent = os.write(self._stdin, self._unsent[:65536])
+        except BlockingIOError:
+            return
+        except OSError:  # it closed its stdin (a broken pipe): the rest is not wanted
+            self._close_stdin()
+            return
+        self._unsent = self._unsent[sent:]
+        if not self._unsent:
+            self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        if self._stdin is not None:
+            if self._unsent:
+                self._poll.unregister(self._stdin)
+            self._files[0].close()
+            self._stdin = None
+            self._unsent = memoryview(b"")
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            self._poll.unregister(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def _receive(self, fd: int) -> None:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            self._poll.unregister(fd)
+            self._open.discard(fd)
+            return
+        kept = self._kept[fd]
+        room = max(self._limit - len(kept), 0)
+        kept += chunk[:room]
+        self._dropped[fd] += len(chunk) - min(len(chunk), room)
+
+    def _decoded(self, fd: int) -> str:
+        text = self._kept[fd].decode("utf-8", "replace")
+        dropped = self._dropped[fd]
+        return text + TRUNCATED.format(dropped) if dropped else text
