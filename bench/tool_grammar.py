@@ -4,7 +4,8 @@ The same engine decodes (a) free text and (b) a forced tool call whose input is 
 the grammar derived from its JSON schema, alternating trial by trial; tokens per second are
 compared as a ratio.
 
-    .venv/bin/python bench/tool_grammar.py [--trials 5]
+    .venv/bin/python bench/tool_grammar.py [--trials 5] [--tokens 150]
+    .venv/bin/python bench/tool_grammar.py --quick    # one short trial: the script works
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import time
 
 from tercet.engine.base import (
     Conversation,
-    Finish,
     SamplingParams,
+    TextChunk,
     ToolCallDelta,
     ToolPolicy,
     Turn,
@@ -42,31 +43,30 @@ PROMPT = "File an issue about the login page crashing when the password is empty
 
 
 def rate(engine: LlamaCppEngine, params: SamplingParams, tools: bool) -> tuple[float, int]:
-    """Decode tokens per second after the first token, and the number of tokens."""
+    """Sampled tokens per second after the first, and how many were sampled: free text, or
+    the tool's input (the tokens the engine writes itself around it do not count)."""
     conversation = Conversation(
         system=(),
         turns=[Turn("user", [TextBlockParam(type="text", text=PROMPT)])],
         tools=[TOOL] if tools else (),
     )
     prompt = engine.prepare_sync(conversation)
-    first = last = 0.0
-    finish: Finish | None = None
+    stamps: list[float] = []  # one event per sampled token (a split UTF-8 character aside)
     for event in engine.generate_sync(prompt, params, threading.Event()):
-        now = time.perf_counter()
-        if isinstance(event, Finish):
-            finish = event
-        elif not tools or isinstance(event, ToolCallDelta):
-            first = first or now
-            last = now
-    assert finish is not None
-    return (finish.output_tokens - 1) / (last - first), finish.output_tokens
+        if isinstance(event, ToolCallDelta if tools else TextChunk):
+            stamps.append(time.perf_counter())
+    assert len(stamps) > 1, "too few tokens to time"
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0]), len(stamps)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=150)
+    parser.add_argument("--quick", action="store_true", help="one short trial")
     args = parser.parse_args()
+    if args.quick:
+        args.trials, args.tokens = 1, 24
     engine = LlamaCppEngine(bundled_model_path(), model_id=BUNDLED_MODEL_ID)
     free = SamplingParams(max_tokens=args.tokens, temperature=0)
     policy = ToolPolicy(schemas={TOOL.name: SCHEMA}, choice="tool", name=TOOL.name)

@@ -89,6 +89,31 @@ class ToolPolicy:
 
 
 @dataclass(frozen=True)
+class RepetitionPenalty:
+    """Penalties that keep a model from repeating its own reply: llama.cpp's DRY sampler (a
+    penalty growing with the length of a repeated sequence) and its repetition penalty (on
+    tokens seen recently). They apply to free text only, never to grammar-constrained output
+    (tool inputs repeat keys, and copy the prompt, by design). The defaults are off."""
+
+    dry_multiplier: float = 0.0  # 0: DRY off
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2  # repeats up to this many tokens go unpenalised
+    dry_last_n: int = -1  # how far back DRY looks (-1: the whole context)
+    # Sequences are not matched across these (llama.cpp's defaults).
+    dry_sequence_breakers: tuple[str, ...] = ("\n", ":", '"', "*")
+    repeat: float = 1.0  # 1: off; a token seen in the last `repeat_last_n` has its logit divided
+    repeat_last_n: int = 64
+    frequency: float = 0.0
+    presence: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return (
+            self.dry_multiplier > 0 or self.repeat != 1.0 or bool(self.frequency or self.presence)
+        )
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """How to sample. `None` means the engine's neutral default (no top-p / top-k filtering)."""
 
@@ -103,6 +128,8 @@ class SamplingParams:
     interleaved_thinking: bool = False
     tools: ToolPolicy | None = None  # None: the reply is text only
     prefill_progress: PrefillProgress | None = field(default=None, compare=False, repr=False)
+    # None: the model's own (`ModelSpec.default_repetition`); the Messages API has no such field.
+    repetition: RepetitionPenalty | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +227,8 @@ class ModelSpec:
     # since small models ramble at temperature 1.
     default_temperature: float = 1.0
     default_top_p: float | None = None
+    # Penalties against loops, for models that fall into them (small ones do).
+    default_repetition: RepetitionPenalty | None = None
     # Whether the model judges for itself when to think (native reasoning); only then does
     # adaptive thinking think.
     adaptive_thinking: bool = False

@@ -30,7 +30,7 @@ from typing import Any
 
 import llama_cpp
 import numpy as np
-from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from tercet.cache.plan import CachePlan, CachePoint, plan_cache, prefix_keys
 from tercet.cache.store import CacheStats, PromptCache
@@ -44,6 +44,7 @@ from tercet.engine.base import (
     ModelSpec,
     PrefillProgress,
     PreparedPrompt,
+    RepetitionPenalty,
     SamplingParams,
     TextChunk,
     ThinkingChunk,
@@ -52,6 +53,7 @@ from tercet.engine.base import (
     ToolPolicy,
 )
 from tercet.engine.chat_template import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ChatTemplate
+from tercet.engine.sampling import TokenSampler
 from tercet.engine.stops import StopSequenceMatcher
 
 DEFAULT_CONTEXT_WINDOW = 16384
@@ -88,6 +90,7 @@ class LlamaCppEngine:
         max_output_tokens: int | None = None,
         default_temperature: float = 1.0,
         default_top_p: float | None = None,
+        default_repetition: RepetitionPenalty | None = None,
         threads: int | None = None,
         batch_size: int = 512,
         parallel_tool_calls: bool = False,
@@ -162,6 +165,7 @@ class LlamaCppEngine:
             max_output_tokens=max_output_tokens or window,
             default_temperature=default_temperature,
             default_top_p=default_top_p,
+            default_repetition=default_repetition,
             adaptive_thinking=self._template.thinking.native,
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-decode")
@@ -186,42 +190,51 @@ class LlamaCppEngine:
         return await asyncio.to_thread(self.prepare_sync, conversation)
 
     def prepare_sync(self, conversation: Conversation) -> PreparedPrompt:
-        text, ends = self._template.render_with_boundaries(conversation)
+        marked = self._template.render_with_boundaries(conversation)
+        text, ends = marked.text, marked.ends
         tokens = self.tokenize(text)
         scope = conversation.cache_scope
-        points = self._cache_points(tokens, text, ends, scope) if ends is not None else None
-        if points is None:  # blocks cannot be located: one segment, nothing billed as cached
+        offsets = [marked.content_start, *ends] if ends is not None else None
+        counts = self._tokens_before(tokens, text, offsets) if offsets is not None else None
+        if counts is None:  # blocks cannot be located: one segment, nothing billed as cached
             return PreparedPrompt(tokens=tokens, text=text, payload=_Layout((), None, scope))
+        header, points = counts[0], self._cache_points(tokens, counts[1:], scope)
         plan = None
         if self.cache is not None:
             min_tokens = self.cache.config.min_tokens
             plan = plan_cache(points, conversation.breakpoints, self.cache, min_tokens)
-        segments = tuple(sorted({p.tokens for p in points if 0 < p.tokens < len(tokens)}))
+        # The template's header (all before the first message's text) is a segment too: every
+        # prompt starts with it, so the next prompt reuses it even when its first block differs.
+        ends_at = {header, *(p.tokens for p in points)}
+        segments = tuple(sorted(n for n in ends_at if 0 < n < len(tokens)))
         usage = plan.usage if plan else CacheUsage()
         return PreparedPrompt(
             tokens=tokens, text=text, cache=usage, payload=_Layout(segments, plan, scope)
         )
 
-    def _cache_points(
-        self, tokens: Sequence[int], text: str, ends: Sequence[int], scope: str
-    ) -> list[CachePoint] | None:
-        """Each block's end as a prefix of `tokens`: the tokens that lie wholly before it.
-
-        A token that straddles a block's end belongs to the next prefix; None when the tokens
-        do not spell out the text (then no position can be trusted).
-        """
+    def _tokens_before(
+        self, tokens: Sequence[int], text: str, offsets: Sequence[int]
+    ) -> list[int] | None:
+        """For each of the ascending character `offsets` in `text`, how many of `tokens` lie
+        wholly before it (a token that straddles it belongs to what follows); None when the
+        tokens do not spell out the text (then no position can be trusted)."""
         pieces = np.fromiter((self._piece_length(t) for t in tokens), dtype=np.int64)
         token_ends = np.cumsum(pieces)
-        encoded_ends: list[int] = []
+        encoded: list[int] = []
         done_chars = done_bytes = 0
-        for end in ends:
-            done_bytes += len(text[done_chars:end].encode("utf-8"))
-            done_chars = end
-            encoded_ends.append(done_bytes)
+        for offset in offsets:
+            done_bytes += len(text[done_chars:offset].encode("utf-8"))
+            done_chars = offset
+            encoded.append(done_bytes)
         total = len(text.encode("utf-8"))
         if not len(token_ends) or int(token_ends[-1]) != total:
             return None
-        lengths = [int(n) for n in np.searchsorted(token_ends, encoded_ends, side="right")]
+        return [int(n) for n in np.searchsorted(token_ends, encoded, side="right")]
+
+    def _cache_points(
+        self, tokens: Sequence[int], lengths: Sequence[int], scope: str
+    ) -> list[CachePoint]:
+        """Each block's end (`lengths`: the tokens before it) as a keyed prefix of `tokens`."""
         keys = prefix_keys(self._fingerprint, scope, tokens, sorted(set(lengths)))
         by_length = dict(zip(sorted(set(lengths)), keys, strict=True))
         return [CachePoint(n, by_length[n]) for n in lengths]
@@ -281,8 +294,6 @@ class LlamaCppEngine:
         if params.max_tokens == 0:  # only filling the prompt cache
             yield Finish("max_tokens", 0)
             return
-        if params.temperature > 0:
-            self._llama.set_seed(random.getrandbits(31))
         run = _Run(self, prompt.tokens, params, cancel)
         if params.thinking_budget is not None:
             yield from self._think(run, params.thinking_budget)
@@ -415,7 +426,7 @@ class LlamaCppEngine:
         schema = tools.schemas[name]
         prefix = '{"name": ' + json.dumps(name) + ', "arguments": '
         run.force(self.tokenize_fragment(prefix if forced is not None else ', "arguments": '))
-        run.restart(_schema_grammar(json.dumps(schema, sort_keys=True)))
+        run.constrain(_schema_grammar(json.dumps(schema, sort_keys=True)))
         yield ToolCallStart(name)
         return (yield from self._sample_grammar(run, emit=True)) is not None
 
@@ -443,21 +454,6 @@ class LlamaCppEngine:
     def _is_end(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
 
-    def _sample(
-        self, sequence: Sequence[int], params: SamplingParams, grammar: Any = None
-    ) -> Generator[int, None, None]:
-        """Tokens sampled after `sequence`; the cached prefix of it is not evaluated again."""
-        return self._llama.generate(
-            sequence,
-            temp=params.temperature,
-            top_p=1.0 if params.top_p is None else params.top_p,
-            top_k=params.top_k or 0,
-            min_p=0.0,
-            typical_p=1.0,
-            repeat_penalty=1.0,
-            grammar=grammar,
-        )
-
     def _prefill(
         self,
         prompt: PreparedPrompt,
@@ -476,7 +472,7 @@ class LlamaCppEngine:
         them; one-hour writes are captured at once, so that they reach the disk.
 
         The last token is always evaluated, so the logits to sample from are this prompt's;
-        `Llama.generate` then finds the prompt cached and samples at once. `progress` hears how
+        the reply's first token is then sampled at once. `progress` hears how
         far it is, before the first batch and after each (cheap: a batch is hundreds of tokens).
         """
         llm = self._llama
@@ -652,7 +648,6 @@ class _Run:
         cancel: threading.Event,
     ) -> None:
         self._engine = engine
-        self._params = params
         self._cancel = cancel
         self.sequence = list(prompt)
         self.max_tokens = params.max_tokens
@@ -661,7 +656,10 @@ class _Run:
         self.thought = 0
         self.finished = False
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._tokens = engine._sample(self.sequence, params)
+        repetition = params.repetition
+        if repetition is None:
+            repetition = engine.spec.default_repetition
+        self._sampler = TokenSampler(engine._llama, params, repetition, random.getrandbits(32))
 
     @property
     def room(self) -> int:
@@ -672,28 +670,42 @@ class _Run:
         return "max_tokens" if self.generated >= self.max_tokens else "context_window"
 
     def next(self) -> int:
-        token = next(self._tokens)  # llama-cpp-python samples without end; we decide when to stop
+        """Sample the next token (it joins the reply only when `accept`ed)."""
+        self._evaluate()
         if self._cancel.is_set():
             raise _Cancelled
-        return token
+        return self._sampler.sample()
+
+    def _evaluate(self) -> None:
+        """Bring the context up to `sequence`, so that its logits are for what comes next.
+
+        The context holds a prefix of the sequence (the prompt, then the reply as far as it
+        was evaluated); what was accepted or written since is evaluated now, in one batch.
+        """
+        llm = self._engine._llama
+        if llm.n_tokens < len(self.sequence):
+            llm.eval(self.sequence[llm.n_tokens :])
 
     def accept(self, token: int) -> None:
         self.sequence.append(token)
         self.generated += 1
+        self._sampler.advance(token)
 
     def text(self, token: int, special: bool = False) -> str:
         return self._decoder.decode(self._engine._llama.detokenize([token], special=special))
 
-    def force(self, tokens: Sequence[int], grammar: Any = None) -> None:
-        """Write `tokens` as if the model had (as far as the limit allows), then sample on."""
+    def force(self, tokens: Sequence[int], grammar: str | None = None) -> None:
+        """Write `tokens` as if the model had (as far as the limit allows), then sample on
+        under `grammar` (GBNF), or freely."""
         taken = list(tokens[: max(self.room, 0)])
         self.sequence.extend(taken)
         self.generated += len(taken)
-        self.restart(grammar)
+        self._sampler.write(taken)
+        self.constrain(grammar)
 
-    def restart(self, grammar: Any) -> None:
-        self._tokens.close()
-        self._tokens = self._engine._sample(self.sequence, self._params, grammar)
+    def constrain(self, grammar: str | None) -> None:
+        """Sample on under `grammar` (GBNF, from its start), or freely with None."""
+        self._sampler.constrain(grammar)
 
     def finish(
         self, reason: FinishReason, *, extra_tokens: int = 0, stop_sequence: str | None = None
@@ -708,29 +720,28 @@ def _release(text: str, thinking: bool) -> Iterator[TextChunk | ThinkingChunk]:
 
 
 @functools.lru_cache(maxsize=16)
-def _choice_grammar(options: tuple[str, ...], leading_newlines: bool) -> LlamaGrammar:
+def _choice_grammar(options: tuple[str, ...], leading_newlines: bool) -> str:
     """One of `options`, or nothing at all (the model ends its reply)."""
     alternatives = " | ".join(json.dumps(option) for option in options)
     newlines = "[\\n]? [\\n]? " if leading_newlines else ""
-    return LlamaGrammar.from_string(f"root ::= ({newlines}({alternatives}))?", verbose=False)
+    return f"root ::= ({newlines}({alternatives}))?"
 
 
-def _names_grammar(tools: ToolPolicy) -> LlamaGrammar:
+def _names_grammar(tools: ToolPolicy) -> str:
     names = " | ".join(json.dumps(json.dumps(name)) for name in tools.schemas)
-    return LlamaGrammar.from_string(f"root ::= {names}", verbose=False)
+    return f"root ::= {names}"
 
 
 @functools.lru_cache(maxsize=256)
-def _schema_grammar(schema: str) -> LlamaGrammar:
+def _schema_grammar(schema: str) -> str:
     """A grammar for JSON matching `schema` (llama.cpp's converter), or any object if it fails."""
     try:
-        gbnf = json_schema_to_gbnf(schema)
+        gbnf: str = json_schema_to_gbnf(schema)
     except Exception:  # the converter rejects some valid schemas; fall back to any object
         gbnf = json_schema_to_gbnf('{"type": "object"}')
     # The converter's string characters admit raw control characters (a newline, say), which
     # JSON forbids inside strings; the model must escape them.
-    gbnf = gbnf.replace(_LOOSE_CHAR, _JSON_CHAR)
-    return LlamaGrammar.from_string(gbnf, verbose=False)
+    return gbnf.replace(_LOOSE_CHAR, _JSON_CHAR)
 
 
 _LOOSE_CHAR = 'char ::= [^"\\\\]'
