@@ -9,7 +9,8 @@ import itertools
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -17,12 +18,15 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tercet.engine.base import GenerationEvent, PreparedPrompt, SamplingParams
 from tercet.engine.bundled import BUNDLED_MODEL_ID, bundled_model_path
 from tercet.engine.llama import LlamaCppEngine
+from tercet.engine.scripted import ScriptedEngine
 from tercet.server.app import create_app
 from tercet.server.config import ServerConfig
 from tercet.server.request_log import PrefillLog
 from tercet.server.runner import BackgroundServer
+from tercet.wire.errors import OverloadedError
 from tests.conftest import CLAUDE_MODEL
 
 pytestmark = pytest.mark.timeout(300)
@@ -255,3 +259,44 @@ def test_progress_lines_wait_for_the_interval(lines: Lines) -> None:
     assert lines.of("req_x") == []
     assert progress.tokens == [1400, 40]
     assert len(progress.seconds) == 2 and all(s >= 0 for s in progress.seconds)
+
+
+class FailingMidStream(ScriptedEngine):
+    """Fails once the stream has begun (an upstream that refuses, say)."""
+
+    async def generate(
+        self, prompt: PreparedPrompt, params: SamplingParams
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        raise OverloadedError("the upstream is overloaded")
+        yield  # pragma: no cover (makes this a generator)
+
+
+def test_an_error_in_the_middle_of_a_stream_is_logged_under_its_status(
+    tmp_path: Path, lines: Lines
+) -> None:
+    config = ServerConfig(data_dir=tmp_path, api_keys=[])
+    with BackgroundServer(create_app(config, [FailingMidStream(["x"])])) as running:
+        client = anthropic.Anthropic(base_url=running.base_url, api_key="k", max_retries=0)
+        with (
+            pytest.raises(anthropic.APIStatusError) as failed,
+            client.messages.stream(
+                model=CLAUDE_MODEL, max_tokens=5, messages=[{"role": "user", "content": "Hi."}]
+            ) as stream,
+        ):
+            request_id = stream.response.headers["request-id"]
+            assert stream.response.status_code == 200  # the stream had begun
+            stream.get_final_message()
+        assert "overloaded" in str(failed.value)
+        line = end_line(lines, request_id)
+        assert line["status"] == "529" and line["error"] == "overloaded_error"
+        # No keys configured: the key presented still names the request's owner.
+        assert line["key"] == hashlib.sha256(b"k").hexdigest()[:12]
+        assert disconnects(running.base_url) == 0
+        scraped = httpx.get(f"{running.base_url}/metrics").text
+        counted = [
+            s
+            for family in text_string_to_metric_families(scraped)
+            for s in family.samples
+            if s.name == "tercet_http_requests_total" and s.labels["route"] == "/v1/messages"
+        ]
+        assert [(s.labels["status"], s.value) for s in counted] == [("529", 1.0)]
