@@ -224,15 +224,18 @@ class RequestIdMiddleware:
             record.ended = perf_counter()
             record.route = getattr(scope.get("route"), "path", None)
             record.owner = state.get("owner")  # set by the key check, even one that failed
-            self.on_end(record)
-            if record.route == MESSAGES_ROUTE:
-                log_request(record)
+            try:
+                self.on_end(record)
+                if record.route == MESSAGES_ROUTE:
+                    log_request(record)
+            except Exception:  # accounting must never cost a client its answer
+                log.exception("recording the end of %s failed", request_id)
 
         async def send_with_id(message: Any) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", []).append((b"request-id", request_id.encode()))
-                if record.status is None:  # a stream that failed or was left has said so
-                    record.status = message["status"]
+                # A stream that fails or is left later says so over this (its error's status, 499).
+                record.status = message["status"]
             elif message["type"] == "http.response.body":
                 if record.status is not None and record.status >= 400:
                     record.error_type = record.error_type or _error_type(message.get("body"))
