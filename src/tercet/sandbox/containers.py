@@ -29,6 +29,7 @@ _VALID_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 FIRST_UID = 200_000  # container users: far from the system's and people's ids
 REMEMBERED_EXPIRED = 10_000  # expired ids kept to answer `container_expired`; older: unavailable
 OUTPUTS = "outputs"
+RECORD = "container.json"  # its user, owner and times; the last use is the file's mtime
 
 
 class ContainerError(Exception):
@@ -140,7 +141,7 @@ class ContainerManager:
             disk_bytes=self.limits.disk_bytes,
         )
         container.last_used = self._clock()
-        self._save(container)
+        self._touch(container)
         used = disk_usage(container.workspace)
         if result.over_quota or used > self.limits.disk_bytes:
             stopped = "the command was stopped: " if result.over_quota else ""
@@ -190,18 +191,29 @@ class ContainerManager:
         record: dict[str, object] = {"uid": container.uid, "created_at": container.created_at}
         record["last_used"] = container.last_used
         record["owner"] = container.owner
-        (container.directory / "container.json").write_text(json.dumps(record))
+        (container.directory / RECORD).write_text(json.dumps(record))
+        self._touch(container)
+
+    def _touch(self, container: Container) -> None:
+        """Keep its last use as the record's modification time: rewriting the record on every
+        execution would cost more than a plain subprocess (ext4 flushes a file rewritten in
+        place when it is closed)."""
+        try:
+            os.utime(container.directory / RECORD, (container.last_used, container.last_used))
+        except FileNotFoundError:  # removed under it: written again whole
+            self._save(container)
 
     def _load(self) -> None:
         """Containers a previous run left; expired or broken ones are removed."""
         for directory in self.root.iterdir():
             try:
-                record = json.loads((directory / "container.json").read_text())
+                path = directory / RECORD
+                record = json.loads(path.read_text())
                 container = Container(
                     directory.name,
                     int(record["uid"]),
                     float(record["created_at"]),
-                    float(record["last_used"]),
+                    max(float(record["last_used"]), path.stat().st_mtime),  # see _touch
                     directory,
                     str(record.get("owner", "")),
                 )
