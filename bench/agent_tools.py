@@ -8,6 +8,7 @@ same tools with it turned off (one call at a time, as before), and the wall time
 run is compared.
 
     .venv/bin/python bench/agent_tools.py [--calls 4] [--wait-ms 200] [--runs 10]
+    .venv/bin/python bench/agent_tools.py --quick   # 2 calls of 50 ms, 1 run: the script works
 """
 
 from __future__ import annotations
@@ -91,5 +92,8 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=4)
     parser.add_argument("--wait-ms", type=int, default=200)
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="the smallest run: the script works")
     args = parser.parse_args()
+    if args.quick:
+        args.calls, args.wait_ms, args.runs = 2, 50, 1
     asyncio.run(main(args.calls, args.wait_ms, args.runs))

@@ -14,6 +14,7 @@ Starts an MCP server (the SDK's MCPServer, streamable HTTP) in a subprocess on l
 3. What opening a connection costs (connect, handshake and tool list, on a fresh pool).
 
     .venv/bin/python bench/mcp_connector.py [--calls 200]
+    .venv/bin/python bench/mcp_connector.py --quick   # 5 calls, 2 connections: the script works
 """
 
 from __future__ import annotations
@@ -158,7 +159,10 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--connects", type=int, default=20)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="the smallest run: the script works")
     args = parser.parse_args()
+    if args.quick:
+        args.calls, args.connects = 5, 2
     if args.serve:
         serve()
         return
