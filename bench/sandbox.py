@@ -20,6 +20,10 @@ one above it. Target: a code execution (`python -c print(1)` in a container) at 
 floor.
 
     .venv/bin/python bench/sandbox.py [--runs 50]
+    .venv/bin/python bench/sandbox.py --quick   # 2 runs: the script works
+
+Where the sandbox cannot run (no bubblewrap, or no namespaces allowed), it says so, the reason
+the server's code execution answers `unavailable` with, and exits (0 with --quick).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import os
 import random
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -50,7 +55,17 @@ def percentile(values: list[float], share: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--quick", action="store_true", help="the smallest run: the script works")
     args = parser.parse_args()
+    if args.quick:
+        args.runs = 2
+    reason = runner.unavailable_reason()  # what the server's code execution consults
+    if reason is not None:
+        message = f"unavailable here: {reason}"
+        if args.quick:
+            print(message)
+            return
+        sys.exit(message)
     # The cheapest command, and the cheapest code execution (what the tool runs), with the
     # same interpreter inside and outside (the sandbox finds its runtime first on PATH).
     measure(["/bin/true"], ["/bin/true"], args.runs)
