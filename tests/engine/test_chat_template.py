@@ -75,3 +75,38 @@ def test_harmony_thinks_in_the_analysis_channel_and_answers_in_final() -> None:
     assert HARMONY.forced_close.startswith(HARMONY.close)
     assert HARMONY.forced_close.endswith(HARMONY.answer_open)
     assert HARMONY.reopen is None  # special-token markers: no thinking between tool calls
+
+
+# Shaped like SmolLM2's: a default system prompt when the conversation has none, and a
+# template that trims what it is given.
+DEFAULT_SYSTEM = (
+    "{% for m in messages %}{% if loop.first and m.role != 'system' %}<|im_start|>system\n"
+    "You are helpful.<|im_end|>\n{% endif %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TRIMMING = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | trim }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def asked(*texts: str) -> Conversation:
+    return Conversation(
+        system=(), turns=[Turn("user", [TextBlockParam(type="text", text=t) for t in texts])]
+    )
+
+
+def test_the_template_header_before_the_first_message_is_located() -> None:
+    marked = template(DEFAULT_SYSTEM).render_with_boundaries(asked("Hi", "there"))
+    header = "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\n"
+    assert marked.text == header + "Hi\n\nthere<|im_end|>\n<|im_start|>assistant\n"
+    assert marked.content_start == len(header)
+    assert marked.ends == [len(header) + 2, len(header) + 9]
+
+
+def test_a_template_that_moves_text_at_the_header_mark_still_gives_block_ends() -> None:
+    # Trimming drops the leading spaces only while nothing precedes them: the mark did.
+    marked = template(TRIMMING).render_with_boundaries(asked("  Hi"))
+    assert marked.text == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert marked.content_start == 0
+    assert marked.ends == [len("<|im_start|>user\nHi")]

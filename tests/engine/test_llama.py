@@ -85,6 +85,25 @@ def test_a_follow_up_prefills_only_what_is_new(
     assert prefilled <= added + 8, (prefilled, added)  # the shared prefix came from the cache
 
 
+def test_a_new_conversation_prefills_after_the_template_header(
+    engine: LlamaCppEngine, evaluated: list[int]
+) -> None:
+    """A prompt whose first message is new still reuses the chat template's own header (the
+    bundled model's default system prompt), which is a segment of every prompt."""
+    run(engine, ask("Name three colours."))
+    other = engine.prepare_sync(ask("Write a poem about the sea."))
+    assert isinstance(other.payload, _Layout)
+    header, user_end = other.payload.segments
+    head = engine._llama.detokenize(other.tokens[:header], special=True).decode()
+    assert "You are a helpful AI assistant" in head and "poem" not in head
+    evaluated.clear()
+    list(
+        engine.generate_sync(other, SamplingParams(max_tokens=1, temperature=0), threading.Event())
+    )
+    # The user's text, then the generation prompt after it (a block end is a segment).
+    assert evaluated[:2] == [user_end - header, len(other.tokens) - user_end]
+
+
 def test_greedy_generation_is_repeatable_whatever_the_cache_holds(engine: LlamaCppEngine) -> None:
     question = ask("Name three colours.")
     first = run(engine, question, max_tokens=20)

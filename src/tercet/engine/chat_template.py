@@ -104,6 +104,18 @@ def _raise_template_error(message: str) -> None:
     raise TemplateError(message)
 
 
+@dataclass(frozen=True)
+class MarkedPrompt:
+    """A rendered prompt and where the conversation lies in it (character offsets)."""
+
+    text: str
+    ends: list[int] | None  # where each block ends; None where the blocks cannot be located
+    # Where the first message's content begins. The text before it is the template's own (its
+    # header, a default system prompt), the same for every conversation: a prefix that every
+    # prompt shares. 0 where it cannot be located.
+    content_start: int
+
+
 class ChatTemplate:
     """A model's chat template, compiled once, that turns conversations into prompt text."""
 
@@ -127,30 +139,43 @@ class ChatTemplate:
     def render(self, conversation: Conversation) -> str:
         return self._render(conversation, _no_mark)
 
-    def render_with_boundaries(self, conversation: Conversation) -> tuple[str, list[int] | None]:
-        """The prompt text, and where each block of `conversation.blocks()` ends in it (a
-        character offset), or None where the template does not let the blocks be located."""
-        text = self._render(conversation, _mark)
+    def render_with_boundaries(self, conversation: Conversation) -> MarkedPrompt:
+        """The prompt text, where each block of `conversation.blocks()` ends in it, and where
+        the conversation's own text begins (see `MarkedPrompt`)."""
+        expected = self.render(conversation)
+        marked = self._locate(expected, self._render(conversation, _mark, _CONTENT_MARK))
+        if marked is None:  # the template moves or trims text at the mark: blocks only
+            marked = self._locate(expected, self._render(conversation, _mark))
+        if marked is None or len(marked.ends or ()) != len(conversation.blocks()):
+            return MarkedPrompt(expected, None, 0)
+        return marked
+
+    @staticmethod
+    def _locate(expected: str, text: str) -> MarkedPrompt | None:
+        """The offsets of the marks in `text`, removed; None unless what is left is `expected`."""
         clean: list[str] = []
         ends: list[int] = []
+        content_start = 0
         length = 0
         position = 0
-        while (start := text.find(_MARK_OPEN, position)) != -1:
-            stop = text.find(_MARK_CLOSE, start)
+        while (start := _next_mark(text, position)) != -1:
             clean.append(text[position:start])
             length += start - position
+            if text[start] == _CONTENT_MARK:
+                content_start = length
+                position = start + 1
+                continue
+            stop = text.find(_MARK_CLOSE, start)
             if stop == -1 or text[start + 1 : stop] != str(len(ends)):
-                return self.render(conversation), None
+                return None
             ends.append(length)
             position = stop + 1
         clean.append(text[position:])
-        plain = "".join(clean)
-        expected = self.render(conversation)
-        if plain != expected or len(ends) != len(conversation.blocks()):
-            return expected, None
-        return expected, ends
+        if "".join(clean) != expected:
+            return None
+        return MarkedPrompt(expected, ends, content_start)
 
-    def _render(self, conversation: Conversation, mark: _Marker) -> str:
+    def _render(self, conversation: Conversation, mark: _Marker, content_mark: str = "") -> str:
         prefill = conversation.prefill
         turns = conversation.turns[:-1] if prefill else conversation.turns
         messages: list[dict[str, str]] = []
@@ -168,6 +193,8 @@ class ChatTemplate:
         for turn in turns:
             messages.append({"role": turn.role, "content": self._turn_text(turn, mark, first)})
             first += len(turn.blocks)
+        if messages:
+            messages[0]["content"] = content_mark + messages[0]["content"]
         try:
             text = self._template.render(
                 messages=messages,
@@ -310,10 +337,17 @@ def _render_tools(tools: Sequence[CustomToolParam], mark: _Marker) -> str | None
 
 
 # Block boundaries are found by rendering with a mark after every block (private-use
-# characters around the block's index) and removing the marks again.
+# characters around the block's index) and removing the marks again; another mark goes before
+# the first message's content.
 _MARK_OPEN = "\ue000"
 _MARK_CLOSE = "\ue001"
+_CONTENT_MARK = "\ue002"
 _Marker = Callable[[int], str]
+
+
+def _next_mark(text: str, position: int) -> int:
+    found = (text.find(_MARK_OPEN, position), text.find(_CONTENT_MARK, position))
+    return min((i for i in found if i != -1), default=-1)
 
 
 def _mark(index: int) -> str:
