@@ -8,6 +8,7 @@ Prints medians and the ratios; targets: decode throughput within 5%, time to fir
 20 ms of the raw engine.
 
     .venv/bin/python bench/overhead.py [--trials 5] [--tokens 200]
+    .venv/bin/python bench/overhead.py --quick   # 1 trial of 16 tokens: the script works
 """
 
 from __future__ import annotations
@@ -124,7 +125,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="the smallest run: the script works")
     args = parser.parse_args()
+    if args.quick:
+        args.trials, args.tokens = 1, 16
 
     engine = LlamaCppEngine(bundled_model_path(), model_id=BUNDLED_MODEL_ID)
 
