@@ -114,11 +114,14 @@ def _wait_until_serving(url: str, process: subprocess.Popen[bytes], timeout_s: f
         time.sleep(0.05)
 
 
-def free_port() -> int:
-    """A port that was free a moment ago (for a server that must be restarted on it)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port where connecting is refused, for as long as the block runs: it is bound
+    (so nothing else can take it meanwhile, as a port probed free and let go could be) but
+    does not listen."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield int(holder.getsockname()[1])
 
 
 # The server side: everything below runs in the subprocess.

@@ -22,7 +22,7 @@ from tercet.server.app import create_app
 from tercet.server.config import ServerConfig
 from tercet.server.runner import BackgroundServer
 from tests.conftest import CLAUDE_MODEL
-from tests.mcp.servers import SECRET_WORD, McpServerInfo, free_port, running_mcp_server
+from tests.mcp.servers import SECRET_WORD, McpServerInfo, running_mcp_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -192,9 +192,10 @@ def test_a_server_that_dies_mid_call(tmp_path: Path) -> None:
         ScriptedCall("secret_word", {}),
         "Got it.",
     ]
-    port = free_port()
     with scripted_server(tmp_path, replies) as (client, _):
-        with running_mcp_server("streamable-http", port=port) as doomed:
+        # Restarted below on the port this server bound itself (a port probed free before
+        # the server started could be taken meanwhile).
+        with running_mcp_server("streamable-http") as doomed:
             message = ask(client, [server_def(doomed)])
             assert [b.type for b in message.content] == ["mcp_tool_use", "mcp_tool_result", "text"]
             assert message.content[1].is_error
@@ -204,7 +205,7 @@ def test_a_server_that_dies_mid_call(tmp_path: Path) -> None:
             ask(client, [server_def(doomed)])
         assert client.models.list().data[0].id == "scripted"
         # Back on the same URL: the next request reconnects and is served as if nothing happened.
-        with running_mcp_server("streamable-http", port=port) as back:
+        with running_mcp_server("streamable-http", port=doomed.port) as back:
             again = ask(client, [server_def(back)])
             assert result_text(again.content[1]) == SECRET_WORD
             assert again.content[1].is_error is False
