@@ -43,7 +43,9 @@ def gone(pid: int) -> bool:
         return True
 
 
-async def wait_gone(pid: int, seconds: float = 5) -> bool:
+async def wait_gone(pid: int, seconds: float = 30) -> bool:
+    """Whether `pid` ends (polled: a killed process dies when the kernel gets to it, and an
+    orphan is reaped by init); `seconds` only turns a hang into a failure."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if gone(pid):
@@ -120,7 +122,7 @@ async def test_bash_timeout_kills_the_process_group_and_restarts(tmp_path: Path)
         result = await tool.run(
             {"command": "sleep 300 & echo $! > child.pid; echo waiting; sleep 300"}, ctx
         )
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 60  # the 1.5 s timeout, not the 300 s sleep
         assert result.is_error
         assert text(result).startswith("waiting\n")
         assert "timed out after 1.5 seconds" in text(result)
@@ -310,7 +312,7 @@ async def test_sandboxed_bash_timeout_kills_everything(tmp_path: Path) -> None:
     result = await tool.run(
         {"command": "sleep 300 & echo started; sleep 300"}, ToolContext(tmp_path)
     )
-    assert time.monotonic() - started < 8
+    assert time.monotonic() - started < 60  # the 2 s timeout, not the 300 s sleep
     assert result.is_error and "timed out after 2 seconds" in text(result)
     assert text(result).startswith("started\n")
     ok = await tool.run({"command": "echo fine; exit 2"}, ToolContext(tmp_path))

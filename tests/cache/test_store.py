@@ -149,20 +149,22 @@ def test_lookups_do_not_wait_for_the_disk(tmp_path: Path, monkeypatch: pytest.Mo
 
     def slow_write(path: Path, payload: bytes | bytearray) -> None:
         writing.set()
-        release.wait(5)
+        release.wait(60)  # held until the test lets it go; the bound only ends a hang
         original(path, payload)
 
     monkeypatch.setattr(store_module, "_write_atomic", slow_write)
     putter = threading.Thread(target=cache.put, args=("b", 10, data(40, 2), "5m"))
     putter.start()  # over the RAM budget: "a" goes to disk, slowly
-    assert writing.wait(5)
-    # Meanwhile lookups answer, and "a" is served from memory until its file is whole.
-    assert cache.contains("b") and cache.tokens("a") == 10
-    assert cache.get("a") == (data(40, 1), 10)
-    assert cache.stats().disk_entries == 1
-    assert putter.is_alive()  # put itself returns once its files are written
-    release.set()
-    putter.join(5)
+    try:
+        assert writing.wait(30)
+        # Meanwhile lookups answer, and "a" is served from memory until its file is whole.
+        assert cache.contains("b") and cache.tokens("a") == 10
+        assert cache.get("a") == (data(40, 1), 10)
+        assert cache.stats().disk_entries == 1
+        assert putter.is_alive()  # put itself returns once its files are written
+    finally:
+        release.set()
+    putter.join(30)
     assert (tmp_path / "a.kv").read_bytes() == data(40, 1)
     assert cache.get("a") == (data(40, 1), 10)
 

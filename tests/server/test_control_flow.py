@@ -30,7 +30,9 @@ def serve(engine: ScriptedEngine, **settings: object) -> BackgroundServer:
     return BackgroundServer(create_app(config, [engine]))
 
 
-def wait_for(condition: object, timeout: float = 10.0) -> None:
+def wait_for(condition: object, timeout: float = 30.0) -> None:
+    """Polls `condition` (the server's engine runs in another thread); the timeout only turns a
+    hang into a failure, so it is generous for a loaded machine."""
     deadline = time.monotonic() + timeout
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < deadline, "condition not reached in time"
