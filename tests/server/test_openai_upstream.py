@@ -28,6 +28,7 @@ from tercet.server.app import create_app
 from tercet.server.config import ServerConfig
 from tercet.server.runner import BackgroundServer
 from tests.conftest import CLAUDE_MODEL
+from tests.mcp.servers import refused_port
 
 QUESTION = [{"role": "user", "content": "Write one sentence about the sea."}]
 WEATHER = {
@@ -42,15 +43,14 @@ WEATHER = {
 
 
 def free_port() -> int:
+    """A port free a moment ago: something else may take it before the server binds it."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[str]:
-    """llama-cpp-python's OpenAI-compatible server, with its function-calling chat format."""
-    port = free_port()
+def start_upstream(port: int) -> subprocess.Popen[bytes] | None:
+    """llama_cpp.server on `port` once it answers; None if it exited first (the port taken)."""
     command = [
         sys.executable, "-m", "llama_cpp.server",
         "--model", str(bundled_model_path()),
@@ -59,19 +59,37 @@ def upstream() -> Iterator[str]:
         "--chat_format", "chatml-function-calling",
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            answered = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).is_success
+        except httpx.HTTPError:
+            answered = False
+        if process.poll() is not None:
+            return None
+        if answered:
+            return process
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise AssertionError("llama_cpp.server did not start")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[str]:
+    """llama-cpp-python's OpenAI-compatible server, with its function-calling chat format."""
+    # It takes a port number only, probed free before its slow start: should something take
+    # the port meanwhile, it exits, and it is started again on another.
+    for _ in range(3):
+        port = free_port()
+        process = start_upstream(port)
+        if process is not None:
+            break
+    else:
+        raise AssertionError("llama_cpp.server exited at start three times")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, "llama_cpp.server exited"
-            assert time.monotonic() < deadline, "llama_cpp.server did not start"
-            time.sleep(0.2)
-        yield base
+        yield f"http://127.0.0.1:{port}/v1"
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -260,7 +278,11 @@ def test_thinking_block_is_present_but_empty_for_a_model_without_reasoning(
 
 
 def test_an_unreachable_upstream_is_529_and_the_server_stays_up(tmp_path: Path) -> None:
-    port = free_port()
+    with refused_port() as port:
+        unreachable_upstream_is_529(tmp_path, port)
+
+
+def unreachable_upstream_is_529(tmp_path: Path, port: int) -> None:
     engine = OpenAICompatibleEngine(f"http://127.0.0.1:{port}/v1", model="m", context_window=4096)
     with BackgroundServer(
         create_app(ServerConfig(data_dir=tmp_path, api_keys=[]), [engine])
