@@ -147,3 +147,21 @@ def test_a_containers_last_use_outlives_the_server(tmp_path: Path) -> None:
     assert restarted.get(container.id).last_used == 1_000_500.0
     now[0] += 101
     assert restarted.live() == []
+
+
+def test_a_server_holding_many_descriptors_still_runs_commands(tmp_path: Path) -> None:
+    # The runner's pipes then have numbers past 1023, which select() cannot wait on.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip("this process may not hold 1,200 descriptors")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held: list[int] = []
+    try:
+        while not held or held[-1] < 1100:
+            held.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+        result = runner.run(["/bin/sh", "-c", "echo ok"], tmp_path, LIMITS)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert (result.stdout, result.return_code) == ("ok\n", 0), result.stderr

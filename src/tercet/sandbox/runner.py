@@ -167,9 +167,10 @@ def _sandbox_pid(info: int, deadline: float, bubblewrap_pid: int) -> int | None:
     object with `child-pid`, the fd then closed); None if bubblewrap ends without one, or
     the wall clock runs out first."""
     report = b""
+    waiting = select.poll()  # not select(), which fails for a descriptor past 1023
+    waiting.register(info, select.POLLIN)
     while True:
-        ready, _, _ = select.select([info], [], [], max(deadline - time.monotonic(), 0.0))
-        if not ready:
+        if not waiting.poll(max(math.ceil((deadline - time.monotonic()) * 1000), 0)):
             return None
         chunk = os.read(info, 4096)
         if not chunk:
