@@ -16,6 +16,7 @@ import pytest
 
 from tercet.engine.bundled import (
     BUNDLED_MODEL_ID,
+    BUNDLED_REPETITION,
     BUNDLED_TEMPERATURE,
     BUNDLED_TOP_P,
     bundled_model_path,
@@ -38,6 +39,7 @@ def engine() -> LlamaCppEngine:
         max_output_tokens=128_000,
         default_temperature=BUNDLED_TEMPERATURE,
         default_top_p=BUNDLED_TOP_P,
+        default_repetition=BUNDLED_REPETITION,
     )
 
 

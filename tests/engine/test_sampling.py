@@ -117,6 +117,19 @@ def test_lazy_checking_draws_from_the_same_distribution_as_full_filtering(
     assert chi2 < limit, (observed, expected)
 
 
+def test_dry_alone_turns_the_model_away_from_continuing_a_repeat(engine: LlamaCppEngine) -> None:
+    prefilled(engine, "Tell me a story about a dragon.")
+    greedy = SamplingParams(max_tokens=1, temperature=0)
+    chosen = TokenSampler(engine._llama, greedy, None, 0).sample()
+    dry = TokenSampler(engine._llama, greedy, RepetitionPenalty(dry_multiplier=50.0), 0)
+    a, b, c = engine.tokenize_fragment(" the old lighthouse")[:3]
+    dry.write([a, b, c, chosen, a, b, c])  # `chosen` would make "a b c chosen" a repeat
+    assert dry.sample() != chosen
+    undisturbed = TokenSampler(engine._llama, greedy, RepetitionPenalty(dry_multiplier=50.0), 0)
+    undisturbed.write([a, b, c])  # nothing repeated yet
+    assert undisturbed.sample() == chosen
+
+
 def test_a_grammar_llama_cpp_cannot_parse_is_an_error(engine: LlamaCppEngine) -> None:
     sampler = TokenSampler(engine._llama, SamplingParams(max_tokens=1), None, 0)
     with pytest.raises(GrammarError):

@@ -13,6 +13,7 @@ from tercet.cache.store import PromptCache
 from tercet.engine.base import Engine
 from tercet.engine.bundled import (
     BUNDLED_MODEL_ID,
+    BUNDLED_REPETITION,
     BUNDLED_TEMPERATURE,
     BUNDLED_TOP_P,
     bundled_model_path,
@@ -165,6 +166,7 @@ def load_engine(args: argparse.Namespace, cache: PromptCache | None = None) -> E
         max_output_tokens=args.max_output_tokens,
         default_temperature=temperature,
         default_top_p=top_p,
+        default_repetition=BUNDLED_REPETITION if bundled else None,
         threads=args.threads,
         parallel_tool_calls=args.parallel_tool_calls,
         cache=cache,

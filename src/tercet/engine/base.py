@@ -98,7 +98,9 @@ class RepetitionPenalty:
     dry_multiplier: float = 0.0  # 0: DRY off
     dry_base: float = 1.75
     dry_allowed_length: int = 2  # repeats up to this many tokens go unpenalised
-    dry_last_n: int = -1  # how far back DRY looks (-1: the whole context)
+    # How far back DRY looks; 0 turns it off, and so does -1 in llama-cpp-python's binding
+    # (which has no context size to stand for), so a length it is.
+    dry_last_n: int = 512
     # Sequences are not matched across these (llama.cpp's defaults).
     dry_sequence_breakers: tuple[str, ...] = ("\n", ":", '"', "*")
     repeat: float = 1.0  # 1: off; a token seen in the last `repeat_last_n` has its logit divided

