@@ -64,10 +64,11 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=150)
     parser.add_argument("--quick", action="store_true", help="one short trial")
+    parser.add_argument("--threads", type=int, default=None, help="decode threads")
     args = parser.parse_args()
     if args.quick:
         args.trials, args.tokens = 1, 24
-    engine = LlamaCppEngine(bundled_model_path(), model_id=BUNDLED_MODEL_ID)
+    engine = LlamaCppEngine(bundled_model_path(), model_id=BUNDLED_MODEL_ID, threads=args.threads)
     free = SamplingParams(max_tokens=args.tokens, temperature=0)
     policy = ToolPolicy(schemas={TOOL.name: SCHEMA}, choice="tool", name=TOOL.name)
     forced = SamplingParams(max_tokens=args.tokens, temperature=0, tools=policy)
