@@ -42,7 +42,7 @@ from tercet.server.metrics import ServerMetrics
 from tercet.server.models import ModelRegistry
 from tercet.server.request_log import PrefillLog, RequestRecord, log_request
 from tercet.server.signatures import ThinkingSigner
-from tercet.server.sse import encode, with_pings
+from tercet.server.sse import encode, encode_all, with_pings
 from tercet.server.thinking import thinks
 from tercet.wire.errors import (
     APIError,
@@ -281,8 +281,8 @@ class EventStreamResponse(StreamingResponse):
         job: GenerationPlan, ping_interval: float, record: RequestRecord
     ) -> AsyncIterator[bytes]:
         try:
-            async for event in with_pings(stream_events(job), ping_interval):
-                yield encode(event)
+            async for events in with_pings(stream_events(job), ping_interval):
+                yield encode_all(events)
         except APIError as exc:
             record.status, record.error_type = exc.status_code, exc.error_type
             yield encode(ErrorEvent(error=exc.detail()))
