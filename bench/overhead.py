@@ -9,6 +9,7 @@ Prints medians and the ratios; targets: decode throughput within 5%, time to fir
 
     .venv/bin/python bench/overhead.py [--trials 5] [--tokens 200]
     .venv/bin/python bench/overhead.py --quick   # 1 trial of 16 tokens: the script works
+    .venv/bin/python bench/overhead.py --server-args '--cache-ram-mb 0 --cache-disk-mb 0'
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def server_run(http: httpx.Client, text: str, max_tokens: int) -> Run:
 
 
 @contextmanager
-def served_process() -> Iterator[str]:
+def served_process(extra_args: list[str]) -> Iterator[str]:
     """`tercet serve` on a free loopback port, in its own process; yields its base URL."""
     command = [
         sys.executable,
@@ -106,6 +107,7 @@ def served_process() -> Iterator[str]:
         "0",
         "--log-level",
         "warning",
+        *extra_args,
     ]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
@@ -126,6 +128,11 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="the smallest run: the script works")
+    parser.add_argument(
+        "--server-args",
+        default="",
+        help="more `tercet serve` options, e.g. '--cache-ram-mb 0 --cache-disk-mb 0'",
+    )
     args = parser.parse_args()
     if args.quick:
         args.trials, args.tokens = 1, 16
@@ -135,7 +142,11 @@ def main() -> None:
     def direct(text: str, max_tokens: int) -> Run:
         return raw_run(engine, text, max_tokens)
 
-    with served_process() as base_url, httpx.Client(base_url=base_url, timeout=600) as http:
+    server_args = args.server_args.split()  # --cache-ram-mb 0 ...: the same with the cache off
+    with (
+        served_process(server_args) as base_url,
+        httpx.Client(base_url=base_url, timeout=600) as http,
+    ):
         server_run(http, prompt_text("warm-up"), 8)
         direct(prompt_text("warm-up-raw"), 8)
         raw: list[Run] = []
