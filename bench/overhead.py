@@ -4,8 +4,8 @@ The server runs as its own process (`tercet serve`, as users run it), read over 
 SSE; the direct side loads the same GGUF with the same settings in this process. Both decode
 greedily on prompts made unique per trial (so neither profits from cached prefixes beyond the
 chat template's), alternating trial by trial so only one of them computes at a time.
-Prints medians and the ratios; targets: decode throughput within 5%, time to first token within
-20 ms of the raw engine.
+Prints medians and the ratios; targets: decode throughput at least 0.97 of the raw engine's, time
+to first token within 10 ms of it.
 
     .venv/bin/python bench/overhead.py [--trials 5] [--tokens 200]
     .venv/bin/python bench/overhead.py --quick   # 1 trial of 16 tokens: the script works
@@ -165,8 +165,8 @@ def main() -> None:
     print(f"{'time to first token':24}{raw_ttft * 1000:>19.1f} ms{srv_ttft * 1000:>13.1f} ms")
     print(f"{'decode tokens/s':24}{raw_rate:>22.1f}{srv_rate:>16.1f}")
     print(f"{'tokens generated':24}{median(raw, 'tokens'):>22.0f}{median(served, 'tokens'):>16.0f}")
-    print(f"TTFT overhead: {(srv_ttft - raw_ttft) * 1000:+.1f} ms (target < 20 ms)")
-    print(f"decode throughput ratio server/raw: {srv_rate / raw_rate:.3f} (target > 0.95)")
+    print(f"TTFT overhead: {(srv_ttft - raw_ttft) * 1000:+.1f} ms (target < 10 ms)")
+    print(f"decode throughput ratio server/raw: {srv_rate / raw_rate:.3f} (target >= 0.97)")
 
 
 if __name__ == "__main__":
