@@ -184,7 +184,9 @@ class CodeExecutor:
             return error(failure.code)
         except (NotInWorkspace, ValueError):  # a link, a FIFO, a NUL, text that cannot be saved
             return error("invalid_tool_input")
-        except (SandboxUnavailable, OSError):
+        except (SandboxUnavailable, OSError) as failure:
+            # The caller sees only `unavailable`; the operator needs the reason.
+            log.warning("code execution unavailable: %r", failure)
             return error("unavailable")
         if result.timed_out:
             return error("execution_time_exceeded")
