@@ -507,7 +507,8 @@ class _Pipes:
         until = time.monotonic() + seconds
         while self._open and (left := until - time.monotonic()) > 0:
             for fd, _ in self._poll.poll(math.ceil(left * 1000)):
-                self._receive(fd)
+                if fd in self._open:
+                    self._receive(fd)
 
     def text(self) -> tuple[str, str]:
         for file in self._files:
@@ -530,7 +531,9 @@ class _Pipes:
 
     def _close_stdin(self) -> None:
         if self._stdin is not None:
-            if self._unsent:
+            # Registered while there was input to send; `_send` empties `_unsent` before it
+            # gets here, so that cannot tell. A closed fd left registered polls as POLLNVAL.
+            with contextlib.suppress(KeyError):
                 self._poll.unregister(self._stdin)
             self._files[0].close()
             self._stdin = None
