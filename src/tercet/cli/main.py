@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from tercet import __version__
-from tercet.cli import chat, code, files, sandbox, serve
+from tercet.cli import chat, code, eval, files, sandbox, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     code.register(commands)
     files.register(commands)
     sandbox.register(commands)
+    eval.register(commands)
     return parser
 
 

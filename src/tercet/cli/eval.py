@@ -1,0 +1,383 @@
+"""`tercet eval`: build the benchmark, run an agent on it, grade predictions, report.
+
+    tercet eval run --agent tercet --split dev --run-dir runs/smollm2      # embedded model
+    tercet eval run --agent tercet --base-url http://127.0.0.1:8080 --run-dir runs/server
+    tercet eval run --agent claude-code --base-url http://127.0.0.1:8080 --run-dir runs/cc
+    tercet eval report runs/smollm2                                        # markdown + HTML
+    tercet eval grade --predictions preds.jsonl --run-dir runs/elsewhere   # SWE-bench format
+
+Exit status: 0 done, 1 failed, 2 bad input (the message says what), 130 interrupted (the
+run directory resumes with --resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tercet.agent.budget import PRICES, Budget, ModelPrice
+from tercet.evals.task import EvalInputError
+
+EXIT_FAILED = 1
+EXIT_INPUT = 2
+EXIT_INTERRUPTED = 130
+DEFAULT_DATASET = "pypi-bugs-v1"
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "eval",
+        help="the evaluation harness: build, run, grade, report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _register_build(actions)
+    _register_run(actions)
+    _register_grade(actions)
+    _register_report(actions)
+
+
+# ---------------------------------------------------------------------------- build
+
+
+def _register_build(actions: Any) -> None:
+    parser = actions.add_parser(
+        "build", help="build tasks from pinned packages (mutate, validate, split)"
+    )
+    try:
+        from tercet.evals import build
+    except ImportError:
+        build = None
+    add = getattr(build, "add_arguments", None)
+    if add is not None:
+        add(parser)
+    parser.set_defaults(run=_build)
+
+
+def _build(args: argparse.Namespace) -> int:
+    try:
+        from tercet.evals import build
+    except ImportError as exc:
+        print(f"error: the task builder is not available: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        code: int = build.main(args)
+    except EvalInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    return code
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def _add_dataset_arguments(parser: argparse.ArgumentParser, *, split: bool = True) -> None:
+    group = parser.add_argument_group("tasks")
+    group.add_argument(
+        "--dataset",
+        default=DEFAULT_DATASET,
+        help=f"a bundled dataset's name, a directory with tasks.jsonl and packages.toml, or a "
+        f"tasks file (default {DEFAULT_DATASET})",
+    )
+    group.add_argument(
+        "--packages", type=Path, help="the package specs (default: beside the tasks)"
+    )
+    if split:
+        group.add_argument(
+            "--split", choices=["dev", "test", "all"], default="test", help="default test"
+        )
+        group.add_argument(
+            "--instances",
+            action="extend",
+            nargs="+",
+            default=[],
+            metavar="ID",
+            help="only these instances (ids, space- or comma-separated)",
+        )
+        group.add_argument("--limit", type=int, metavar="N", help="only the first N tasks")
+    group.add_argument(
+        "--cache", type=Path, help="sdists, environments, trees (default: user cache)"
+    )
+
+
+def _add_run_dir_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("the run")
+    group.add_argument(
+        "--run-dir", type=Path, required=True, metavar="DIR", help="where results go"
+    )
+    group.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    group.add_argument(
+        "--retry-errors", action="store_true", help="with --resume: redo attempts graded ERROR"
+    )
+    group.add_argument("--workers", type=int, default=1, metavar="N", help="attempts at once")
+    group.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _register_run(actions: Any) -> None:
+    from tercet.evals.agents import AGENTS
+
+    parser = actions.add_parser(
+        "run",
+        help="run an agent on the tasks; results appended to RUN_DIR/results.jsonl",
+        description="Each attempt: a fresh workspace (the buggy source as a git repository), "
+        "the agent, its diff graded as SWE-bench grades. Ctrl-C keeps finished results; "
+        "--resume continues.",
+    )
+    _add_dataset_arguments(parser)
+    _add_run_dir_arguments(parser)
+    agents = ", ".join(f"{e.name} ({e.description})" for e in AGENTS.values())
+    group = parser.add_argument_group("the agent")
+    group.add_argument(
+        "--agent", default="tercet", help=f"{agents}; or a module:factory path (default tercet)"
+    )
+    group.add_argument("--attempts", type=int, default=1, metavar="K", help="attempts per task")
+    group.add_argument(
+        "--agent-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for a plugged-in agent (repeatable)",
+    )
+    group.add_argument("--keep-workspaces", action="store_true", help="keep RUN_DIR/workspaces")
+    group.add_argument(
+        "--no-sandbox",
+        action="store_true",
+        help="run the tercet agent's bash commands without bubblewrap (and with network)",
+    )
+    group.add_argument("--claude-binary", type=Path, help="the claude CLI (default: on PATH)")
+    limits = parser.add_argument_group("budget per attempt")
+    limits.add_argument("--max-turns", type=int, default=30, metavar="N", help="default 30")
+    limits.add_argument(
+        "--max-wall-time", type=float, default=900, metavar="SECONDS", help="default 900"
+    )
+    limits.add_argument("--max-total-tokens", type=int, metavar="N")
+    limits.add_argument("--max-cost-usd", type=float, metavar="USD")
+    limits.add_argument(
+        "--test-timeout", type=float, default=600, metavar="SECONDS", help="grading (default 600)"
+    )
+    model = parser.add_argument_group("the model")
+    model.add_argument(
+        "--model",
+        help="the model requests name (default: the embedded model's id; with --base-url, "
+        "claude-sonnet-4-6)",
+    )
+    model.add_argument(
+        "--base-url",
+        default=os.environ.get("ANTHROPIC_BASE_URL"),
+        help="a Messages API server: tercet's or Anthropic's (default $ANTHROPIC_BASE_URL; "
+        "none: the embedded model in-process)",
+    )
+    model.add_argument(
+        "--api-key", default=os.environ.get("ANTHROPIC_API_KEY"), help="default $ANTHROPIC_API_KEY"
+    )
+    model.add_argument("--gguf", type=Path, help="in-process: a GGUF (default: the bundled model)")
+    model.add_argument("--context-window", type=int, metavar="TOKENS", help="in-process")
+    model.add_argument("--threads", type=int, help="in-process: CPU threads")
+    model.add_argument(
+        "--max-tokens", type=int, default=4096, metavar="N", help="output per call (default 4096)"
+    )
+    model.add_argument("--temperature", type=float, help="default: the server's")
+    model.add_argument(
+        "--price",
+        metavar="INPUT,OUTPUT",
+        help="USD per million input and output tokens of --model (default: Anthropic's list "
+        "prices for claude-* models; the embedded model: none, cost 'n/a')",
+    )
+    model.add_argument(
+        "--parameters",
+        type=float,
+        metavar="N",
+        help="the model's parameter count, for the FLOPs estimate (default: from the GGUF)",
+    )
+    parser.set_defaults(run=_run)
+
+
+def _instances(values: list[str]) -> tuple[str, ...]:
+    return tuple(i for value in values for i in value.split(",") if i)
+
+
+def _budget(args: argparse.Namespace) -> Budget:
+    for name, value in [
+        ("--max-turns", args.max_turns),
+        ("--max-wall-time", args.max_wall_time),
+        ("--max-total-tokens", args.max_total_tokens),
+        ("--max-cost-usd", args.max_cost_usd),
+    ]:
+        if value is not None and value <= 0:
+            raise EvalInputError(f"{name} must be positive")
+    return Budget(
+        max_turns=args.max_turns,
+        max_total_tokens=args.max_total_tokens,
+        max_wall_time_s=args.max_wall_time,
+        max_cost_usd=args.max_cost_usd,
+    )
+
+
+def _prices(args: argparse.Namespace) -> dict[str, ModelPrice]:
+    prices: dict[str, ModelPrice] = dict(PRICES) if args.base_url else {}
+    if args.price:
+        if not args.model:
+            raise EvalInputError("--price needs --model: the name it prices")
+        try:
+            input_price, output_price = (float(v) for v in args.price.split(","))
+        except ValueError:
+            raise EvalInputError(f"--price {args.price}: give INPUT,OUTPUT in USD/Mtok") from None
+        prices[args.model] = ModelPrice(input_price, output_price)
+    return prices
+
+
+def _options(values: list[str]) -> dict[str, str]:
+    options = {}
+    for value in values:
+        key, sep, setting = value.partition("=")
+        if not sep or not key:
+            raise EvalInputError(f"--agent-option {value}: give KEY=VALUE")
+        options[key] = setting
+    return options
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tercet.evals.agents import AgentSettings, agent_entry
+    from tercet.evals.run import RunOptions, load_dataset, run_eval
+
+    logging.getLogger("mcp").setLevel(logging.WARNING)
+    try:
+        agent_entry(args.agent)  # an unknown agent is said before the dataset loads
+        settings = AgentSettings(
+            model=args.model,
+            base_url=args.base_url,
+            api_key=args.api_key,
+            gguf=args.gguf,
+            context_window=args.context_window,
+            threads=args.threads,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            prices=_prices(args),
+            parameters=int(args.parameters) if args.parameters else None,
+            sandbox=not args.no_sandbox,
+            claude_binary=args.claude_binary,
+            options=_options(args.agent_option),
+        )
+        options = RunOptions(
+            split=args.split,
+            attempts=args.attempts,
+            workers=args.workers,
+            instances=_instances(args.instances),
+            limit=args.limit,
+            budget=_budget(args),
+            cache=args.cache,
+            keep_workspaces=args.keep_workspaces,
+            retry_errors=args.retry_errors,
+            test_timeout_s=args.test_timeout,
+        )
+        dataset = load_dataset(args.dataset, args.packages)
+        summary = run_eval(
+            dataset,
+            args.agent,
+            settings,
+            options,
+            args.run_dir,
+            resume=args.resume,
+            stream=None if args.quiet else sys.stderr,
+        )
+    except EvalInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: finished attempts are saved in {args.run_dir}; continue with "
+            "the same command and --resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    _print_summary(args.run_dir)
+    del summary
+    return 0
+
+
+def _print_summary(run_dir: Path) -> None:
+    from tercet.evals.report import load_run, summary_line
+
+    print(summary_line(load_run(run_dir)))
+    print(f"report: tercet eval report {run_dir}")
+
+
+# ---------------------------------------------------------------------------- grade
+
+
+def _register_grade(actions: Any) -> None:
+    parser = actions.add_parser(
+        "grade",
+        help="grade SWE-bench predictions (instance_id, model_name_or_path, model_patch)",
+    )
+    parser.add_argument("--predictions", type=Path, required=True, metavar="FILE", help="JSONL")
+    _add_dataset_arguments(parser, split=False)
+    _add_run_dir_arguments(parser)
+    parser.add_argument(
+        "--test-timeout", type=float, default=600, metavar="SECONDS", help="default 600"
+    )
+    parser.set_defaults(run=_grade)
+
+
+def _grade(args: argparse.Namespace) -> int:
+    from tercet.evals.run import RunOptions, grade_predictions, load_dataset
+
+    try:
+        dataset = load_dataset(args.dataset, args.packages)
+        options = RunOptions(
+            split="all",
+            workers=args.workers,
+            cache=args.cache,
+            retry_errors=args.retry_errors,
+            test_timeout_s=args.test_timeout,
+        )
+        grade_predictions(
+            dataset,
+            args.predictions,
+            options,
+            args.run_dir,
+            resume=args.resume,
+            stream=None if args.quiet else sys.stderr,
+        )
+    except EvalInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print(f"interrupted: graded predictions are saved in {args.run_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    _print_summary(args.run_dir)
+    return 0
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def _register_report(actions: Any) -> None:
+    parser = actions.add_parser(
+        "report",
+        help="summarise a run: report.md, report.html (plots inlined), predictions.jsonl",
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory")
+    parser.add_argument("--out", type=Path, help="where to write (default: the run directory)")
+    parser.add_argument("--no-html", action="store_true", help="markdown and predictions only")
+    parser.set_defaults(run=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from tercet.evals.report import write_report
+
+    try:
+        written = write_report(args.run_dir, args.out, include_html=not args.no_html)
+    except EvalInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    markdown = written["markdown"]
+    print(markdown.read_text(encoding="utf-8"))
+    for kind, path in written.items():
+        print(f"{kind}: {path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,558 @@
+"""Reports on a run: a markdown summary, a self-contained HTML page, SWE-bench predictions.
+
+Every rate is printed as k/n with its Wilson 95% interval, and its denominator is said: all
+attempts, whatever their status. ERROR (the harness could not grade) is counted apart and
+never dropped; it is not resolved. Where an instance was attempted more than once and an
+attempt was redone (`--retry-errors`), the last result of each (instance, attempt) counts.
+The page records model, scaffold, dataset version, harness version and settings, and holds its
+plots as inline PNGs, so it can be mailed or archived as one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tercet.evals.run import RunDirectory, latest_results
+from tercet.evals.stats import Rate, format_percent, format_rate
+from tercet.evals.task import AttemptResult, EvalInputError, Prediction, Task, write_jsonl
+
+STATUSES = (
+    "RESOLVED_FULL",
+    "RESOLVED_PARTIAL",
+    "RESOLVED_NO",
+    "EMPTY_PATCH",
+    "PATCH_FAILED",
+    "ERROR",
+)
+UNKNOWN = "(unknown task)"
+
+
+@dataclass
+class RunData:
+    """A run as the report reads it."""
+
+    path: Path
+    record: dict[str, Any]
+    tasks: dict[str, Task]
+    results: list[AttemptResult]  # the last result of each (instance, attempt)
+
+    def task_of(self, result: AttemptResult) -> Task | None:
+        return self.tasks.get(result.instance_id)
+
+
+def load_run(run_dir: Path) -> RunData:
+    """A run directory's record, tasks and results (an `EvalInputError` if it is none)."""
+    directory = RunDirectory(run_dir)
+    record = directory.read_record()
+    tasks = {t.instance_id: t for t in directory.tasks()}
+    results = sorted(
+        latest_results(directory.results.load()).values(),
+        key=lambda r: (r.instance_id, r.attempt),
+    )
+    return RunData(run_dir, record, tasks, results)
+
+
+# ---------------------------------------------------------------------------- numbers
+
+
+@dataclass
+class Group:
+    """The attempts of one package, mutation family, ...: statuses counted apart."""
+
+    name: str
+    statuses: Counter[str] = field(default_factory=Counter)
+    touched_tests: int = 0
+
+    @property
+    def n(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def resolved(self) -> Rate:
+        return Rate(self.statuses["RESOLVED_FULL"], self.n)
+
+    def add(self, result: AttemptResult) -> None:
+        self.statuses[result.grade.status] += 1
+        self.touched_tests += result.grade.touched_tests
+
+
+def group_by(results: Iterable[AttemptResult], key: Callable[[AttemptResult], str]) -> list[Group]:
+    groups: dict[str, Group] = {}
+    for result in results:
+        name = key(result)
+        groups.setdefault(name, Group(name)).add(result)
+    return [groups[name] for name in sorted(groups)]
+
+
+def difficulty(count: int) -> str:
+    """A task's difficulty bucket: how many tests its bug breaks."""
+    if count <= 1:
+        return "1 failing test"
+    if count <= 3:
+        return "2-3 failing tests"
+    if count <= 10:
+        return "4-10 failing tests"
+    return "over 10 failing tests"
+
+
+def tokens_of(result: AttemptResult) -> int:
+    c = result.compute
+    return c.input_tokens + c.cache_read_tokens + c.cache_write_tokens + c.output_tokens
+
+
+def duration_of(result: AttemptResult) -> float:
+    """The attempt's whole duration (agent, diff, grading) in seconds."""
+    try:
+        return (
+            datetime.fromisoformat(result.ended_at) - datetime.fromisoformat(result.started_at)
+        ).total_seconds()
+    except ValueError:
+        return result.compute.wall_seconds
+
+
+def summary_line(run: RunData) -> str:
+    """One line: the resolved rate and how the rest ended."""
+    total = Group("all")
+    for result in run.results:
+        total.add(result)
+    others = ", ".join(
+        f"{status} {total.statuses[status]}" for status in STATUSES[1:] if total.statuses[status]
+    )
+    return (
+        f"resolved {format_rate(total.statuses['RESOLVED_FULL'], total.n)} of all "
+        f"{total.n} attempts" + (f"; {others}" if others else "")
+    )
+
+
+# ---------------------------------------------------------------------------- markdown
+
+
+def markdown_report(run: RunData, figures: Sequence[str] = ()) -> str:
+    """The summary as markdown; `figures` are image file names to link."""
+    record = run.record
+    dataset = record.get("dataset", {})
+    harness = record.get("harness", {})
+    results = run.results
+    total = Group("all attempts")
+    for result in results:
+        total.add(result)
+    out: list[str] = [f"# Evaluation report: {record.get('agent', '?')} on {dataset.get('name')}"]
+    out += [
+        "",
+        "| | |",
+        "|---|---|",
+        f"| model | {_cell(record.get('model') or 'n/a')} |",
+        f"| scaffold (agent) | {_cell(record.get('agent', '?'))} |",
+        f"| dataset | {_cell(dataset.get('name'))} {_cell(dataset.get('version'))} |",
+        f"| harness | {_cell(harness.get('name', 'tercet'))} {_cell(harness.get('version'))} |",
+        f"| settings | `{_cell(json.dumps(record.get('settings', {}), sort_keys=True))}` |",
+        f"| created | {_cell(record.get('created_at'))} |",
+        "",
+        "## Resolved",
+        "",
+        f"**{format_rate(total.statuses['RESOLVED_FULL'], total.n)}** attempts resolved "
+        f"(RESOLVED_FULL), Wilson 95% interval in brackets. Denominator: all {total.n} "
+        "attempts, whatever their status; ERROR attempts count as not resolved.",
+        "",
+    ]
+    attempts = max((r.attempt for r in results), default=0) + 1
+    if attempts > 1:
+        by_task: dict[str, bool] = defaultdict(bool)
+        for result in results:
+            by_task[result.instance_id] |= result.grade.resolved
+        solved = sum(by_task.values())
+        out += [
+            f"Tasks resolved by at least one of {attempts} attempts: "
+            f"{format_rate(solved, len(by_task))}.",
+            "",
+        ]
+    out += ["| status | attempts | share |", "|---|---:|---:|"]
+    for status in STATUSES:
+        count = total.statuses[status]
+        out.append(f"| {status} | {count} | {format_percent(count, total.n)} |")
+    out += [
+        "",
+        f"Patches that touched tests or test configuration (never counted, the grader restores "
+        f"them): {format_rate(total.touched_tests, total.n)}.",
+        "",
+    ]
+    errors = [r for r in results if r.grade.status == "ERROR"]
+    if errors:
+        out += ["Harness errors (not the agent's fault, rerun with `--resume --retry-errors`):", ""]
+        for result in errors[:20]:
+            out.append(
+                f"- {result.instance_id} #{result.attempt}: {_cell(_short(result.grade.error))}"
+            )
+        if len(errors) > 20:
+            out.append(f"- ... and {len(errors) - 20} more")
+        out.append("")
+
+    def package(result: AttemptResult) -> str:
+        task = run.task_of(result)
+        return task.source.name if task else UNKNOWN
+
+    def family(result: AttemptResult) -> str:
+        task = run.task_of(result)
+        return task.mutation if task else UNKNOWN
+
+    def hardness(result: AttemptResult) -> str:
+        task = run.task_of(result)
+        return difficulty(task.failing_count) if task else UNKNOWN
+
+    for title, key in (
+        ("By package", package),
+        ("By mutation family", family),
+        ("By difficulty", hardness),
+    ):
+        out += [f"## {title}", "", *_group_table(group_by(results, key)), ""]
+    out += ["## Compute", "", *_compute_table(results), ""]
+    for name in figures:
+        out += [f"![{name}]({name})", ""]
+    return "\n".join(out)
+
+
+def _group_table(groups: Sequence[Group]) -> list[str]:
+    rows = [
+        "| group | resolved (95% CI) | partial | no | empty | patch failed | error | "
+        "touched tests |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for g in groups:
+        s = g.statuses
+        rows.append(
+            f"| {_cell(g.name)} | {g.resolved} | {s['RESOLVED_PARTIAL']} | {s['RESOLVED_NO']} | "
+            f"{s['EMPTY_PATCH']} | {s['PATCH_FAILED']} | {s['ERROR']} | {g.touched_tests} |"
+        )
+    return rows
+
+
+def _compute_table(results: Sequence[AttemptResult]) -> list[str]:
+    n = len(results)
+    rows = ["| | total | per attempt |", "|---|---:|---:|"]
+
+    def add(label: str, values: list[float], fmt: Callable[[float], str]) -> None:
+        if not values:
+            rows.append(f"| {label} | n/a | n/a |")
+            return
+        total = sum(values)
+        note = "" if len(values) == n else f" ({len(values)} of {n} attempts)"
+        rows.append(f"| {label}{note} | {fmt(total)} | {fmt(total / len(values))} |")
+
+    def count(value: float) -> str:
+        return f"{value:,.0f}"
+
+    c = [r.compute for r in results]
+    add("input tokens", [x.input_tokens for x in c], count)
+    add("cache read tokens", [x.cache_read_tokens for x in c], count)
+    add("cache write tokens", [x.cache_write_tokens for x in c], count)
+    add("output tokens", [x.output_tokens for x in c], count)
+    add("thinking tokens (streamed, estimate)", [x.thinking_tokens for x in c], count)
+    add("model calls", [x.model_calls for x in c], count)
+    add("tool calls", [x.tool_calls for x in c], count)
+    add("agent wall time (s)", [x.wall_seconds for x in c], lambda v: f"{v:,.1f}")
+    add("attempt wall time (s)", [duration_of(r) for r in results], lambda v: f"{v:,.1f}")
+    add("cost (USD)", [x.cost_usd for x in c if x.cost_usd is not None], lambda v: f"{v:,.4f}")
+    add(
+        "FLOPs (estimate: 2 x parameters x tokens)",
+        [x.flops for x in c if x.flops is not None],
+        lambda v: f"{v:.3g}",
+    )
+    return rows
+
+
+def _cell(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _short(text: str | None, limit: int = 200) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ---------------------------------------------------------------------------- plots
+
+
+def figures(run: RunData) -> dict[str, bytes]:
+    """The report's plots as PNG bytes, by file name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = run.results
+    plots: dict[str, bytes] = {}
+
+    def save(name: str, figure: Any) -> None:
+        buffer = io.BytesIO()
+        figure.tight_layout()
+        figure.savefig(buffer, format="png", dpi=100)
+        plt.close(figure)
+        plots[name] = buffer.getvalue()
+
+    def task_key(attr: Callable[[Task], str]) -> Callable[[AttemptResult], str]:
+        def key(result: AttemptResult) -> str:
+            task = run.task_of(result)
+            return attr(task) if task else UNKNOWN
+
+        return key
+
+    for name, title, key in (
+        ("by_package.png", "Resolved rate by package", task_key(lambda t: t.source.name)),
+        ("by_mutation.png", "Resolved rate by mutation family", task_key(lambda t: t.mutation)),
+    ):
+        groups = group_by(results, key)
+        figure, axes = plt.subplots(figsize=(8, 0.45 * len(groups) + 1.6))
+        _rate_bars(axes, groups)
+        axes.set_title(title + " (Wilson 95% intervals)")
+        save(name, figure)
+
+    figure, axes = plt.subplots(figsize=(8, 4))
+    _tokens_plot(axes, results)
+    save("tokens_vs_resolved.png", figure)
+
+    figure, axes = plt.subplots(figsize=(8, 4))
+    _durations_plot(axes, results)
+    save("durations.png", figure)
+    return plots
+
+
+def _rate_bars(axes: Any, groups: Sequence[Group]) -> None:
+    names = [f"{g.name} ({g.resolved.k}/{g.n})" for g in groups]
+    values = [g.resolved.value or 0.0 for g in groups]
+    low = [v - g.resolved.interval[0] for v, g in zip(values, groups, strict=True)]
+    high = [g.resolved.interval[1] - v for v, g in zip(values, groups, strict=True)]
+    positions = list(range(len(groups)))
+    axes.barh(positions, values, xerr=[low, high], color="#4c78a8", capsize=3)
+    axes.set_yticks(positions, names)
+    axes.invert_yaxis()
+    axes.set_xlim(0, 1)
+    axes.set_xlabel("resolved (RESOLVED_FULL / all attempts)")
+
+
+def _tokens_plot(axes: Any, results: Sequence[AttemptResult]) -> None:
+    """Each attempt's tokens against whether it resolved, and the rate per token quartile."""
+    points = [(tokens_of(r), r.grade.resolved) for r in results]
+    if not points or not any(tokens for tokens, _ in points):
+        axes.text(0.5, 0.5, "no token counts (the agent used no model)", ha="center")
+        axes.set_axis_off()
+        return
+    points.sort()
+    for index, (tokens, resolved) in enumerate(points):
+        jitter = ((index * 0.6180339887) % 1 - 0.5) * 0.08
+        axes.plot(
+            max(tokens, 1),
+            (1.0 if resolved else 0.0) + jitter,
+            "o",
+            color="#54a24b" if resolved else "#e45756",
+            alpha=0.5,
+            markersize=4,
+        )
+    bins = min(4, len(points))
+    size = math.ceil(len(points) / bins)
+    for start in range(0, len(points), size):
+        chunk = points[start : start + size]
+        rate = Rate(sum(r for _, r in chunk), len(chunk))
+        middle = max(chunk[len(chunk) // 2][0], 1)
+        value = rate.value or 0.0
+        axes.errorbar(
+            middle,
+            value,
+            yerr=[[value - rate.interval[0]], [rate.interval[1] - value]],
+            fmt="s",
+            color="black",
+            capsize=3,
+        )
+    axes.set_xscale("log")
+    axes.set_ylim(-0.15, 1.15)
+    axes.set_xlabel("tokens per attempt (prompt + output, log scale)")
+    axes.set_ylabel("resolved")
+    axes.set_title("Tokens against resolved (squares: rate per token quartile, 95% CI)")
+
+
+def _durations_plot(axes: Any, results: Sequence[AttemptResult]) -> None:
+    if not results:
+        axes.text(0.5, 0.5, "no attempts", ha="center")
+        axes.set_axis_off()
+        return
+    series = {
+        "resolved": [duration_of(r) for r in results if r.grade.resolved],
+        "not resolved": [
+            duration_of(r) for r in results if not r.grade.resolved and r.grade.status != "ERROR"
+        ],
+        "error": [duration_of(r) for r in results if r.grade.status == "ERROR"],
+    }
+    labels = [k for k, v in series.items() if v]
+    colours = {"resolved": "#54a24b", "not resolved": "#e45756", "error": "#9d755d"}
+    axes.hist(
+        [series[k] for k in labels],
+        bins=20,
+        stacked=True,
+        label=[f"{k} ({len(series[k])})" for k in labels],
+        color=[colours[k] for k in labels],
+    )
+    axes.set_xlabel("attempt duration (s): agent, diff and grading")
+    axes.set_ylabel("attempts")
+    axes.legend()
+    axes.set_title("Attempt durations")
+
+
+# ---------------------------------------------------------------------------- HTML
+
+
+def html_report(run: RunData, plots: dict[str, bytes]) -> str:
+    """The report as one HTML page, plots inlined as base64 PNGs."""
+    markdown = markdown_report(run)
+    body = _markdown_to_html(markdown)
+    images = "".join(
+        f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,'
+        f'{base64.b64encode(data).decode()}"><figcaption>{html.escape(name)}</figcaption>'
+        "</figure>"
+        for name, data in plots.items()
+    )
+    title = html.escape(markdown.splitlines()[0].lstrip("# "))
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{title}</title><style>{_CSS}</style></head><body>"
+        f"{body}<h2>Plots</h2>{images}</body></html>\n"
+    )
+
+
+_CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;"
+    "color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+    "padding:.3em .6em;text-align:left}td.num{text-align:right}code{font-size:.85em;"
+    "word-break:break-all}img{max-width:100%}figure{margin:1em 0}"
+)
+
+
+def _markdown_to_html(markdown: str) -> str:
+    """The small markdown subset `markdown_report` writes: headings, tables, lists, bold,
+    code spans and paragraphs."""
+    out: list[str] = []
+    lines = markdown.splitlines()
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+        elif line.startswith("|"):
+            rows = []
+            while index < len(lines) and lines[index].startswith("|"):
+                rows.append(lines[index])
+                index += 1
+            out.append(_table(rows))
+            continue
+        elif line.startswith("- "):
+            items = []
+            while index < len(lines) and lines[index].startswith("- "):
+                items.append(f"<li>{_inline(lines[index][2:])}</li>")
+                index += 1
+            out.append(f"<ul>{''.join(items)}</ul>")
+            continue
+        elif line.startswith("!["):
+            pass  # plots are inlined separately
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+        index += 1
+    return "\n".join(out)
+
+
+def _table(rows: list[str]) -> str:
+    def cells(row: str) -> list[str]:
+        parts = [p.replace("\\|", "|").strip() for p in _split_row(row)]
+        return parts
+
+    header, *body = rows
+    body = [row for row in body if not set(row.replace("|", "").strip()) <= set("-: ")]
+    head = "".join(f"<th>{_inline(c)}</th>" for c in cells(header))
+    rows_html = "".join(
+        "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in cells(row)) + "</tr>" for row in body
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows_html}</tbody></table>"
+
+
+def _split_row(row: str) -> list[str]:
+    """A markdown table row's cells (escaped pipes kept inside)."""
+    cells, current, escaped = [], "", False
+    for char in row.strip()[1:-1] if row.strip().endswith("|") else row.strip()[1:]:
+        if escaped:
+            current += "\\" + char
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "|":
+            cells.append(current)
+            current = ""
+        else:
+            current += char
+    cells.append(current)
+    return cells
+
+
+def _inline(text: str) -> str:
+    escaped = html.escape(text)
+    parts = escaped.split("`")
+    for i in range(1, len(parts), 2):
+        parts[i] = f"<code>{parts[i]}</code>"
+    joined = "".join(parts)
+    bold = joined.split("**")
+    for i in range(1, len(bold), 2):
+        bold[i] = f"<strong>{bold[i]}</strong>"
+    return "".join(bold)
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def predictions(run: RunData) -> dict[int, list[Prediction]]:
+    """SWE-bench predictions by attempt number (each instance once per file)."""
+    by_attempt: dict[int, list[Prediction]] = defaultdict(list)
+    for result in run.results:
+        by_attempt[result.attempt].append(
+            Prediction(
+                instance_id=result.instance_id,
+                model_name_or_path=result.model or result.agent,
+                model_patch=result.model_patch,
+            )
+        )
+    return dict(by_attempt)
+
+
+def write_report(
+    run_dir: Path, out: Path | None = None, *, include_html: bool = True
+) -> dict[str, Path]:
+    """Write report.md, report.html (unless `include_html` is off), the plots and predictions.jsonl
+    (attempt 0; predictions.attempt-K.jsonl for the others) into `out` (default: the run
+    directory); what was written, by kind."""
+    run = load_run(run_dir)
+    if not run.results:
+        raise EvalInputError(f"{run_dir} holds no results yet")
+    out = out or run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    plots = figures(run) if include_html else {}
+    for name, data in plots.items():
+        (out / name).write_bytes(data)
+    markdown = out / "report.md"
+    markdown.write_text(markdown_report(run, list(plots)) + "\n", encoding="utf-8")
+    written["markdown"] = markdown
+    if include_html:
+        page = out / "report.html"
+        page.write_text(html_report(run, plots), encoding="utf-8")
+        written["html"] = page
+    for attempt, records in sorted(predictions(run).items()):
+        name = "predictions.jsonl" if attempt == 0 else f"predictions.attempt-{attempt}.jsonl"
+        write_jsonl(out / name, records)
+        written.setdefault("predictions", out / "predictions.jsonl")
+    return written

@@ -1,0 +1,898 @@
+"""The runner: every attempt of an agent at a dataset's tasks, graded, saved as it ends.
+
+A run lives in a directory:
+
+    run.json       what ran: model, agent, dataset and its version, harness version, settings
+    tasks.jsonl    the tasks the run covers (so it can be reported and graded on its own)
+    results.jsonl  one `AttemptResult` a line, appended (flushed and fsynced) as each ends
+
+Each attempt gets a fresh workspace: a copy of the task's buggy tree made a git repository
+with one commit, so whatever the agent changes is `git diff`. The diff is graded on a
+pristine copy (`grade.grade`). `--resume` skips the (instance, attempt) pairs the results
+already hold; Ctrl-C stops at once, keeping every finished result, and the directory resumes.
+A last line cut short by a kill is dropped on resume and that attempt is done again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+from pydantic import ValidationError
+
+from tercet import __version__
+from tercet.evals.agents import (
+    AgentOutcome,
+    AgentSettings,
+    Budget,
+    EvalAgent,
+    TaskView,
+    Workspace,
+    agent_entry,
+    create_agent,
+)
+from tercet.evals.packages import PackageSpec, load_specs, spec_for
+from tercet.evals.task import (
+    AttemptResult,
+    Compute,
+    EvalInputError,
+    Grade,
+    Prediction,
+    Task,
+    read_jsonl,
+    write_jsonl,
+)
+
+log = logging.getLogger("tercet.evals")
+
+DATASETS = Path(__file__).resolve().parent / "datasets"
+RUN_FILE = "run.json"
+TASKS_FILE = "tasks.jsonl"
+RESULTS_FILE = "results.jsonl"
+Split = Literal["dev", "test", "all"]
+# How long past its wall-time budget an agent may run before the runner cancels it (the
+# agent's own limit should have ended it already).
+BACKSTOP_S = 120.0
+# git as the harness runs it: no user or system configuration, hooks or signing.
+GIT_ENV = {
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_AUTHOR_NAME": "tercet evals",
+    "GIT_AUTHOR_EMAIL": "evals@tercet.invalid",
+    "GIT_COMMITTER_NAME": "tercet evals",
+    "GIT_COMMITTER_EMAIL": "evals@tercet.invalid",
+    "GIT_AUTHOR_DATE": "2000-01-01T00:00:00Z",
+    "GIT_COMMITTER_DATE": "2000-01-01T00:00:00Z",
+}
+# What an agent's work leaves that is no part of its answer.
+GIT_EXCLUDE = "__pycache__/\n*.py[cod]\n.pytest_cache/\n.tercet-junit-*.xml\n"
+
+
+# ---------------------------------------------------------------------------- datasets
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A set of tasks and the package specs they need."""
+
+    name: str
+    version: str
+    tasks_path: Path
+    tasks: list[Task]
+    specs: dict[str, PackageSpec]
+
+    def select(
+        self,
+        split: Split = "all",
+        instances: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> list[Task]:
+        """The tasks of `split` (or every one), narrowed to `instances` when given (an
+        unknown id is an `EvalInputError`), the first `limit` of them."""
+        tasks = [t for t in self.tasks if split == "all" or t.split == split]
+        if instances:
+            by_id = {t.instance_id: t for t in self.tasks}
+            unknown = [i for i in instances if i not in by_id]
+            if unknown:
+                raise EvalInputError(
+                    f"unknown instance{'s' if len(unknown) > 1 else ''} in {self.name}: "
+                    + ", ".join(unknown)
+                )
+            wanted = set(instances)
+            tasks = [t for t in tasks if t.instance_id in wanted]
+            outside = [i for i in dict.fromkeys(instances) if by_id[i].split != split]
+            if split != "all" and outside:
+                raise EvalInputError(
+                    f"not in the {split} split: {', '.join(outside)} (use --split all)"
+                )
+        return tasks if limit is None else tasks[:limit]
+
+
+def load_dataset(name_or_path: str | Path, packages: Path | None = None) -> Dataset:
+    """A dataset by name (one under tercet/evals/datasets), or a directory holding
+    tasks.jsonl and packages.toml, or a tasks file (packages.toml beside it, or `packages`).
+    Every task must name a package the specs pin, at that version and hash."""
+    path = Path(name_or_path)
+    if isinstance(name_or_path, str) and (DATASETS / name_or_path).is_dir():
+        path = DATASETS / name_or_path
+    if path.is_dir():
+        tasks_path = path / TASKS_FILE
+        name = path.name
+    elif path.is_file():
+        tasks_path = path
+        name = path.stem
+    else:
+        known = (
+            sorted(p.name for p in DATASETS.iterdir() if p.is_dir()) if DATASETS.is_dir() else []
+        )
+        raise EvalInputError(
+            f"no dataset {str(name_or_path)!r}: not a directory or file, nor one of "
+            f"{', '.join(known) or 'the bundled datasets (none yet)'}"
+        )
+    specs_path = packages or tasks_path.parent / "packages.toml"
+    if not specs_path.is_file():
+        raise EvalInputError(f"no package specs for {tasks_path}: {specs_path} is missing")
+    specs = load_specs(specs_path)
+    tasks = read_jsonl(tasks_path, Task)
+    seen: set[str] = set()
+    for task in tasks:
+        if task.instance_id in seen:
+            raise EvalInputError(f"{tasks_path}: instance {task.instance_id} appears twice")
+        seen.add(task.instance_id)
+        try:
+            spec_for(task.source, specs)
+        except EvalInputError as exc:
+            raise EvalInputError(f"{tasks_path}: {task.instance_id}: {exc}") from None
+    return Dataset(name, _dataset_version(tasks_path), tasks_path, tasks, specs)
+
+
+def _dataset_version(tasks_path: Path) -> str:
+    """The manifest's `version` when the dataset has one, else a hash of its tasks."""
+    manifest = tasks_path.parent / "manifest.json"
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        version = json.loads(manifest.read_text(encoding="utf-8")).get("version")
+        if version:
+            return str(version)
+    return "sha256:" + file_digest(tasks_path)[:12]
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------- results
+
+
+class ResultsFile:
+    """results.jsonl: read back on resume, appended to (one line, flushed and fsynced) as each
+    attempt ends, from any worker."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def load(self, *, repair: bool = False) -> list[AttemptResult]:
+        """Every result in the file. A last line without its newline (the process was killed
+        while writing it) is ignored, and with `repair` cut off the file so the next append
+        starts a clean line; any other bad line is an `EvalInputError`."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise EvalInputError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+        results: list[AttemptResult] = []
+        complete_end = data.rfind(b"\n") + 1
+        for number, line in enumerate(data[:complete_end].splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                results.append(AttemptResult.model_validate_json(line))
+            except ValidationError as exc:
+                problem = exc.errors()[0]
+                where = ".".join(str(part) for part in problem["loc"]) or "the record"
+                raise EvalInputError(
+                    f"{self.path}:{number}: not a valid AttemptResult: {where}: {problem['msg']}"
+                ) from None
+        tail = data[complete_end:]
+        if tail.strip():
+            try:  # a whole record that only lacks its newline is kept
+                results.append(AttemptResult.model_validate_json(tail))
+                if repair:
+                    with self.path.open("ab") as handle:
+                        handle.write(b"\n")
+            except ValidationError:
+                log.warning("%s: ignoring a truncated last line (%d bytes)", self.path, len(tail))
+                if repair:
+                    with self.path.open("r+b") as handle:
+                        handle.truncate(complete_end)
+        return results
+
+    def append(self, result: AttemptResult) -> None:
+        line = (result.model_dump_json() + "\n").encode()
+        with self._lock, self.path.open("ab") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def latest_results(results: Iterable[AttemptResult]) -> dict[tuple[str, int], AttemptResult]:
+    """One result per (instance, attempt): the last one written (a redone attempt wins)."""
+    return {(r.instance_id, r.attempt): r for r in results}
+
+
+# ---------------------------------------------------------------------------- run settings
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run goes, apart from the agent's own settings."""
+
+    split: Split = "test"
+    attempts: int = 1
+    workers: int = 1
+    instances: tuple[str, ...] = ()
+    limit: int | None = None
+    budget: Budget = field(default_factory=lambda: Budget(max_turns=30, max_wall_time_s=900))
+    cache: Path | None = None  # None: sources.default_cache_dir()
+    keep_workspaces: bool = False
+    retry_errors: bool = False  # on resume, redo attempts that ended in ERROR
+    test_timeout_s: float = 600.0
+
+    def check(self) -> None:
+        if self.attempts < 1:
+            raise EvalInputError("--attempts must be at least 1")
+        if self.workers < 1:
+            raise EvalInputError("--workers must be at least 1")
+        if self.limit is not None and self.limit < 1:
+            raise EvalInputError("--limit must be at least 1")
+
+
+def run_record(
+    dataset: Dataset,
+    agent_name: str,
+    model: str,
+    options: RunOptions,
+    settings: AgentSettings,
+) -> dict[str, Any]:
+    """What run.json says about a run: everything that makes its results what they are."""
+    return {
+        "harness": {"name": "tercet", "version": __version__},
+        "dataset": {
+            "name": dataset.name,
+            "version": dataset.version,
+            "path": str(dataset.tasks_path),
+            "tasks_sha256": file_digest(dataset.tasks_path),
+        },
+        "agent": agent_name,
+        "model": model,
+        "settings": {
+            "split": options.split,
+            "attempts": options.attempts,
+            "workers": options.workers,
+            "instances": list(options.instances),
+            "limit": options.limit,
+            "budget": asdict(options.budget),
+            "test_timeout_s": options.test_timeout_s,
+            "agent": _settings_record(settings),
+        },
+        "python": sys.version.split()[0],
+        "created_at": now(),
+        "sessions": [],
+    }
+
+
+def _settings_record(settings: AgentSettings) -> dict[str, Any]:
+    """The agent settings worth recording (never the key or the gold patches)."""
+    from tercet.agent.budget import price_of
+
+    price = price_of(settings.model or "", settings.prices) if settings.model else None
+    return {
+        "model": settings.model,
+        "base_url": settings.base_url,
+        "gguf": str(settings.gguf) if settings.gguf else None,
+        "context_window": settings.context_window,
+        "max_tokens": settings.max_tokens,
+        "temperature": settings.temperature,
+        "price_per_mtok": asdict(price) if price else None,
+        "parameters": settings.parameters,
+        "sandbox": settings.sandbox,
+        "options": dict(settings.options),
+    }
+
+
+class RunDirectory:
+    """A run's directory and its files."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.results = ResultsFile(path / RESULTS_FILE)
+
+    @property
+    def record_path(self) -> Path:
+        return self.path / RUN_FILE
+
+    def read_record(self) -> dict[str, Any]:
+        try:
+            record = json.loads(self.record_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise EvalInputError(f"{self.path} is not a run directory (no {RUN_FILE})") from None
+        except (OSError, ValueError) as exc:
+            raise EvalInputError(f"{self.record_path}: cannot read it: {exc}") from exc
+        if not isinstance(record, dict):
+            raise EvalInputError(f"{self.record_path}: not a JSON object")
+        return record
+
+    def write_record(self, record: Mapping[str, Any]) -> None:
+        partial = self.record_path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        partial.replace(self.record_path)
+
+    def tasks(self) -> list[Task]:
+        path = self.path / TASKS_FILE
+        return read_jsonl(path, Task) if path.exists() else []
+
+    def save_tasks(self, tasks: Iterable[Task]) -> None:
+        """Record `tasks` with those already recorded (a resumed run may cover more)."""
+        merged = {t.instance_id: t for t in self.tasks()}
+        merged.update({t.instance_id: t for t in tasks})
+        write_jsonl(self.path / TASKS_FILE, merged.values())
+
+    def open(self, record: dict[str, Any], *, resume: bool) -> dict[str, Any]:
+        """Start or resume the run: the record to keep (a resumed run's, checked against
+        `record`). A directory with results is never started over without `resume`."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        has_results = self.results.path.exists() and self.results.path.stat().st_size > 0
+        if not resume:
+            if has_results or self.record_path.exists():
+                raise EvalInputError(
+                    f"{self.path} already holds a run; add --resume to continue it, or give "
+                    "another --run-dir"
+                )
+            self.write_record(record)
+            return record
+        if not self.record_path.exists():
+            if has_results:
+                raise EvalInputError(f"{self.path} has results but no {RUN_FILE}")
+            self.write_record(record)
+            return record
+        existing = self.read_record()
+        for key, label in (("agent", "agent"), ("model", "model")):
+            if existing.get(key) != record.get(key):
+                raise EvalInputError(
+                    f"{self.path} was run with {label} {existing.get(key)!r}, not "
+                    f"{record.get(key)!r}; use another --run-dir"
+                )
+        old, new = existing.get("dataset", {}), record["dataset"]
+        if old.get("version") != new["version"]:
+            raise EvalInputError(
+                f"{self.path} was run on {old.get('name')} {old.get('version')}, not "
+                f"{new['name']} {new['version']}; use another --run-dir"
+            )
+        existing["settings"] = record["settings"]  # the latest session's, e.g. more attempts
+        return existing
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------- workspaces
+
+
+def git(tree: Path, *args: str, input: bytes | None = None) -> bytes:
+    """Run git in `tree` as the harness does; its stdout, or `RuntimeError` with its stderr."""
+    done = subprocess.run(
+        ["git", "-c", "core.hooksPath=/dev/null", "-c", "commit.gpgsign=false", *args],
+        cwd=tree,
+        input=input,
+        capture_output=True,
+        env={**os.environ, **GIT_ENV},
+        check=False,
+    )
+    if done.returncode != 0:
+        message = done.stderr.decode(errors="replace").strip()
+        raise RuntimeError(f"git {args[0]} failed in {tree}: {message}")
+    return done.stdout
+
+
+def make_workspace(pristine: Path, target: Path) -> str:
+    """Copy the buggy tree to `target` and make it a git repository holding it as one commit
+    (every file, whatever the package's .gitignore says); the commit's id."""
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(pristine, target, symlinks=True)
+    git(target, "init", "-q")
+    (target / ".git" / "info").mkdir(parents=True, exist_ok=True)
+    (target / ".git" / "info" / "exclude").write_text(GIT_EXCLUDE)
+    git(target, "add", "-A", "-f", ".")
+    git(target, "commit", "-q", "--no-verify", "--allow-empty", "-m", "the buggy source")
+    return git(target, "rev-parse", "HEAD").decode().strip()
+
+
+def collect_diff(workspace: Path, base: str) -> str:
+    """Everything changed in `workspace` since `base`, as a patch `git apply` takes (new files
+    included, ignored ones not; commits the agent made count too)."""
+    git(workspace, "add", "-A", ".")
+    patch = git(
+        workspace,
+        "diff", "--cached", "--binary", "--no-color", "--no-ext-diff", "--no-renames",
+        "--src-prefix=a/", "--dst-prefix=b/", base,
+    )  # fmt: skip
+    return patch.decode("utf-8", errors="surrogateescape")
+
+
+def test_command(spec: PackageSpec, tree: Path, environment: Path) -> str:
+    """A bash command that runs `spec`'s test suite on `tree` with `environment`'s pytest, as
+    the grader does (without its report): for the agent to check its work."""
+    root = str(tree)
+    python_path = root if spec.import_root in ("", ".") else f"{root}/{spec.import_root}"
+    variables = {**spec.env, "PYTHONPATH": python_path, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    argv = [
+        "env",
+        *(f"{name}={value}" for name, value in variables.items()),
+        str(environment / "bin" / "python"),
+        "-m",
+        "pytest",
+        *(arg for plugin in spec.plugins for arg in ("-p", plugin)),
+        "-p",
+        "no:cacheprovider",
+        *spec.pytest_args,
+        *spec.test_paths,
+    ]
+    return shlex.join(argv)
+
+
+# ---------------------------------------------------------------------------- attempts
+
+
+@dataclass
+class Progress:
+    """Counts as the run goes, for the progress display."""
+
+    total: int
+    done: int = 0
+    resolved: int = 0
+    errors: int = 0
+
+
+Reporter = Callable[[AttemptResult, Progress], None]
+
+
+class Runner:
+    """Runs attempts: prepares each task once (its test environment and buggy tree, under
+    the cache), then workspace, agent, diff, grade, result."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        directory: RunDirectory,
+        options: RunOptions,
+        *,
+        cache: Path,
+    ) -> None:
+        self.dataset = dataset
+        self.directory = directory
+        self.options = options
+        self.cache = cache
+        self._environments: dict[str, Path] = {}
+        self._trees: dict[str, Path] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def pending(
+        self, tasks: Sequence[Task], finished: Mapping[tuple[str, int], AttemptResult]
+    ) -> list[tuple[Task, int]]:
+        """The (task, attempt) pairs still to do, attempt-major (every task's first attempt
+        before any second one)."""
+        todo = []
+        for attempt in range(self.options.attempts):
+            for task in tasks:
+                done = finished.get((task.instance_id, attempt))
+                if done is None or (self.options.retry_errors and done.grade.status == "ERROR"):
+                    todo.append((task, attempt))
+        return todo
+
+    async def run(
+        self,
+        pairs: Sequence[tuple[Task, int]],
+        attempt: Callable[[Task, int], Any],
+        progress: Progress,
+        report: Reporter | None = None,
+    ) -> Progress:
+        """Run `attempt` over `pairs` with the options' workers, saving each result as it
+        comes. Cancelled (Ctrl-C), it stops at once; finished results are already saved."""
+        queue = list(reversed(pairs))
+
+        async def worker() -> None:
+            while queue:
+                task, number = queue.pop()
+                result: AttemptResult = await attempt(task, number)
+                await asyncio.to_thread(self.directory.results.append, result)
+                progress.done += 1
+                progress.resolved += result.grade.resolved
+                progress.errors += result.grade.status == "ERROR"
+                if report is not None:
+                    report(result, progress)
+
+        workers = [asyncio.create_task(worker()) for _ in range(self.options.workers)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+        return progress
+
+    async def prepare(self, task: Task) -> tuple[PackageSpec, Path, Path]:
+        """The task's spec, test environment and buggy tree (each made once, under a lock)."""
+        from tercet.evals.environments import test_environment
+        from tercet.evals.workspace import buggy_tree
+
+        spec = spec_for(task.source, self.dataset.specs)
+        async with self._lock(f"env:{spec.name}"):
+            if spec.name not in self._environments:
+                self._environments[spec.name] = await asyncio.to_thread(
+                    test_environment, spec, self.cache
+                )
+        async with self._lock(f"tree:{task.instance_id}"):
+            if task.instance_id not in self._trees:
+                self._trees[task.instance_id] = await asyncio.to_thread(
+                    buggy_tree, task, spec, self.cache
+                )
+        return spec, self._environments[spec.name], self._trees[task.instance_id]
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def grade(
+        self, task: Task, patch: str, spec: PackageSpec, env: Path, tree: Path
+    ) -> Grade:
+        """[A]'s grader on a pristine copy; a failure of the harness is an ERROR grade."""
+        from tercet.evals import grade as grading
+
+        try:
+            return await asyncio.to_thread(
+                grading.grade, task, patch, pristine=tree, spec=spec, environment=env
+            )
+        except Exception as exc:
+            log.debug("grading %s failed", task.instance_id, exc_info=True)
+            return Grade(status="ERROR", error=f"grading failed: {type(exc).__name__}: {exc}")
+
+    async def agent_attempt(self, agent: EvalAgent, task: Task, number: int) -> AttemptResult:
+        """One attempt of `agent` at `task`, in a fresh workspace."""
+        started_at = now()
+        workspace_dir = self.directory.path / "workspaces" / f"{_safe(task.instance_id)}.{number}"
+        patch = ""
+        outcome = AgentOutcome("not_started")
+        try:
+            try:
+                spec, env, tree = await self.prepare(task)
+            except Exception as exc:
+                return self._error(agent, task, number, started_at, "preparing the task", exc)
+            try:
+                base = await asyncio.to_thread(make_workspace, tree, workspace_dir)
+            except Exception as exc:
+                return self._error(agent, task, number, started_at, "making the workspace", exc)
+            workspace = Workspace(workspace_dir, test_command(spec, workspace_dir, env), env)
+            outcome = await self._solve(agent, task, workspace)
+            try:
+                patch = await asyncio.to_thread(collect_diff, workspace_dir, base)
+            except Exception as exc:
+                return self._error(
+                    agent, task, number, started_at, "collecting the diff", exc, outcome
+                )
+            grade = await self.grade(task, patch, spec, env, tree)
+        finally:
+            if not self.options.keep_workspaces:
+                await asyncio.to_thread(shutil.rmtree, workspace_dir, True)
+        return AttemptResult(
+            instance_id=task.instance_id,
+            attempt=number,
+            agent=agent.name,
+            model=outcome.model or agent.model,
+            model_patch=patch,
+            grade=grade,
+            compute=outcome.compute,
+            stop_reason=outcome.stop_reason,
+            agent_error=outcome.error,
+            started_at=started_at,
+            ended_at=now(),
+        )
+
+    async def _solve(self, agent: EvalAgent, task: Task, workspace: Workspace) -> AgentOutcome:
+        budget = self.options.budget
+        limit = None if budget.max_wall_time_s is None else budget.max_wall_time_s + BACKSTOP_S
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(limit):
+                outcome = await agent.solve(TaskView.of(task), workspace, budget)
+        except TimeoutError:
+            outcome = AgentOutcome(
+                "max_wall_time", error=f"the agent ran past its budget + {BACKSTOP_S:g}s"
+            )
+        except Exception as exc:
+            log.debug("the agent failed on %s", task.instance_id, exc_info=True)
+            outcome = AgentOutcome("error", error=f"{type(exc).__name__}: {exc}")
+        if not outcome.compute.wall_seconds:
+            outcome.compute = outcome.compute.model_copy(
+                update={"wall_seconds": time.monotonic() - started}
+            )
+        return outcome
+
+    def _error(
+        self,
+        agent: EvalAgent,
+        task: Task,
+        number: int,
+        started_at: str,
+        doing: str,
+        exc: BaseException,
+        outcome: AgentOutcome | None = None,
+    ) -> AttemptResult:
+        log.debug("%s for %s failed", doing, task.instance_id, exc_info=True)
+        outcome = outcome or AgentOutcome("not_run")
+        return AttemptResult(
+            instance_id=task.instance_id,
+            attempt=number,
+            agent=agent.name,
+            model=outcome.model or agent.model,
+            model_patch="",
+            grade=Grade(status="ERROR", error=f"{doing} failed: {type(exc).__name__}: {exc}"),
+            compute=outcome.compute,
+            stop_reason=outcome.stop_reason,
+            agent_error=outcome.error,
+            started_at=started_at,
+            ended_at=now(),
+        )
+
+    async def prediction_attempt(
+        self, prediction: Prediction, task: Task, number: int
+    ) -> AttemptResult:
+        """Grade a patch made elsewhere."""
+        started_at = now()
+        patch = prediction.model_patch or ""
+        try:
+            spec, env, tree = await self.prepare(task)
+        except Exception as exc:
+            grade = Grade(
+                status="ERROR", error=f"preparing the task failed: {type(exc).__name__}: {exc}"
+            )
+        else:
+            grade = await self.grade(task, patch, spec, env, tree)
+        return AttemptResult(
+            instance_id=task.instance_id,
+            attempt=number,
+            agent="predictions",
+            model=prediction.model_name_or_path,
+            model_patch=patch,
+            grade=grade,
+            compute=Compute(),
+            stop_reason="external",
+            started_at=started_at,
+            ended_at=now(),
+        )
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:120]
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+@dataclass
+class RunSummary:
+    """What a `run` or `grade` did."""
+
+    run_dir: Path
+    total: int
+    skipped: int  # already finished (resumed)
+    progress: Progress
+    interrupted: bool = False
+
+
+def _progress_reporter(stream: TextIO, total: int, enabled: bool) -> Any:
+    """A rich progress bar on `stream` (ETA, running resolved count) and a line a result;
+    a no-op context when disabled."""
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.progress import Progress as RichProgress
+
+    bar = RichProgress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("resolved [green]{task.fields[resolved]}[/] errors {task.fields[errors]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(file=stream),
+    )
+    bar.add_task("attempts", total=total, resolved=0, errors=0)
+    return bar
+
+
+async def _drive(
+    runner: Runner,
+    pairs: Sequence[tuple[Task, int]],
+    attempt: Callable[[Task, int], Any],
+    progress: Progress,
+    stream: TextIO | None,
+) -> None:
+    with _progress_reporter(stream or sys.stderr, len(pairs), stream is not None) as bar:
+
+        def report(result: AttemptResult, counts: Progress) -> None:
+            if bar is None:
+                return
+            status = result.grade.status
+            colour = {"RESOLVED_FULL": "green", "ERROR": "red"}.get(status, "yellow")
+            bar.console.print(
+                f"{result.instance_id} #{result.attempt}: [{colour}]{status}[/] "
+                f"({result.stop_reason}, {result.compute.wall_seconds:.0f}s)",
+                highlight=False,
+            )
+            bar.update(bar.task_ids[0], advance=1, resolved=counts.resolved, errors=counts.errors)
+
+        await runner.run(pairs, attempt, progress, report)
+
+
+def run_eval(
+    dataset: Dataset,
+    agent_name: str,
+    settings: AgentSettings,
+    options: RunOptions,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    stream: TextIO | None = sys.stderr,
+    agent_factory: Callable[[AgentSettings], EvalAgent] | None = None,
+) -> RunSummary:
+    """`tercet eval run`: every pending attempt, results saved as they end. Bad input raises
+    `EvalInputError` before anything runs; Ctrl-C raises `KeyboardInterrupt` after saving the
+    run's record (the finished results are already in the file)."""
+    from tercet.evals.sources import default_cache_dir
+
+    options.check()
+    tasks = dataset.select(options.split, options.instances or None, options.limit)
+    if not tasks:
+        raise EvalInputError(f"no tasks in the {options.split} split of {dataset.name}")
+    entry = agent_entry(agent_name)  # an unknown agent fails before the directory is touched
+    directory = RunDirectory(run_dir)
+    finished = latest_results(directory.results.load(repair=resume)) if resume else {}
+    if entry.sees_gold:
+        settings = replace(settings, gold_patches={t.instance_id: t.patch for t in tasks})
+    settings = replace(settings, trajectories=settings.trajectories or run_dir / "trajectories")
+    agent = agent_factory(settings) if agent_factory else create_agent(agent_name, settings)
+    try:
+        record = run_record(dataset, entry.name, agent.model, options, settings)
+        record = directory.open(record, resume=resume)
+        directory.save_tasks(tasks)
+        cache = options.cache or default_cache_dir()
+        runner = Runner(dataset, directory, options, cache=cache)
+        pairs = runner.pending(tasks, finished)
+        summary = RunSummary(run_dir, len(tasks) * options.attempts, 0, Progress(len(pairs)))
+        summary.skipped = summary.total - len(pairs)
+        session: dict[str, Any] = {"started_at": now(), "pending": len(pairs)}
+        record.setdefault("sessions", []).append(session)
+        directory.write_record(record)
+
+        async def main() -> None:
+            try:
+                await _drive(
+                    runner,
+                    pairs,
+                    lambda task, n: runner.agent_attempt(agent, task, n),
+                    summary.progress,
+                    stream,
+                )
+            finally:
+                await agent.aclose()
+
+        try:
+            asyncio.run(main())
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            summary.interrupted = True
+        session.update(
+            ended_at=now(), finished=summary.progress.done, interrupted=summary.interrupted
+        )
+        directory.write_record(record)
+    except BaseException:
+        # Close the agent if the run never started (its model may hold an engine).
+        with contextlib.suppress(Exception):
+            asyncio.run(agent.aclose())
+        raise
+    if summary.interrupted:
+        raise KeyboardInterrupt
+    return summary
+
+
+def grade_predictions(
+    dataset: Dataset,
+    predictions_path: Path,
+    options: RunOptions,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    stream: TextIO | None = sys.stderr,
+) -> RunSummary:
+    """`tercet eval grade`: SWE-bench predictions made elsewhere, graded into a run directory
+    (each instance's n-th prediction is its attempt n)."""
+    from tercet.evals.sources import default_cache_dir
+
+    options.check()
+    predictions = read_jsonl(predictions_path, Prediction)
+    if not predictions:
+        raise EvalInputError(f"{predictions_path} holds no predictions")
+    by_id = {t.instance_id: t for t in dataset.tasks}
+    unknown = sorted({p.instance_id for p in predictions} - by_id.keys())
+    if unknown:
+        raise EvalInputError(
+            f"{predictions_path}: instances not in {dataset.name}: {', '.join(unknown[:10])}"
+            + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+        )
+    models = sorted({p.model_name_or_path for p in predictions})
+    numbered: list[tuple[Prediction, int]] = []
+    counts: dict[str, int] = {}
+    for prediction in predictions:
+        number = counts.get(prediction.instance_id, 0)
+        counts[prediction.instance_id] = number + 1
+        numbered.append((prediction, number))
+    directory = RunDirectory(run_dir)
+    finished = latest_results(directory.results.load(repair=resume)) if resume else {}
+    attempts = max(counts.values())
+    options = replace(options, attempts=attempts)
+    settings = AgentSettings(model=", ".join(models))
+    record = run_record(dataset, "predictions", ", ".join(models), options, settings)
+    record["settings"]["predictions"] = str(predictions_path)
+    record = directory.open(record, resume=resume)
+    tasks = [by_id[i] for i in dict.fromkeys(p.instance_id for p in predictions)]
+    directory.save_tasks(tasks)
+    runner = Runner(dataset, directory, options, cache=options.cache or default_cache_dir())
+    todo = [
+        (by_id[p.instance_id], n)
+        for p, n in numbered
+        if (p.instance_id, n) not in finished
+        or (options.retry_errors and finished[(p.instance_id, n)].grade.status == "ERROR")
+    ]
+    patches = {(p.instance_id, n): p for p, n in numbered}
+    summary = RunSummary(run_dir, len(numbered), len(numbered) - len(todo), Progress(len(todo)))
+    session: dict[str, Any] = {"started_at": now(), "pending": len(todo)}
+    record.setdefault("sessions", []).append(session)
+    directory.write_record(record)
+
+    async def attempt(task: Task, number: int) -> AttemptResult:
+        return await runner.prediction_attempt(patches[(task.instance_id, number)], task, number)
+
+    try:
+        asyncio.run(_drive(runner, todo, attempt, summary.progress, stream))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        summary.interrupted = True
+    session.update(ended_at=now(), finished=summary.progress.done, interrupted=summary.interrupted)
+    directory.write_record(record)
+    if summary.interrupted:
+        raise KeyboardInterrupt
+    return summary
