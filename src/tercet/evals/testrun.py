@@ -1,0 +1,286 @@
+"""Running a package's tests on a tree, in the sandbox, and reading what each test did.
+
+pytest runs under bubblewrap (no network, the package's test environment as the runtime,
+the tree as the workspace) with plugin autoload off, and writes a junit XML report
+(xunit1, which names each test's file). Outcomes come from that report, never from pytest's
+console text: a test ID holding spaces or brackets stays one ID. The environment's small
+plugin (`environments.ID_PLUGIN`) writes each test's exact node ID into the report; without
+it, the ID is rebuilt from file + classname + name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import signal
+import subprocess
+import time
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tercet.evals.environments import ID_PLUGIN
+from tercet.evals.packages import PackageSpec
+from tercet.sandbox import runner
+from tercet.sandbox.config import MIB, ExecutionLimits
+
+log = logging.getLogger(__name__)
+
+# What a test can end as. junit has no xpass (a non-strict one is a pass there); the ID plugin
+# says so. A strict xpass is a failure.
+OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+# Which outcome wins when one ID is reported more than once (a failure then a teardown error).
+_SEVERITY = {"passed": 0, "xpassed": 1, "skipped": 2, "xfailed": 3, "failed": 4, "error": 5}
+OUTPUT_TAIL = 8000  # characters of pytest's output kept
+# pytest's own exit codes: tests failed (1), interrupted (2), internal error (3), usage or
+# conftest error (4), nothing collected (5). Anything else did not come from pytest.
+PYTEST_EXIT_CODES = frozenset(range(6))
+
+
+@dataclass(frozen=True)
+class TestRun:
+    """What one pytest run did.
+
+    `outcomes` maps each reported node ID to one of `OUTCOMES`; a test missing from it did not
+    run. `problem` says why the report is missing or short (pytest stopped early, timed out,
+    was killed), a fault of the code under test as much as anything; `error` is set only
+    when the harness itself failed (the sandbox or the environment), and the run says
+    nothing about the code then.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    outcomes: dict[str, str]
+    output: str
+    seconds: float
+    sandboxed: bool
+    junit_failures: dict[str, str] = field(default_factory=dict)
+    return_code: int = 0
+    timed_out: bool = False
+    problem: str | None = None
+    error: str | None = None
+
+
+def run_tests(
+    tree: Path,
+    spec: PackageSpec,
+    environment: Path,
+    tests: Sequence[str] | None = None,
+    *,
+    timeout_s: float = 600,
+) -> TestRun:
+    """Run `spec`'s tests on `tree` (the package's root) with `environment`'s pytest.
+
+    With `tests` (node IDs), the files holding them are run, whole (as SWE-bench runs a
+    task's test files; node IDs given to pytest one by one break on IDs holding "::"), and
+    the outcomes cover every test of those files. Runs in the sandbox; where the sandbox is
+    unavailable, it runs directly and says so (a warning, `sandboxed=False`).
+    """
+    tree = tree.resolve()
+    python = environment / "bin" / "python"
+    if not python.exists():
+        return TestRun({}, "", 0.0, False, error=f"no test environment at {environment}")
+    report_name = f".tercet-junit-{secrets.token_hex(6)}.xml"
+    report = tree / report_name
+    reason = runner.unavailable_reason()
+    started = time.monotonic()
+    try:
+        if reason is None:
+            argv = pytest_argv(spec, environment, tests, runner.WORKSPACE, report_name)
+            result = runner.run(argv, tree, _limits(timeout_s), runtime=environment)
+            sandboxed = True
+            return_code, timed_out = result.return_code, result.timed_out
+            output = result.stdout + result.stderr
+            killed = _killed_reason(result)
+        else:
+            log.warning("tests run outside the sandbox: %s", reason)
+            argv = pytest_argv(spec, environment, tests, str(tree), report_name)
+            return_code, timed_out, output = _run_directly(argv, tree, environment, timeout_s)
+            sandboxed, killed = False, None
+        seconds = time.monotonic() - started
+        xml = report.read_bytes() if report.exists() else None
+    finally:
+        report.unlink(missing_ok=True)
+    tail = output[-OUTPUT_TAIL:]
+    if not sandboxed:
+        tail = f"[not sandboxed: {reason}]\n{tail}"
+    run = TestRun({}, tail, seconds, sandboxed, return_code=return_code, timed_out=timed_out)
+    if xml is not None:
+        try:
+            outcomes, failures = parse_junit_report(xml)
+        except ElementTree.ParseError as exc:
+            return replace(run, problem=f"pytest's junit report is not valid XML: {exc}")
+        run = replace(run, outcomes=outcomes, junit_failures=failures)
+    if timed_out:
+        return replace(run, problem=f"the tests ran past {timeout_s:.0f} s and were stopped")
+    if killed is not None:
+        return replace(run, problem=killed)
+    if return_code not in PYTEST_EXIT_CODES:
+        # bubblewrap failing, or the environment's python not starting: no pytest ran.
+        return replace(run, error=f"pytest did not run (exit {return_code}): {tail[-2000:]}")
+    if xml is None:
+        return replace(
+            run, problem=f"pytest stopped (exit {return_code}) before writing its report"
+        )
+    return run
+
+
+def pytest_argv(
+    spec: PackageSpec,
+    environment: Path,
+    tests: Sequence[str] | None,
+    root: str,
+    report_name: str,
+) -> list[str]:
+    """The command that runs `spec`'s tests in `root` (as seen by the command) and writes the
+    junit report to `root/report_name`; environment variables set through `env(1)`, as the
+    sandbox starts from a cleared environment."""
+    python_path = root if spec.import_root in ("", ".") else f"{root}/{spec.import_root}"
+    variables = {
+        **spec.env,
+        "PYTHONPATH": python_path,
+        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",  # leaves no __pycache__ in the tree
+    }
+    plugins = [ID_PLUGIN] if _has_id_plugin(environment) else []
+    plugins += spec.plugins
+    paths = files_of(tests) if tests is not None else list(spec.test_paths)
+    return [
+        "env",
+        *(f"{name}={value}" for name, value in variables.items()),
+        "python",
+        "-m",
+        "pytest",
+        f"--rootdir={root}",
+        *(arg for plugin in plugins for arg in ("-p", plugin)),
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={root}/{report_name}",
+        "-o",
+        "junit_family=xunit1",
+        "--tb=short",
+        *spec.pytest_args,
+        *paths,
+    ]
+
+
+def files_of(tests: Sequence[str]) -> list[str]:
+    """The files holding the tests `tests` names (node IDs), in first-seen order."""
+    return list(dict.fromkeys(test.split("::", 1)[0] for test in tests))
+
+
+def _has_id_plugin(environment: Path) -> bool:
+    return any(environment.glob(f"lib/python*/site-packages/{ID_PLUGIN}.py"))
+
+
+def _limits(timeout_s: float) -> ExecutionLimits:
+    return ExecutionLimits(
+        wall_seconds=timeout_s,
+        cpu_seconds=int(timeout_s) + 60,  # tests in threads may use more CPU than wall time
+        memory_bytes=4096 * MIB,
+        total_memory_bytes=4096 * MIB,
+        processes=256,
+        tmp_bytes=512 * MIB,
+        output_bytes=4 * MIB,  # the report is a file; this is only pytest's console
+    )
+
+
+def _killed_reason(result: runner.ExecResult) -> str | None:
+    if result.over_memory:
+        return "the tests used more memory than allowed and were stopped"
+    if result.too_many_processes:
+        return "the tests started too many processes and were stopped"
+    if result.over_quota:
+        return "the tests wrote too much and were stopped"
+    return None
+
+
+def _run_directly(
+    argv: list[str], tree: Path, environment: Path, timeout_s: float
+) -> tuple[int, bool, str]:
+    """`argv` without the sandbox: the environment's python first on PATH, a clean env."""
+    path = f"{environment / 'bin'}:/usr/local/bin:/usr/bin:/bin"
+    env = {"PATH": path, "HOME": str(tree), "LANG": "C.UTF-8"}
+    process = subprocess.Popen(
+        argv,
+        cwd=tree,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        stdout, _ = process.communicate(timeout=timeout_s)
+        return process.returncode, False, stdout.decode("utf-8", "replace")
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, _ = process.communicate()
+        return process.returncode, True, stdout.decode("utf-8", "replace")
+
+
+def parse_junit(xml: bytes) -> dict[str, str]:
+    """{node ID: outcome} from a pytest junit XML report (xunit1)."""
+    return parse_junit_report(xml)[0]
+
+
+def parse_junit_report(xml: bytes) -> tuple[dict[str, str], dict[str, str]]:
+    """The outcomes, and for each failed or errored test its message and traceback text."""
+    root = ElementTree.fromstring(xml)
+    outcomes: dict[str, str] = {}
+    failures: dict[str, str] = {}
+    for case in root.iter("testcase"):
+        properties = {
+            prop.get("name", ""): prop.get("value", "")
+            for prop in case.iterfind("properties/property")
+        }
+        node = properties.get("nodeid") or node_id(
+            case.get("file", ""), case.get("classname", ""), case.get("name", "")
+        )
+        outcome, detail = _outcome(case, properties)
+        previous = outcomes.get(node)
+        if previous is None or _SEVERITY[outcome] > _SEVERITY[previous]:
+            outcomes[node] = outcome
+        if detail:
+            failures[node] = f"{failures[node]}\n\n{detail}" if node in failures else detail
+    return outcomes, failures
+
+
+def _outcome(case: ElementTree.Element, properties: dict[str, str]) -> tuple[str, str]:
+    """A testcase element's outcome, and the failure text where it failed or errored."""
+    found = "passed"
+    details = []
+    for child in case:
+        if child.tag in ("failure", "error"):
+            kind = "failed" if child.tag == "failure" else "error"
+            if _SEVERITY[kind] > _SEVERITY[found]:
+                found = kind
+            message = child.get("message", "")
+            text = (child.text or "").strip()
+            details.append(text if message and message in text else f"{message}\n{text}".strip())
+        elif child.tag == "skipped" and found == "passed":
+            found = "xfailed" if child.get("type") == "pytest.xfail" else "skipped"
+    if found == "passed" and properties.get("outcome") == "xpassed":
+        found = "xpassed"
+    return found, "\n\n".join(details)
+
+
+def node_id(file: str, classname: str, name: str) -> str:
+    """A pytest node ID rebuilt from an xunit1 testcase: classname is the test file's dotted
+    path then its classes; `file` says where the path ends. (The file of a test inherited from
+    another module names that module: then the dotted path is split before its first
+    capitalised part, pytest's class naming.)"""
+    if not classname:  # a collection error: `name` is the dotted module
+        return file or name
+    module = re.sub(r"\.py$", "", file.replace("/", "."))
+    if file and (classname == module or classname.startswith(module + ".")):
+        path, classes = file, classname[len(module) :].lstrip(".")
+    else:
+        parts = classname.split(".")
+        split = next((i for i, part in enumerate(parts) if i and part[:1].isupper()), len(parts))
+        path = "/".join(parts[:split]) + ".py"
+        classes = ".".join(parts[split:])
+    return "::".join([path, *(classes.split(".") if classes else []), name])
