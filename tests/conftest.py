@@ -62,21 +62,26 @@ def anyio_backend() -> str:
 
 
 @contextmanager
-def cli_server(*args: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run the real `tercet serve` command on a free loopback port; yields its base URL."""
-    with cli_server_process(*args, env=env) as (_, base_url):
+def cli_server(
+    *args: str, env: dict[str, str] | None = None, log: list[str] | None = None
+) -> Iterator[str]:
+    """Run the real `tercet serve` command on a free loopback port; yields its base URL.
+    With `log`, the server's stderr lines (see `cli_server_process`)."""
+    with cli_server_process(*args, env=env, log=log) as (_, base_url):
         yield base_url
 
 
 @contextmanager
 def cli_server_process(
-    *args: str, env: dict[str, str] | None = None
+    *args: str, env: dict[str, str] | None = None, log: list[str] | None = None
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`cli_server`, yielding the process too (tests that kill it)."""
+    """`cli_server`, yielding the process too (tests that kill it). With `log`, the server's
+    stderr lines are appended to it; all of them are there once the block has exited."""
     command = [sys.executable, "-m", "tercet.cli.main", "serve", "--port", "0", *args]
     process = subprocess.Popen(
         command, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
     )
+    drain: threading.Thread | None = None
     try:
         assert process.stderr is not None
         seen: list[str] = []
@@ -92,7 +97,13 @@ def cli_server_process(
             match = None
         assert match, "tercet serve did not start:\n" + "".join(seen)
         # Keep draining stderr so the server never blocks on a full pipe.
-        threading.Thread(target=process.stderr.read, daemon=True).start()
+        stderr = process.stderr
+        if log is not None:
+            log.extend(seen)
+            drain = threading.Thread(target=lambda: log.extend(stderr), daemon=True)
+        else:
+            drain = threading.Thread(target=stderr.read, daemon=True)
+        drain.start()
         yield process, match.group(1)
     finally:
         process.terminate()
@@ -100,3 +111,5 @@ def cli_server_process(
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+        if log is not None and drain is not None:
+            drain.join(timeout=30)  # the pipe ends with the process: every line is in `log`
