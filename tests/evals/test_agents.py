@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from tercet.evals.agents import (
 from tercet.evals.agents.claude_code import ClaudeCodeAgent, find_claude, parse_result
 from tercet.evals.agents.reference import NoopAgent, OracleAgent
 from tercet.evals.agents.tercet_sdk import TercetAgent, flops_estimate, gguf_parameters
-from tercet.evals.run import collect_diff, make_workspace
+from tercet.evals.run import GitWorkspace, collect_diff, make_workspace
 from tercet.evals.task import EvalInputError
 from tercet.sandbox import runner
 
@@ -35,7 +36,7 @@ FIX = "--- a/demo.py\n+++ b/demo.py\n@@ -1,2 +1,2 @@\n def add(a, b):\n-    retu
 
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> tuple[Path, str]:
+def workspace(tmp_path: Path) -> GitWorkspace:
     """A buggy one-file package as the runner makes a workspace: a git repo, one commit."""
     pristine = tmp_path / "pristine"
     (pristine / "tests").mkdir(parents=True)
@@ -44,8 +45,7 @@ def workspace(tmp_path: Path) -> tuple[Path, str]:
         "from demo import add\n\n\ndef test_add():\n    assert add(2, 2) == 4\n"
     )
     (pristine / ".gitignore").write_text("*.py\n")  # the package's own ignores do not hide it
-    path = tmp_path / "work"
-    return path, make_workspace(pristine, path)
+    return make_workspace(pristine, tmp_path / "work")
 
 
 def test_unknown_agent_lists_the_known_ones() -> None:
@@ -77,24 +77,24 @@ def test_only_the_oracle_sees_gold_patches() -> None:
 
 
 def test_oracle_applies_the_gold_patch_and_noop_changes_nothing(
-    workspace: tuple[Path, str],
+    workspace: GitWorkspace,
 ) -> None:
-    path, base = workspace
+    path = workspace.path
     budget = Budget()
     outcome = asyncio.run(NoopAgent().solve(VIEW, Workspace(path), budget))
     assert outcome.stop_reason == "end_turn"
-    assert collect_diff(path, base) == ""
+    assert collect_diff(workspace) == ""
     missing = asyncio.run(OracleAgent({}).solve(VIEW, Workspace(path), budget))
     assert missing.stop_reason == "error" and "no gold patch" in (missing.error or "")
     outcome = asyncio.run(OracleAgent({"demo-1": FIX}).solve(VIEW, Workspace(path), budget))
     assert outcome.error is None
-    assert "+    return a + b" in collect_diff(path, base)
+    assert "+    return a + b" in collect_diff(workspace)
     again = asyncio.run(OracleAgent({"demo-1": FIX}).solve(VIEW, Workspace(path), budget))
     assert again.stop_reason == "error" and "git apply failed" in (again.error or "")
 
 
-def test_diff_holds_new_files_and_commits_but_not_caches(workspace: tuple[Path, str]) -> None:
-    path, base = workspace
+def test_diff_holds_new_files_and_commits_but_not_caches(workspace: GitWorkspace) -> None:
+    path = workspace.path
     (path / "notes.txt").write_text("new\n")
     (path / "__pycache__").mkdir()
     (path / "__pycache__" / "demo.cpython-311.pyc").write_bytes(b"\0\1")
@@ -102,17 +102,34 @@ def test_diff_holds_new_files_and_commits_but_not_caches(workspace: tuple[Path, 
     subprocess.run(["git", "commit", "-qam", "agent's own commit"], cwd=path, check=True,
                    env={"GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@b", "GIT_COMMITTER_NAME": "a",
                         "GIT_COMMITTER_EMAIL": "a@b", "PATH": "/usr/bin:/bin"})  # fmt: skip
-    patch = collect_diff(path, base)
+    patch = collect_diff(workspace)
     assert "b/notes.txt" in patch and "+    return a + b" in patch
     assert "__pycache__" not in patch
+
+
+def test_diff_never_runs_what_the_agent_put_in_its_git_directory(
+    workspace: GitWorkspace, tmp_path: Path
+) -> None:
+    path = workspace.path
+    pwned = tmp_path / "pwned"
+    with (path / ".git" / "config").open("a") as config:
+        config.write(
+            f'[filter "x"]\n\tclean = touch {pwned}\n[core]\n\tfsmonitor = touch {pwned}\n'
+        )
+    (path / ".gitattributes").write_text("* filter=x\n")
+    (path / "demo.py").write_text("def add(a, b):\n    return a + b\n")
+    assert "+    return a + b" in collect_diff(workspace)
+    assert not pwned.exists()
+    shutil.rmtree(path / ".git")  # and a repository the agent removed still diffs
+    assert "+    return a + b" in collect_diff(workspace)
 
 
 def _scripted_agent(model: ScriptedModel, settings: AgentSettings, **kwargs: object) -> TercetAgent:
     return TercetAgent(model, "local-model", settings, **kwargs)  # type: ignore[arg-type]
 
 
-def test_tercet_agent_maps_usage_to_compute(workspace: tuple[Path, str], tmp_path: Path) -> None:
-    path, base = workspace
+def test_tercet_agent_maps_usage_to_compute(workspace: GitWorkspace, tmp_path: Path) -> None:
+    path = workspace.path
     model = ScriptedModel(
         [
             turn(
@@ -140,14 +157,14 @@ def test_tercet_agent_maps_usage_to_compute(workspace: tuple[Path, str], tmp_pat
     assert c.cost_usd is None  # no price for the model: unknown, not 0
     assert c.flops == flops_estimate(1000, 130 + 25) == 2 * 1000 * 155
     assert c.wall_seconds > 0
-    assert "+    return a + b" in collect_diff(path, base)
+    assert "+    return a + b" in collect_diff(workspace)
     first = model.requests[0].messages[0]["content"][0]["text"]
     assert "add(2, 2) returns 0" in first and "pytest -q tests" in first
     assert outcome.trajectory and Path(outcome.trajectory).is_file()
 
 
-def test_tercet_agent_prices_and_budgets(workspace: tuple[Path, str], tmp_path: Path) -> None:
-    path, _ = workspace
+def test_tercet_agent_prices_and_budgets(workspace: GitWorkspace, tmp_path: Path) -> None:
+    path = workspace.path
     model = ScriptedModel([turn(tool_use("bash", {"command": "true"}), usage=Usage(1000, 0))] * 3)
     settings = AgentSettings(
         trajectories=tmp_path / "sessions", prices={"local-model": ModelPrice(2000.0, 10.0)}
@@ -162,9 +179,9 @@ def test_tercet_agent_prices_and_budgets(workspace: tuple[Path, str], tmp_path: 
 
 @pytest.mark.skipif(runner.unavailable_reason() is not None, reason="no bubblewrap here")
 def test_tercet_agent_bash_is_sandboxed_with_the_environment_readable(
-    workspace: tuple[Path, str], tmp_path: Path
+    workspace: GitWorkspace, tmp_path: Path
 ) -> None:
-    path, _ = workspace
+    path = workspace.path
     environment = Path(runner.__file__).resolve().parents[3] / ".venv"
     outside = tmp_path / "secret.txt"
     outside.write_text("gold")
@@ -232,9 +249,9 @@ def _fake_claude(tmp_path: Path, body: str) -> Path:
 
 
 def test_claude_code_runs_in_the_workspace_against_the_base_url(
-    workspace: tuple[Path, str], tmp_path: Path
+    workspace: GitWorkspace, tmp_path: Path
 ) -> None:
-    path, base = workspace
+    path = workspace.path
     binary = _fake_claude(
         tmp_path,
         'sed -i "s/a - b/a + b/" demo.py\n'
@@ -248,17 +265,15 @@ def test_claude_code_runs_in_the_workspace_against_the_base_url(
     )
     assert outcome.stop_reason == "end_turn", outcome.error
     assert (outcome.compute.input_tokens, outcome.compute.output_tokens) == (5, 7)
-    assert "+    return a + b" in collect_diff(path, base)
+    assert "+    return a + b" in collect_diff(workspace)
     args = (tmp_path / "args.txt").read_text().splitlines()
     assert args[0] == "http://127.0.0.1:9"
     assert args[args.index("--max-turns") + 1] == "7"
     assert "add(2, 2) returns 0" in args
 
 
-def test_claude_code_past_its_wall_time_is_killed(
-    workspace: tuple[Path, str], tmp_path: Path
-) -> None:
-    path, _ = workspace
+def test_claude_code_past_its_wall_time_is_killed(workspace: GitWorkspace, tmp_path: Path) -> None:
+    path = workspace.path
     binary = _fake_claude(tmp_path, "sleep 60\n")
     outcome = asyncio.run(
         ClaudeCodeAgent(binary, AgentSettings()).solve(

@@ -57,7 +57,7 @@ def _task(instance_id: str, package: str, mutation: str, failing: int) -> Task:
             filename=f"{package}-1.0.tar.gz",
             sha256="0" * 64,
             licence="MIT",
-        ),  # fmt: skip
+        ),
         patch=f"--- a/{package}.py\n+++ b/{package}.py\n",
         problem_statement="it breaks",
         created_at="2026-01-01T00:00:00Z",
@@ -88,7 +88,7 @@ def _result(
             tool_calls=2,
             wall_seconds=seconds,
             flops=2.0 * 135e6 * tokens,
-        ),  # fmt: skip
+        ),
         stop_reason="end_turn",
         started_at="2026-01-01T00:00:00+00:00",
         ended_at=f"2026-01-01T00:00:{seconds:02d}+00:00",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -396,44 +397,71 @@ def now() -> str:
 # ---------------------------------------------------------------------------- workspaces
 
 
-def git(tree: Path, *args: str, input: bytes | None = None) -> bytes:
-    """Run git in `tree` as the harness does; its stdout, or `RuntimeError` with its stderr."""
+def git(tree: Path, *args: str, git_dir: Path | None = None) -> bytes:
+    """Run git in `tree` as the harness does (no user or system configuration, hooks, file
+    system monitor or signing; no repository above `tree`); its stdout, or `RuntimeError`."""
+    where = [f"--git-dir={git_dir}", f"--work-tree={tree}"] if git_dir is not None else []
     done = subprocess.run(
-        ["git", "-c", "core.hooksPath=/dev/null", "-c", "commit.gpgsign=false", *args],
+        [
+            "git", *where,
+            "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false",
+            "-c", "commit.gpgsign=false", *args,
+        ],
         cwd=tree,
-        input=input,
         capture_output=True,
-        env={**os.environ, **GIT_ENV},
+        env={**os.environ, **GIT_ENV, "GIT_CEILING_DIRECTORIES": str(tree.resolve().parent)},
         check=False,
-    )
+    )  # fmt: skip
     if done.returncode != 0:
         message = done.stderr.decode(errors="replace").strip()
         raise RuntimeError(f"git {args[0]} failed in {tree}: {message}")
     return done.stdout
 
 
-def make_workspace(pristine: Path, target: Path) -> str:
+@dataclass(frozen=True)
+class GitWorkspace:
+    """An attempt's workspace: `path` is a git repository holding the buggy source as one
+    commit, `base`. The harness reads the agent's changes through its own copy of that
+    repository's git directory, `git_dir`, so nothing the agent writes in `path/.git`
+    (configuration, hooks, filters) is ever run by the harness."""
+
+    path: Path
+    git_dir: Path
+    base: str
+
+
+def make_workspace(pristine: Path, target: Path) -> GitWorkspace:
     """Copy the buggy tree to `target` and make it a git repository holding it as one commit
-    (every file, whatever the package's .gitignore says); the commit's id."""
-    if target.exists():
-        shutil.rmtree(target)
+    (every file, whatever the package's .gitignore says); the harness's copy of its git
+    directory goes beside it (`target` + ".git")."""
+    shadow = target.with_name(target.name + ".git")
+    for path in (target, shadow):
+        if path.exists():
+            shutil.rmtree(path)
     shutil.copytree(pristine, target, symlinks=True)
     git(target, "init", "-q")
     (target / ".git" / "info").mkdir(parents=True, exist_ok=True)
     (target / ".git" / "info" / "exclude").write_text(GIT_EXCLUDE)
     git(target, "add", "-A", "-f", ".")
     git(target, "commit", "-q", "--no-verify", "--allow-empty", "-m", "the buggy source")
-    return git(target, "rev-parse", "HEAD").decode().strip()
+    base = git(target, "rev-parse", "HEAD").decode().strip()
+    shutil.copytree(target / ".git", shadow, symlinks=True)
+    return GitWorkspace(target, shadow, base)
 
 
-def collect_diff(workspace: Path, base: str) -> str:
-    """Everything changed in `workspace` since `base`, as a patch `git apply` takes (new files
-    included, ignored ones not; commits the agent made count too)."""
-    git(workspace, "add", "-A", ".")
-    patch = git(
-        workspace,
+def remove_workspace(workspace: Path) -> None:
+    shutil.rmtree(workspace, ignore_errors=True)
+    shutil.rmtree(workspace.with_name(workspace.name + ".git"), ignore_errors=True)
+
+
+def collect_diff(workspace: GitWorkspace) -> str:
+    """Everything changed in the workspace since its base commit, as a patch `git apply`
+    takes: new files included, ignored ones not, whatever the agent did to its own .git."""
+    run = functools.partial(git, workspace.path, git_dir=workspace.git_dir)
+    run("add", "-A", ".")
+    patch = run(
         "diff", "--cached", "--binary", "--no-color", "--no-ext-diff", "--no-renames",
-        "--src-prefix=a/", "--dst-prefix=b/", base,
+        "--no-textconv", "--src-prefix=a/", "--dst-prefix=b/", workspace.base,
     )  # fmt: skip
     return patch.decode("utf-8", errors="surrogateescape")
 
@@ -568,7 +596,13 @@ class Runner:
 
         try:
             return await asyncio.to_thread(
-                grading.grade, task, patch, pristine=tree, spec=spec, environment=env
+                grading.grade,
+                task,
+                patch,
+                pristine=tree,
+                spec=spec,
+                environment=env,
+                timeout_s=self.options.test_timeout_s,
             )
         except Exception as exc:
             log.debug("grading %s failed", task.instance_id, exc_info=True)
@@ -586,13 +620,13 @@ class Runner:
             except Exception as exc:
                 return self._error(agent, task, number, started_at, "preparing the task", exc)
             try:
-                base = await asyncio.to_thread(make_workspace, tree, workspace_dir)
+                made = await asyncio.to_thread(make_workspace, tree, workspace_dir)
             except Exception as exc:
                 return self._error(agent, task, number, started_at, "making the workspace", exc)
             workspace = Workspace(workspace_dir, test_command(spec, workspace_dir, env), env)
             outcome = await self._solve(agent, task, workspace)
             try:
-                patch = await asyncio.to_thread(collect_diff, workspace_dir, base)
+                patch = await asyncio.to_thread(collect_diff, made)
             except Exception as exc:
                 return self._error(
                     agent, task, number, started_at, "collecting the diff", exc, outcome
@@ -600,7 +634,7 @@ class Runner:
             grade = await self.grade(task, patch, spec, env, tree)
         finally:
             if not self.options.keep_workspaces:
-                await asyncio.to_thread(shutil.rmtree, workspace_dir, True)
+                await asyncio.to_thread(remove_workspace, workspace_dir)
         return AttemptResult(
             instance_id=task.instance_id,
             attempt=number,
