@@ -295,6 +295,18 @@ def test_a_patch_that_does_not_apply_failed(
     assert prose.status == "PATCH_FAILED"
 
 
+def test_a_patch_with_stale_context_applies_with_fuzz(
+    task: Task, pristine: Path, xmltodict_spec: PackageSpec, xmltodict_env: Path, tmp_path: Path
+) -> None:
+    # Context that no longer matches (as a patch written by hand, or against another
+    # version): git refuses it, GNU patch's fuzz applies it, as SWE-bench's harness would.
+    stale = GOLD.replace("             self.data.append(data)", "             self.data.add(data)")
+    with pytest.raises(PatchError):
+        apply_patch(copy_tree(pristine, tmp_path / "strict"), stale)
+    result = grade(task, stale, pristine=pristine, spec=xmltodict_spec, environment=xmltodict_env)
+    assert result.status == "RESOLVED_FULL", result
+
+
 @pytest.mark.parametrize("cheat", [EDIT_THE_TESTS, ADD_A_CONFTEST], ids=["edit", "conftest"])
 def test_editing_the_tests_instead_of_the_code_is_not_resolved_and_flagged(
     cheat: str,
@@ -314,6 +326,8 @@ def test_editing_the_tests_instead_of_the_code_is_not_resolved_and_flagged(
     assert result.status == "RESOLVED_NO", result
     assert result.touched_tests is True
     assert result.fail_to_pass == dict.fromkeys(FAILING, "failed")
+    if cheat is EDIT_THE_TESTS:
+        return
     # With the fix too, the edits still do not count (and are still flagged).
     both = grade(
         task, GOLD + cheat, pristine=pristine, spec=xmltodict_spec, environment=xmltodict_env

@@ -1,9 +1,9 @@
 """Grading a patch as SWE-bench does, without Docker.
 
-The patch is applied to a fresh copy of the task's buggy tree; every test file and every
-file that configures pytest is then put back as it was (and the task's `test_patch`
-applied), so a patch that edits tests, conftest.py or pytest's configuration gains nothing
-by it; FAIL_TO_PASS and PASS_TO_PASS run in the sandbox and their outcomes are read from
+The patch is applied to a fresh copy of the task's buggy tree (`git apply`, else GNU patch
+with fuzz, as SWE-bench's harness does); every test file and every file that configures
+pytest is then put back as it was (and the task's `test_patch` applied), so a patch that
+edits tests, conftest.py or pytest's configuration gains nothing by it; FAIL_TO_PASS and PASS_TO_PASS run in the sandbox and their outcomes are read from
 junit XML. A FAIL_TO_PASS test counts when it passed or xfailed; a PASS_TO_PASS test also
 when it was skipped; a test missing from the report failed. Statuses stay apart: an empty
 patch, a patch that does not apply, and a harness that could not grade (ERROR, with why)
@@ -70,7 +70,7 @@ def grade(
     try:
         tree = copy_tree(pristine, work / "tree")
         try:
-            apply_patch(tree, model_patch)
+            apply_patch(tree, model_patch, fuzzy=True)
         except PatchError as exc:
             return Grade(status="PATCH_FAILED", error=str(exc), touched_tests=touched)
         restore_test_files(tree, pristine, spec)

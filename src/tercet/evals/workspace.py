@@ -16,7 +16,7 @@ from tercet.evals.packages import PackageSpec
 from tercet.evals.sources import fetch_sdist, unpack
 from tercet.evals.task import EvalInputError, Task
 
-GIT_TIMEOUT_S = 120.0
+PATCH_TIMEOUT_S = 120.0
 
 
 class PatchError(EvalInputError):
@@ -85,24 +85,38 @@ def copy_tree(source: Path, target: Path) -> Path:
     return target
 
 
-def apply_patch(tree: Path, patch: str, *, reverse: bool = False) -> None:
+def apply_patch(tree: Path, patch: str, *, reverse: bool = False, fuzzy: bool = False) -> None:
     """Apply a unified diff (paths `a/...` and `b/...`, as `git diff` writes) to `tree`, or
-    undo it; a `PatchError` with git's message when it does not apply, `tree` unchanged."""
+    undo it; a `PatchError` with git's message when it does not apply, `tree` unchanged.
+
+    `fuzzy`: where git refuses, GNU patch may apply it with context lines that differ (as
+    SWE-bench's harness falls back to `patch --fuzz=5`), if it applies whole."""
     if not patch.endswith("\n"):
         patch += "\n"  # a diff cut at its last line is otherwise "corrupt"
-    command = ["git", "apply", "--whitespace=nowarn", *(["-R"] if reverse else []), "-"]
-    done = subprocess.run(
+    flags = ["-R"] if reverse else []
+    done = _run(["git", "apply", "--whitespace=nowarn", *flags, "-"], tree, patch)
+    if done.returncode == 0:
+        return
+    message = done.stderr.decode("utf-8", "replace").strip() or f"exit {done.returncode}"
+    if fuzzy and shutil.which("patch"):
+        command = ["patch", "--batch", "--fuzz=5", "-p1", "--forward", *flags]
+        command += ["--no-backup-if-mismatch", "--reject-file=-", "--quiet"]
+        dry_run = _run([*command, "--dry-run"], tree, patch)
+        if dry_run.returncode == 0 and _run(command, tree, patch).returncode == 0:
+            return
+    raise PatchError(message)
+
+
+def _run(command: list[str], tree: Path, stdin: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
         command,
         cwd=tree,
-        input=patch.encode(),
+        input=stdin.encode(),
         capture_output=True,
-        timeout=GIT_TIMEOUT_S,
+        timeout=PATCH_TIMEOUT_S,
         env=_git_env(tree),
         check=False,
     )
-    if done.returncode != 0:
-        message = done.stderr.decode("utf-8", "replace").strip() or f"exit {done.returncode}"
-        raise PatchError(message)
 
 
 def _git_env(tree: Path) -> dict[str, str]:
