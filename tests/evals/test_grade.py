@@ -358,6 +358,10 @@ def test_harness_failures_are_errors_not_failures(
     )
     assert result.status == "ERROR"
     assert result.error is not None and result.error.startswith("the task's test_patch")
+    gone = task.model_copy(update={"PASS_TO_PASS": [*PASSING, "tests/test_gone.py::test_x"]})
+    result = grade(gone, GOLD, pristine=pristine, spec=xmltodict_spec, environment=xmltodict_env)
+    assert result.status == "ERROR"
+    assert result.error == "the task's tests are in files the tree lacks: tests/test_gone.py"
     missing_tree = grade(
         task, GOLD, pristine=tmp_path / "gone", spec=xmltodict_spec, environment=xmltodict_env
     )

@@ -219,6 +219,17 @@ def test_code_that_breaks_conftest_is_a_problem_not_a_harness_error(
     assert "SyntaxError" in run.output
 
 
+def test_test_files_not_in_the_tree_are_left_out(crafted_tree: Path, xmltodict_env: Path) -> None:
+    spec = crafted_spec()
+    run = run_tests(
+        crafted_tree, spec, xmltodict_env, ["tests/test_other.py::test_other", "tests/gone.py::t"]
+    )
+    assert run.outcomes == {"tests/test_other.py::test_other": "passed"}
+    assert run.problem == "test files not in the tree: tests/gone.py"
+    none = run_tests(crafted_tree, spec, xmltodict_env, ["tests/gone.py::t"])
+    assert (none.outcomes, none.problem) == ({}, "no test files to run (tests/gone.py)")
+
+
 def test_a_missing_environment_is_a_harness_error(crafted_tree: Path, tmp_path: Path) -> None:
     run = run_tests(crafted_tree, crafted_spec(), tmp_path / "no-env")
     assert run.error == f"no test environment at {tmp_path / 'no-env'}"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tercet.evals.packages import PackageSpec
 from tercet.evals.task import Grade, GradeStatus, Task
-from tercet.evals.testrun import run_tests
+from tercet.evals.testrun import files_of, run_tests
 from tercet.evals.workspace import (
     PatchError,
     apply_patch,
@@ -83,6 +83,14 @@ def grade(
                     error=f"the task's test_patch does not apply: {exc}",
                     touched_tests=touched,
                 )
+        named = files_of([*task.FAIL_TO_PASS, *task.PASS_TO_PASS])
+        absent = [path for path in named if not (tree / path).exists()]
+        if absent:  # the tests are the task's, restored: no patch can have removed them
+            return Grade(
+                status="ERROR",
+                error=f"the task's tests are in files the tree lacks: {', '.join(absent)}",
+                touched_tests=touched,
+            )
         run = run_tests(
             tree, spec, environment, [*task.FAIL_TO_PASS, *task.PASS_TO_PASS], timeout_s=timeout_s
         )

@@ -76,20 +76,29 @@ def run_tests(
 
     With `tests` (node IDs), the files holding them are run, whole (as SWE-bench runs a
     task's test files; node IDs given to pytest one by one break on IDs holding "::"), and
-    the outcomes cover every test of those files. Runs in the sandbox; where the sandbox is
-    unavailable, it runs directly and says so (a warning, `sandboxed=False`).
+    the outcomes cover every test of those files; files not in the tree are left out (said
+    in `problem`). Runs in the sandbox; where the sandbox is unavailable, it runs directly
+    and says so (a warning, `sandboxed=False`).
     """
     tree = tree.resolve()
     python = environment / "bin" / "python"
     if not python.exists():
         return TestRun({}, "", 0.0, False, error=f"no test environment at {environment}")
+    paths = list(spec.test_paths)
+    absent: list[str] = []
+    if tests is not None:
+        paths = [path for path in files_of(tests) if (tree / path).exists()]
+        absent = [path for path in files_of(tests) if path not in paths]
+        if not paths:
+            missing = ", ".join(absent) or "none named"
+            return TestRun({}, "", 0.0, False, problem=f"no test files to run ({missing})")
     report_name = f".tercet-junit-{secrets.token_hex(6)}.xml"
     report = tree / report_name
     reason = runner.unavailable_reason()
     started = time.monotonic()
     try:
         if reason is None:
-            argv = pytest_argv(spec, environment, tests, runner.WORKSPACE, report_name)
+            argv = pytest_argv(spec, environment, paths, runner.WORKSPACE, report_name)
             result = runner.run(argv, tree, _limits(timeout_s), runtime=environment)
             sandboxed = True
             return_code, timed_out = result.return_code, result.timed_out
@@ -97,7 +106,7 @@ def run_tests(
             killed = _killed_reason(result)
         else:
             log.warning("tests run outside the sandbox: %s", reason)
-            argv = pytest_argv(spec, environment, tests, str(tree), report_name)
+            argv = pytest_argv(spec, environment, paths, str(tree), report_name)
             return_code, timed_out, output = _run_directly(argv, tree, environment, timeout_s)
             sandboxed, killed = False, None
         seconds = time.monotonic() - started
@@ -114,6 +123,8 @@ def run_tests(
         except ElementTree.ParseError as exc:
             return replace(run, problem=f"pytest's junit report is not valid XML: {exc}")
         run = replace(run, outcomes=outcomes, junit_failures=failures)
+    if absent:
+        run = replace(run, problem=f"test files not in the tree: {', '.join(absent)}")
     if timed_out:
         return replace(run, problem=f"the tests ran past {timeout_s:.0f} s and were stopped")
     if killed is not None:
@@ -131,13 +142,14 @@ def run_tests(
 def pytest_argv(
     spec: PackageSpec,
     environment: Path,
-    tests: Sequence[str] | None,
+    paths: Sequence[str],
     root: str,
     report_name: str,
 ) -> list[str]:
-    """The command that runs `spec`'s tests in `root` (as seen by the command) and writes the
-    junit report to `root/report_name`; environment variables set through `env(1)`, as the
-    sandbox starts from a cleared environment."""
+    """The command that runs the tests under `paths` (files or directories relative to
+    `root`, the package's root as the command sees it) and writes the junit report to
+    `root/report_name`; environment variables are set through `env(1)`, as the sandbox
+    starts from a cleared environment."""
     python_path = root if spec.import_root in ("", ".") else f"{root}/{spec.import_root}"
     variables = {
         **spec.env,
@@ -147,7 +159,6 @@ def pytest_argv(
     }
     plugins = [ID_PLUGIN] if _has_id_plugin(environment) else []
     plugins += spec.plugins
-    paths = files_of(tests) if tests is not None else list(spec.test_paths)
     return [
         "env",
         *(f"{name}={value}" for name, value in variables.items()),
