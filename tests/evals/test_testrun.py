@@ -4,6 +4,7 @@ suite, a crafted suite with every outcome and awkward IDs, and junit files parse
 from __future__ import annotations
 
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,20 @@ def test_environment_holds_pinned_pytest_and_the_id_plugin(
     assert environment_key(other) != environment_key(xmltodict_spec)
 
 
+def test_environment_is_built_whole_once_even_when_two_build_it(
+    xmltodict_spec: PackageSpec, tmp_path: Path
+) -> None:
+    killed = tmp_path / "envs" / ".building-xmltodict-killed"  # what a killed build leaves
+    (killed / "bin").mkdir(parents=True)
+    with ThreadPoolExecutor(2) as pool:
+        built = list(pool.map(lambda _: test_environment(xmltodict_spec, tmp_path), range(2)))
+    assert built[0] == built[1] == tmp_path / "envs" / built[0].name
+    assert (built[0] / "bin" / "python").exists()
+    assert sorted(p.name for p in (tmp_path / "envs").iterdir()) == sorted(
+        [built[0].name, killed.name]
+    )
+
+
 def test_real_suite_passes_in_the_sandbox(
     xmltodict_spec: PackageSpec, xmltodict_env: Path, xmltodict_tree: Path
 ) -> None:
@@ -233,6 +248,20 @@ def test_test_files_not_in_the_tree_are_left_out(crafted_tree: Path, xmltodict_e
 def test_a_missing_environment_is_a_harness_error(crafted_tree: Path, tmp_path: Path) -> None:
     run = run_tests(crafted_tree, crafted_spec(), tmp_path / "no-env")
     assert run.error == f"no test environment at {tmp_path / 'no-env'}"
+
+
+def test_an_environment_whose_pytest_cannot_start_is_a_harness_error(
+    crafted_tree: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken-env"
+    (broken / "bin").mkdir(parents=True)
+    (broken / "bin" / "python").write_text("#!/bin/sh\necho 'no pytest here' >&2\nexit 1\n")
+    (broken / "bin" / "python").chmod(0o755)
+    run = run_tests(crafted_tree, crafted_spec(), broken)
+    assert run.problem is None and run.outcomes == {}
+    assert run.error is not None
+    assert run.error.startswith("pytest did not run: `python -m pytest --version` failed (exit 1)")
+    assert "no pytest here" in run.error
 
 
 def test_files_of() -> None:

@@ -16,9 +16,10 @@ import re
 import secrets
 import signal
 import subprocess
+import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -35,6 +36,7 @@ OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
 # Which outcome wins when one ID is reported more than once (a failure then a teardown error).
 _SEVERITY = {"passed": 0, "xpassed": 1, "skipped": 2, "xfailed": 3, "failed": 4, "error": 5}
 OUTPUT_TAIL = 8000  # characters of pytest's output kept
+PROBE_TIMEOUT_S = 60.0
 # pytest's own exit codes: tests failed (1), interrupted (2), internal error (3), usage or
 # conftest error (4), nothing collected (5). Anything else did not come from pytest.
 PYTEST_EXIT_CODES = frozenset(range(6))
@@ -95,20 +97,18 @@ def run_tests(
     report_name = f".tercet-junit-{secrets.token_hex(6)}.xml"
     report = tree / report_name
     reason = runner.unavailable_reason()
+    sandboxed = reason is None
+    if not sandboxed:
+        log.warning("tests run outside the sandbox: %s", reason)
     started = time.monotonic()
     try:
-        if reason is None:
-            argv = pytest_argv(spec, environment, paths, runner.WORKSPACE, report_name)
-            result = runner.run(argv, tree, _limits(timeout_s), runtime=environment)
-            sandboxed = True
-            return_code, timed_out = result.return_code, result.timed_out
-            output = result.stdout + result.stderr
-            killed = _killed_reason(result)
-        else:
-            log.warning("tests run outside the sandbox: %s", reason)
-            argv = pytest_argv(spec, environment, paths, str(tree), report_name)
-            return_code, timed_out, output = _run_directly(argv, tree, environment, timeout_s)
-            sandboxed, killed = False, None
+        return_code, timed_out, output, killed = _execute(
+            lambda root: pytest_argv(spec, environment, paths, root, report_name),
+            tree,
+            environment,
+            timeout_s,
+            sandboxed,
+        )
         seconds = time.monotonic() - started
         xml = report.read_bytes() if report.exists() else None
     finally:
@@ -129,14 +129,52 @@ def run_tests(
         return replace(run, problem=f"the tests ran past {timeout_s:.0f} s and were stopped")
     if killed is not None:
         return replace(run, problem=killed)
-    if return_code not in PYTEST_EXIT_CODES:
-        # bubblewrap failing, or the environment's python not starting: no pytest ran.
-        return replace(run, error=f"pytest did not run (exit {return_code}): {tail[-2000:]}")
     if xml is None:
+        # The code under test can stop pytest early (a conftest that fails to import it);
+        # so can a sandbox or an environment that does not work, which says nothing of the
+        # code: pytest starting alone tells them apart.
+        broken = _broken_environment(environment, sandboxed)
+        if return_code not in PYTEST_EXIT_CODES or broken is not None:
+            why = broken or f"exit {return_code}: {tail[-2000:]}"
+            return replace(run, error=f"pytest did not run: {why}")
         return replace(
             run, problem=f"pytest stopped (exit {return_code}) before writing its report"
         )
     return run
+
+
+def _broken_environment(environment: Path, sandboxed: bool) -> str | None:
+    """Why `environment`'s pytest cannot start at all (where the tests run), or None."""
+    with tempfile.TemporaryDirectory(prefix="tercet-probe-") as empty:
+        return_code, _, output, _ = _execute(
+            lambda _: ["python", "-m", "pytest", "--version"],
+            Path(empty),
+            environment,
+            PROBE_TIMEOUT_S,
+            sandboxed,
+        )
+    if return_code == 0:
+        return None
+    return f"`python -m pytest --version` failed (exit {return_code}): {output[-2000:]}"
+
+
+def _execute(
+    argv_at: Callable[[str], list[str]],
+    tree: Path,
+    environment: Path,
+    timeout_s: float,
+    sandboxed: bool,
+) -> tuple[int, bool, str, str | None]:
+    """Run `argv_at(root)` in `tree` (seen by the command at `root`): return code, timed out,
+    output, and why the sandbox killed it (None if it did not)."""
+    if sandboxed:
+        result = runner.run(
+            argv_at(runner.WORKSPACE), tree, _limits(timeout_s), runtime=environment
+        )
+        output = result.stdout + result.stderr
+        return result.return_code, result.timed_out, output, _killed_reason(result)
+    return_code, timed_out, output = _run_directly(argv_at(str(tree)), tree, environment, timeout_s)
+    return return_code, timed_out, output, None
 
 
 def pytest_argv(
