@@ -93,6 +93,7 @@ class BuildResult:
     tasks: list[Task]
     reports: list[PackageReport]
     seconds: float
+    failed: list[str] = field(default_factory=list)  # packages skipped (a BuildError each)
 
 
 # ------------------------------------------------------------------------------------ build
@@ -125,6 +126,7 @@ def build(
     created = created_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     tasks: list[Task] = []
     reports: list[PackageReport] = []
+    failed: list[str] = []
     for spec in chosen:
         key = _partial_key(spec, per_package, seed, families, max_tries)
         done = cache / "builds" / f"{spec.name}-{key}"
@@ -133,21 +135,28 @@ def build(
             package_tasks = read_jsonl(done / "tasks.jsonl", Task)
             progress(f"{spec.name}: {len(package_tasks)} tasks, finished before (resumed)")
         else:
-            package_tasks, report = build_package(
-                spec,
-                cache,
-                per_package=per_package,
-                seed=seed,
-                families=families,
-                max_tries=max_tries if max_tries is not None else 8 * per_package,
-                created_at=created,
-                progress=progress,
-            )
+            try:
+                package_tasks, report = build_package(
+                    spec,
+                    cache,
+                    per_package=per_package,
+                    seed=seed,
+                    families=families,
+                    max_tries=max_tries if max_tries is not None else 8 * per_package,
+                    created_at=created,
+                    progress=progress,
+                )
+            except BuildError as exc:  # one package's trouble does not lose the others
+                progress(f"{spec.name}: skipped: {exc}")
+                failed.append(spec.name)
+                continue
             done.mkdir(parents=True, exist_ok=True)
             write_jsonl(done / "tasks.jsonl", package_tasks)
             (done / "report.json").write_text(json.dumps(asdict(report), indent=1))
         tasks.extend(package_tasks)
         reports.append(report)
+    if not reports:
+        raise BuildError(f"no package could be built from: {', '.join(failed)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(out_dir / "tasks.jsonl", tasks)
     seconds = time.monotonic() - started
@@ -155,7 +164,7 @@ def build(
         tasks, reports, dataset=dataset or out_dir.name, seed=seed, per_package=per_package
     )
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    return BuildResult(tasks, reports, seconds)
+    return BuildResult(tasks, reports, seconds, failed)
 
 
 def build_package(
@@ -673,4 +682,7 @@ def main(args: argparse.Namespace) -> int:
         f"{len(result.tasks)} tasks from {len(result.reports)} packages in "
         f"{result.seconds:.0f} s -> {args.out}"
     )
+    if result.failed:
+        print(f"skipped (see above): {', '.join(result.failed)}")
+        return 1
     return 0
