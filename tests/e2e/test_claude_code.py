@@ -46,6 +46,7 @@ def claude() -> Path:
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(1200)  # the 900 s it may take, and the server's start and stop
 def test_claude_code_says_hi(claude: Path, tmp_path: Path) -> None:
     """Claude Code completes its exchange with the server: it answers, or it reports that the
     model ran into the output cap, which it can only do after parsing the streamed reply to its
