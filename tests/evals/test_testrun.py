@@ -3,6 +3,7 @@ suite, a crafted suite with every outcome and awkward IDs, and junit files parse
 
 from __future__ import annotations
 
+import os
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -142,6 +143,9 @@ def test_environment_is_built_whole_once_even_when_two_build_it(
 ) -> None:
     killed = tmp_path / "envs" / ".building-xmltodict-killed"  # what a killed build leaves
     (killed / "bin").mkdir(parents=True)
+    long_ago = tmp_path / "envs" / ".building-xmltodict-long-ago"  # swept away
+    long_ago.mkdir()
+    os.utime(long_ago, (0, 0))
     with ThreadPoolExecutor(2) as pool:
         built = list(pool.map(lambda _: test_environment(xmltodict_spec, tmp_path), range(2)))
     assert built[0] == built[1] == tmp_path / "envs" / built[0].name

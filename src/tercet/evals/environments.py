@@ -6,6 +6,7 @@ renamed into place, so a build that was killed is redone rather than half used."
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from tercet.evals.packages import PackageSpec
@@ -74,6 +76,7 @@ def test_environment(spec: PackageSpec, cache: Path) -> Path:
     if (target / "bin" / "python").exists():
         return target
     envs.mkdir(parents=True, exist_ok=True)
+    _sweep_killed_builds(envs)
     building = Path(tempfile.mkdtemp(dir=envs, prefix=f".building-{spec.name}-"))
     try:
         _build(building, requirements(spec))
@@ -89,6 +92,14 @@ def test_environment(spec: PackageSpec, cache: Path) -> Path:
 
 # Named as the plan's interface has it; not a test for pytest to collect where it is imported.
 test_environment.__test__ = False  # type: ignore[attr-defined]
+
+
+def _sweep_killed_builds(envs: Path) -> None:
+    """Remove what builds killed long ago left (older than any build may take)."""
+    for leftover in envs.glob(".building-*"):
+        with contextlib.suppress(OSError):
+            if time.time() - leftover.stat().st_mtime > 2 * BUILD_TIMEOUT_S:
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _build(directory: Path, wanted: list[str]) -> None:
