@@ -335,6 +335,25 @@ def test_editing_the_tests_instead_of_the_code_is_not_resolved_and_flagged(
     assert (both.status, both.touched_tests) == ("RESOLVED_FULL", True)
 
 
+def test_a_patch_that_hangs_the_tests_is_not_resolved(
+    task: Task, pristine: Path, xmltodict_spec: PackageSpec, xmltodict_env: Path
+) -> None:
+    hangs = GOLD.replace(
+        "+        if self.strip_whitespace:\n", "+        while self.strip_whitespace:\n"
+    )
+    result = grade(
+        task,
+        hangs,
+        pristine=pristine,
+        spec=xmltodict_spec,
+        environment=xmltodict_env,
+        timeout_s=4,
+    )
+    assert result.status == "RESOLVED_NO"  # the code's fault, not the harness's
+    assert result.error == "the tests ran past 4 s and were stopped"
+    assert set(result.fail_to_pass.values()) == {"missing"}
+
+
 def test_harness_failures_are_errors_not_failures(
     task: Task, pristine: Path, xmltodict_spec: PackageSpec, tmp_path: Path, xmltodict_env: Path
 ) -> None:
