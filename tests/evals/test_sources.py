@@ -93,9 +93,12 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile
     ],
     ids=["dotdot", "absolute-link", "relative-link-out", "device"],
 )
+@pytest.mark.parametrize("filtered", [True, False], ids=["data-filter", "before-3.11.4"])
 def test_unpack_refuses_members_that_leave_the_tree(
-    member: tarfile.TarInfo, tmp_path: Path
+    member: tarfile.TarInfo, filtered: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if not filtered:
+        monkeypatch.delattr(tarfile, "data_filter")
     sdist = _tar(tmp_path / "evil.tar.gz", [_member("pkg-1.0/ok.py"), member])
     into = tmp_path / "a" / "b" / "out"
     with pytest.raises(SourceError, match=r"cannot unpack evil\.tar\.gz"):

@@ -140,10 +140,14 @@ def unpack(sdist: Path, into: Path) -> Path:
             _unzip(sdist, into)
         else:
             with tarfile.open(sdist) as archive:
-                # The "data" filter refuses members outside `into`, links out, devices,
-                # and drops setuid bits and ownership.
-                archive.extractall(into, filter="data")
-    except (tarfile.TarError, zipfile.BadZipFile, OSError) as exc:
+                if hasattr(tarfile, "data_filter"):
+                    # Refuses members outside `into`, links out, devices; drops setuid
+                    # bits and ownership.
+                    archive.extractall(into, filter="data")
+                else:  # Python before 3.11.4: the same checks, by hand
+                    _check_members(archive)
+                    archive.extractall(into)
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, SourceError) as exc:
         shutil.rmtree(into, ignore_errors=True)
         into.mkdir()
         raise SourceError(f"cannot unpack {sdist.name}: {exc}") from exc
@@ -153,10 +157,19 @@ def unpack(sdist: Path, into: Path) -> Path:
     return into
 
 
+def _check_members(archive: tarfile.TarFile) -> None:
+    for member in archive.getmembers():
+        name = PurePosixPath(member.name)
+        if name.is_absolute() or ".." in name.parts:
+            raise SourceError(f"member {member.name!r} leaves the tree")
+        if not (member.isfile() or member.isdir()):
+            raise SourceError(f"member {member.name!r} is not a plain file or directory")
+
+
 def _unzip(sdist: Path, into: Path) -> None:
     with zipfile.ZipFile(sdist) as archive:
         for member in archive.infolist():
             name = PurePosixPath(member.filename)
             if name.is_absolute() or ".." in name.parts or "\\" in member.filename:
-                raise SourceError(f"{sdist.name}: member {member.filename!r} leaves the tree")
+                raise SourceError(f"member {member.filename!r} leaves the tree")
         archive.extractall(into)
