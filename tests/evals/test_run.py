@@ -309,7 +309,7 @@ def test_a_harness_failure_is_an_error_result_not_a_crash(
     assert summary.progress.errors == 1
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(600)
 def test_the_embedded_model_through_the_tercet_agent(
     dataset_dir: Path, eval_cache: Path, tmp_path: Path
 ) -> None:
@@ -331,11 +331,11 @@ def test_the_embedded_model_through_the_tercet_agent(
             str(run_dir),
             "--quiet",
             "--max-turns",
-            "4",
+            "3",
             "--max-wall-time",
-            "90",
+            "40",
             "--max-tokens",
-            "512",
+            "256",
             "--context-window",
             "8192",
             "--threads",
@@ -343,7 +343,7 @@ def test_the_embedded_model_through_the_tercet_agent(
         ),
         capture_output=True,
         text=True,
-        timeout=840,
+        timeout=540,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     results = _results(run_dir)
