@@ -103,15 +103,15 @@ def _sweep_killed_builds(envs: Path) -> None:
 
 
 def _build(directory: Path, wanted: list[str]) -> None:
-    # Made from the base interpreter (not a venv of a venv); pip comes from this interpreter
-    # when it has one (`--python`), which spares ensurepip's seconds.
-    has_pip = importlib.util.find_spec("pip") is not None
-    venv = [sys.executable, "-m", "venv", "--clear"]
-    _check([*venv, *([] if not has_pip else ["--without-pip"]), str(directory)], "venv")
+    # Made from the base interpreter (not a venv of a venv). pip comes from this interpreter
+    # where it has one (`pip --python`), which spares ensurepip's seconds.
     python = directory / "bin" / "python"
-    pip = [sys.executable, "-m", "pip", "--python", str(python)] if has_pip else [str(python)]
-    if not has_pip:
-        pip += ["-m", "pip"]
+    if importlib.util.find_spec("pip") is not None:
+        venv_options = ["--without-pip"]
+        pip = [sys.executable, "-m", "pip", "--python", str(python)]
+    else:
+        venv_options, pip = [], [str(python), "-m", "pip"]
+    _check([sys.executable, "-m", "venv", "--clear", *venv_options, str(directory)], "venv")
     _check(
         [
             *pip, "install", "--no-deps", "--no-input", "--disable-pip-version-check",
@@ -119,18 +119,9 @@ def _build(directory: Path, wanted: list[str]) -> None:
         ],
         "pip install",
     )  # fmt: skip
-    site = _site_packages(python)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site = directory / "lib" / version / "site-packages"
     (site / f"{ID_PLUGIN}.py").write_text(ID_PLUGIN_SOURCE, encoding="utf-8")
-
-
-def _site_packages(python: Path) -> Path:
-    found = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    return Path(found)
 
 
 def _check(command: list[str], what: str) -> None:
