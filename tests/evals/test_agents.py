@@ -282,3 +282,20 @@ def test_claude_code_past_its_wall_time_is_killed(workspace: GitWorkspace, tmp_p
     )
     assert outcome.stop_reason == "max_wall_time"
     assert outcome.compute.wall_seconds < 30
+
+
+def test_the_scaffold_in_the_docs_plugs_in(
+    workspace: GitWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/evals.md's example agent, as written there, runs by its import path."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "evals.md").read_text()
+    section = docs.split("## Plugging in another scaffold", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "my_agents.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entry = agent_entry("my_agents:make_agent")
+    command = 'sed -i "s/a - b/a + b/" demo.py && test -n "$TASK"'
+    agent = entry.factory(AgentSettings(options={"command": command}))
+    outcome = asyncio.run(agent.solve(VIEW, Workspace(workspace.path), Budget()))
+    assert outcome.stop_reason == "end_turn", outcome.error
+    assert "+    return a + b" in collect_diff(workspace)
