@@ -46,31 +46,27 @@ def register(commands: Any) -> None:
 
 
 def _register_build(actions: Any) -> None:
+    from tercet.evals.build import add_arguments
+
     parser = actions.add_parser(
-        "build", help="build tasks from pinned packages (mutate, validate, split)"
+        "build",
+        help="build tasks from pinned packages (mutate, validate, split)",
+        description="Download pinned sdists, run each suite twice (unstable tests dropped), "
+        "inject bugs, keep the mutants that break some tests and no others, validate each "
+        "task, write tasks.jsonl and manifest.json.",
     )
-    try:
-        from tercet.evals import build
-    except ImportError:
-        build = None
-    add = getattr(build, "add_arguments", None)
-    if add is not None:
-        add(parser)
+    add_arguments(parser)
     parser.set_defaults(run=_build)
 
 
 def _build(args: argparse.Namespace) -> int:
+    from tercet.evals.build import main
+
     try:
-        from tercet.evals import build
-    except ImportError as exc:
-        print(f"error: the task builder is not available: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    try:
-        code: int = build.main(args)
+        return main(args)
     except EvalInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
-    return code
 
 
 # ---------------------------------------------------------------------------- run
