@@ -19,7 +19,7 @@ GradeStatus = Literal[
     "RESOLVED_FULL",  # every FAIL_TO_PASS and PASS_TO_PASS test passes
     "RESOLVED_PARTIAL",  # some FAIL_TO_PASS pass, every PASS_TO_PASS passes
     "RESOLVED_NO",  # no FAIL_TO_PASS passes, or a PASS_TO_PASS test broke
-    "EMPTY_PATCH",  # the agent changed nothing (outside the tests, which never count)
+    "EMPTY_PATCH",  # the patch is empty (one that edits only tests is RESOLVED_NO, flagged)
     "PATCH_FAILED",  # the patch does not apply to a pristine copy
     "ERROR",  # the harness could not grade it (said in `error`); never counted as resolved
 ]
