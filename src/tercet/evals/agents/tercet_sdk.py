@@ -26,7 +26,9 @@ from tercet.agent import (
     Agent,
     AgentConfig,
     AnthropicModel,
+    AssistantMessage,
     Budget,
+    Compacted,
     Model,
     Permissions,
     RequestSent,
@@ -34,6 +36,7 @@ from tercet.agent import (
     TextEditorTool,
     ThinkingDelta,
     ToolFinished,
+    Usage,
 )
 from tercet.agent.budget import price_of
 from tercet.agent.tools.base import ToolResult
@@ -188,8 +191,6 @@ class _Counts:
     """What a run's events add up to."""
 
     def __init__(self) -> None:
-        from tercet.agent import Usage
-
         self.model_calls = 0
         self.tool_calls = 0
         self.thinking_deltas = 0
@@ -197,8 +198,6 @@ class _Counts:
         self.result: Result | None = None
 
     def add(self, event: object) -> None:
-        from tercet.agent import AssistantMessage, Compacted
-
         if isinstance(event, RequestSent):
             self.model_calls += 1
         elif isinstance(event, ToolFinished):
@@ -339,7 +338,9 @@ def _embedded(settings: AgentSettings) -> TercetAgent:
         threads=settings.threads,
         cache=cache,
     )
-    model = InProcessModel(engine, config=ServerConfig(api_keys=[], data_dir=data_dir))
+    # Every worker waits its turn at the one engine: none is ever turned away (529).
+    config = ServerConfig(api_keys=[], data_dir=data_dir, max_queue=1024)
+    model = InProcessModel(engine, config=config)
     parameters = settings.parameters or gguf_parameters(path)
     # The local model has no price unless one is given for its name.
     agent = TercetAgent(model, settings.model or engine.spec.id, settings, parameters=parameters)
