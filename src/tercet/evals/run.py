@@ -268,7 +268,7 @@ class RunOptions:
 def run_record(
     dataset: Dataset,
     agent_name: str,
-    model: str,
+    model: str | None,
     options: RunOptions,
     settings: AgentSettings,
 ) -> dict[str, Any]:
@@ -355,10 +355,11 @@ class RunDirectory:
         merged.update({t.instance_id: t for t in tasks})
         write_jsonl(self.path / TASKS_FILE, merged.values())
 
-    def open(self, record: dict[str, Any], *, resume: bool) -> dict[str, Any]:
-        """Start or resume the run: the record to keep (a resumed run's, checked against
-        `record`). A directory with results is never started over without `resume`."""
-        self.path.mkdir(parents=True, exist_ok=True)
+    def check(self, record: Mapping[str, Any], *, resume: bool) -> dict[str, Any] | None:
+        """Whether a run as `record` may start (or resume) here: the resumed run's record, or
+        None for a new run; `EvalInputError` otherwise. A directory with a run is never
+        started over without `resume`; a resumed one must have the same agent, dataset version
+        and model (a `record` whose model is None is checked for the others only)."""
         has_results = self.results.path.exists() and self.results.path.stat().st_size > 0
         if not resume:
             if has_results or self.record_path.exists():
@@ -366,18 +367,17 @@ class RunDirectory:
                     f"{self.path} already holds a run; add --resume to continue it, or give "
                     "another --run-dir"
                 )
-            self.write_record(record)
-            return record
+            return None
         if not self.record_path.exists():
             if has_results:
                 raise EvalInputError(f"{self.path} has results but no {RUN_FILE}")
-            self.write_record(record)
-            return record
+            return None
         existing = self.read_record()
-        for key, label in (("agent", "agent"), ("model", "model")):
-            if existing.get(key) != record.get(key):
+        for key in ("agent", "model"):
+            unknown_yet = key == "model" and record.get(key) is None
+            if not unknown_yet and existing.get(key) != record.get(key):
                 raise EvalInputError(
-                    f"{self.path} was run with {label} {existing.get(key)!r}, not "
+                    f"{self.path} was run with {key} {existing.get(key)!r}, not "
                     f"{record.get(key)!r}; use another --run-dir"
                 )
         old, new = existing.get("dataset", {}), record["dataset"]
@@ -386,6 +386,15 @@ class RunDirectory:
                 f"{self.path} was run on {old.get('name')} {old.get('version')}, not "
                 f"{new['name']} {new['version']}; use another --run-dir"
             )
+        return existing
+
+    def open(self, record: dict[str, Any], *, resume: bool) -> dict[str, Any]:
+        """Start or resume the run (see `check`): the record to keep, written."""
+        existing = self.check(record, resume=resume)
+        self.path.mkdir(parents=True, exist_ok=True)
+        if existing is None:
+            self.write_record(record)
+            return record
         existing["settings"] = record["settings"]  # the latest session's, e.g. more attempts
         return existing
 
@@ -816,6 +825,8 @@ def run_eval(
         raise EvalInputError(f"no tasks in the {options.split} split of {dataset.name}")
     entry = agent_entry(agent_name)  # an unknown agent fails before the directory is touched
     directory = RunDirectory(run_dir)
+    # Before the agent starts (loading a model takes a while): may the run go here?
+    directory.check(run_record(dataset, entry.name, None, options, settings), resume=resume)
     finished = latest_results(directory.results.load(repair=resume)) if resume else {}
     if entry.sees_gold:
         settings = replace(settings, gold_patches={t.instance_id: t.patch for t in tasks})
