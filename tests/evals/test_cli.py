@@ -32,13 +32,12 @@ def test_run_then_report(
     dataset_dir: Path, eval_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run_dir = tmp_path / "run"
-    code = main(
-        [
-            "eval", "run", "--dataset", str(dataset_dir), "--split", "test", "--agent", "oracle",
-            "--cache", str(eval_cache), "--run-dir", str(run_dir), "--quiet",
-            "--instances", "xmltodict-force-list,xmltodict-attr-name", "--limit", "1",
-        ]
-    )  # fmt: skip
+    args = [
+        "eval", "run", "--dataset", str(dataset_dir), "--split", "test", "--agent", "oracle",
+        "--cache", str(eval_cache), "--run-dir", str(run_dir), "--quiet",
+        "--instances", "xmltodict-force-list,xmltodict-attr-name", "--limit", "1",
+    ]  # fmt: skip
+    code = main(args)
     out = capsys.readouterr().out
     assert code == 0
     assert f"resolved {format_rate(1, 1)} of all 1 attempts" in out
@@ -49,6 +48,19 @@ def test_run_then_report(
     assert "# Evaluation report: oracle on" in capsys.readouterr().out
     for name in ("report.md", "report.html", "predictions.jsonl", "by_package.png"):
         assert (run_dir / name).is_file(), name
+
+    # Resumed with more attempts: only the new attempt runs.
+    assert main([*args, "--resume", "--attempts", "2"]) == 0
+    results = ResultsFile(run_dir / RESULTS_FILE).load()
+    assert [(r.instance_id, r.attempt) for r in results] == [
+        ("xmltodict-force-list", 0),
+        ("xmltodict-force-list", 1),
+    ]
+    assert results[0] == result
+    capsys.readouterr()
+    assert main(["eval", "report", str(run_dir), "--no-html"]) == 0
+    assert "Tasks resolved by at least one of 2 attempts: 1/1" in capsys.readouterr().out
+    assert (run_dir / "predictions.attempt-1.jsonl").is_file()
 
 
 def test_grade_predictions_from_elsewhere(
