@@ -55,6 +55,7 @@ from tercet.evals.testrun import files_of
 from tercet.evals.workspace import apply_patch, buggy_tree, copy_tree
 
 TARGET = 1.3
+ROOT = Path(__file__).resolve().parents[1]
 QUICK_PACKAGE = "xmltodict"  # 119 tests in about a second
 ROWS = ("bare tests", "workspace", "agent (oracle)", "diff", "grading", "harness total")
 
@@ -146,11 +147,17 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=6, help="tasks timed phase by phase")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--cache", type=Path, default=default_cache_dir())
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        help="default: the user's cache; with --quick the repository's .cache/evals, as the tests",
+    )
     parser.add_argument("--quick", action="store_true", help="2 tasks, 1 round: the script works")
     args = parser.parse_args()
     if args.quick:
         args.sample, args.rounds = 2, 1
+    if args.cache is None:
+        args.cache = ROOT / ".cache" / "evals" if args.quick else default_cache_dir()
     args.cache = args.cache.resolve()
     dataset = load_dataset(args.dataset)
     # Quick: one small package, so that at most one test environment is built.
