@@ -793,9 +793,13 @@ async def _drive(
                 return
             status = result.grade.status
             colour = {"RESOLVED_FULL": "green", "ERROR": "red"}.get(status, "yellow")
+            took = datetime.fromisoformat(result.ended_at) - datetime.fromisoformat(
+                result.started_at
+            )
             bar.console.print(
                 f"{result.instance_id} #{result.attempt}: [{colour}]{status}[/] "
-                f"({result.stop_reason}, {result.compute.wall_seconds:.0f}s)",
+                f"(agent: {result.stop_reason}, {result.compute.wall_seconds:.1f}s; "
+                f"attempt {took.total_seconds():.0f}s)",
                 highlight=False,
             )
             bar.update(bar.task_ids[0], advance=1, resolved=counts.resolved, errors=counts.errors)
