@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tercet.agent import ScriptedModel
-from tercet.agent.scripted import tool_use, turn
+from tercet.agent.model import ModelRequest
+from tercet.agent.scripted import ScriptedTurn, tool_use, turn
 from tercet.cli.main import main
 from tercet.evals.agents import AgentSettings
 from tercet.evals.agents.tercet_sdk import TercetAgent
@@ -147,19 +148,30 @@ def test_oracle_resolves_every_task_and_noop_none(
     assert {r.grade.status for r in _results(noop)} == {"EMPTY_PATCH"}
 
 
-def _test_editor(cwd_marker: str = "The package's source is in ") -> ScriptedModel:
-    """A model that 'fixes' the bug by making the failing test pass vacuously."""
-    command = r"sed -i 's/^def test_comments():/def test_comments():\n    return/' " + (
+def _test_editor() -> ScriptedModel:
+    """A model that runs the tests with the command its prompt gives, then 'fixes' the bug by
+    making the failing test pass vacuously."""
+
+    def run_the_tests(request: ModelRequest) -> ScriptedTurn:
+        prompt = request.messages[0]["content"][0]["text"]
+        command = prompt.split("Run the package's tests", 1)[1].split("\n\n    ", 1)[1]
+        return turn(tool_use("bash", {"command": command.strip() + " -q -x"}))
+
+    edit = r"sed -i 's/^def test_comments():/def test_comments():\n    return/' " + (
         "tests/test_xmltodict.py"
     )
-    return ScriptedModel([turn(tool_use("bash", {"command": command})), turn("Fixed the test.")])
+    return ScriptedModel(
+        [run_the_tests, turn(tool_use("bash", {"command": edit})), turn("Fixed the test.")]
+    )
 
 
 def test_an_agent_that_edits_the_failing_test_is_not_resolved_and_is_flagged(
     dataset: Dataset, eval_cache: Path, tmp_path: Path
 ) -> None:
+    model = _test_editor()
+
     def scripted(settings: AgentSettings) -> TercetAgent:
-        return TercetAgent(_test_editor(), "scripted", settings)
+        return TercetAgent(model, "scripted", settings)
 
     run_dir = tmp_path / "run"
     run_eval(
@@ -171,12 +183,15 @@ def test_an_agent_that_edits_the_failing_test_is_not_resolved_and_is_flagged(
         stream=None,
         agent_factory=scripted,
     )
+    # The test command of its prompt ran the package's tests in the sandbox: the bug shows.
+    tests_ran = json.dumps(model.requests[1].messages[-1]["content"])
+    assert "test_comments" in tests_ran and "1 failed" in tests_ran, tests_ran
     [result] = _results(run_dir)
     assert "tests/test_xmltodict.py" in result.model_patch
     assert result.grade.status == "RESOLVED_NO", result.grade
     assert result.grade.touched_tests
     assert result.grade.fail_to_pass == {T + "test_comments": "failed"}
-    assert (result.compute.model_calls, result.compute.tool_calls) == (2, 1)
+    assert (result.compute.model_calls, result.compute.tool_calls) == (3, 2)
     assert result.stop_reason == "end_turn" and result.model == "scripted"
 
 
