@@ -166,14 +166,17 @@ def _test_editor() -> ScriptedModel:
 
 
 def test_an_agent_that_edits_the_failing_test_is_not_resolved_and_is_flagged(
-    dataset: Dataset, eval_cache: Path, tmp_path: Path
+    dataset: Dataset, eval_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = _test_editor()
 
     def scripted(settings: AgentSettings) -> TercetAgent:
         return TercetAgent(model, "scripted", settings)
 
-    run_dir = tmp_path / "run"
+    # A relative run directory: the workspace and test command the agent is shown must still
+    # hold from its own working directory (they were relative once, and the tests not found).
+    monkeypatch.chdir(tmp_path)
+    run_dir = Path("run")
     run_eval(
         dataset,
         "tercet",

@@ -527,7 +527,7 @@ class Runner:
         self.dataset = dataset
         self.directory = directory
         self.options = options
-        self.cache = cache
+        self.cache = cache.resolve()  # paths an agent is shown must hold from any directory
         self._environments: dict[str, Path] = {}
         self._trees: dict[str, Path] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -828,6 +828,7 @@ def run_eval(
     if not tasks:
         raise EvalInputError(f"no tasks in the {options.split} split of {dataset.name}")
     entry = agent_entry(agent_name)  # an unknown agent fails before the directory is touched
+    run_dir = run_dir.resolve()  # workspaces are shown to agents, whose cwd differs
     directory = RunDirectory(run_dir)
     # Before the agent starts (loading a model takes a while): may the run go here?
     directory.check(run_record(dataset, entry.name, None, options, settings), resume=resume)
@@ -910,6 +911,7 @@ def grade_predictions(
         number = counts.get(prediction.instance_id, 0)
         counts[prediction.instance_id] = number + 1
         numbered.append((prediction, number))
+    run_dir = run_dir.resolve()  # workspaces are shown to agents, whose cwd differs
     directory = RunDirectory(run_dir)
     finished = latest_results(directory.results.load(repair=resume)) if resume else {}
     attempts = max(counts.values())
