@@ -299,3 +299,28 @@ def test_the_scaffold_in_the_docs_plugs_in(
     outcome = asyncio.run(agent.solve(VIEW, Workspace(workspace.path), Budget()))
     assert outcome.stop_reason == "end_turn", outcome.error
     assert "+    return a + b" in collect_diff(workspace)
+
+
+def test_tercet_agent_editor_stays_in_the_workspace(
+    workspace: GitWorkspace, tmp_path: Path
+) -> None:
+    """The editor runs on the host: the run directory beside the workspace (gold patches) is
+    out of its reach, through a symlink too."""
+    secret = tmp_path / "tasks.jsonl"
+    secret.write_text("the gold patch")
+    (workspace.path / "link").symlink_to(secret)
+    view = "str_replace_based_edit_tool"
+    model = ScriptedModel(
+        [
+            turn(tool_use(view, {"command": "view", "path": str(secret)})),
+            turn(tool_use(view, {"command": "view", "path": "../tasks.jsonl"})),
+            turn(tool_use(view, {"command": "view", "path": "link"})),
+            turn(tool_use(view, {"command": "view", "path": "demo.py"})),
+            turn("done"),
+        ]
+    )
+    settings = AgentSettings(trajectories=tmp_path / "sessions")
+    asyncio.run(_scripted_agent(model, settings).solve(VIEW, Workspace(workspace.path), Budget()))
+    answers = [json.dumps(r.messages[-1]["content"]) for r in model.requests[1:]]
+    assert all("outside the workspace" in a and "the gold patch" not in a for a in answers[:3])
+    assert "return a - b" in answers[3]

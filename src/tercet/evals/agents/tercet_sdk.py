@@ -18,7 +18,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,9 @@ from tercet.agent import (
     Usage,
 )
 from tercet.agent.budget import price_of
-from tercet.agent.tools.base import ToolResult
+from tercet.agent.hooks import Hooks, PreToolUseInput, PreToolUseOutput
+from tercet.agent.tools import editor
+from tercet.agent.tools.base import ToolResult, resolve_path
 from tercet.agent.tools.bash import BashTool, _kill_group, _Output
 from tercet.agent.tools.bash_sandbox import sandbox_argv
 from tercet.evals.agents.base import AgentOutcome, AgentSettings, TaskView, Workspace
@@ -140,10 +142,13 @@ class TercetAgent:
         s = self.settings
         read_only = [workspace.environment] if workspace.environment is not None else []
         bash = WorkspaceBash(sandbox=s.sandbox, read_only=read_only)
+        hooks = Hooks()
+        hooks.add("PreToolUse", confined_to(workspace.path), tool=editor.NAME)
         config = AgentConfig(
             model=self.model,
             system_prompt=self.system_prompt,
             cwd=workspace.path,
+            hooks=hooks,
             load_instructions=False,  # the package's own AGENTS.md is no part of the task
             tools=[bash, TextEditorTool()],
             # Bash is sandboxed; editor writes are allowed inside the workspace only.
@@ -185,6 +190,24 @@ class TercetAgent:
         if self._scratch is None:
             self._scratch = Path(tempfile.mkdtemp(prefix="tercet-eval-sessions-"))
         return self._scratch
+
+
+def confined_to(root: Path) -> Callable[[PreToolUseInput], PreToolUseOutput | None]:
+    """A PreToolUse hook for the text editor that blocks paths outside `root` (symlinks
+    followed): the run directory beside the workspace holds the tasks' gold patches, and the
+    editor, unlike sandboxed bash, runs on the host."""
+    root = root.resolve()
+
+    def hook(call: PreToolUseInput) -> PreToolUseOutput | None:
+        raw = call.tool_input.get("path")
+        if not isinstance(raw, str) or not raw:
+            return None  # the editor itself says what is wrong
+        target = resolve_path(root, raw).resolve()
+        if target == root or target.is_relative_to(root):
+            return None
+        return PreToolUseOutput(block=f"{raw} is outside the workspace {root}; work inside it")
+
+    return hook
 
 
 class _Counts:
