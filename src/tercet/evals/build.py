@@ -663,6 +663,7 @@ def main(args: argparse.Namespace) -> int:
             raise EvalInputError(f"no package spec for {', '.join(missing)} in {args.packages}")
         specs = {name: specs[name] for name in args.only}
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per download is noise here
     result = build(
         specs,
         args.out,
