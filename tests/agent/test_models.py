@@ -209,7 +209,11 @@ async def test_in_process_model_on_the_bundled_model(make_agent: MakeAgent, tmp_
     assert result.usage.input_tokens > 100  # the system prompt and the tool schemas
     assert result.usage.output_tokens > 0
     session = load_session(Path(result.trajectory or ""))
-    assert session.turns == result.turns and session.messages[0]["role"] == "user"
+    # A reply the wall clock cut short (a loaded machine) counts among the run's turns, its
+    # output estimated, but only finished turns are saved in the session.
+    cut_short = result.reason == "max_wall_time" and session.turns == result.turns - 1
+    assert session.turns == result.turns or cut_short, (session.turns, result)
+    assert session.messages[0]["role"] == "user"
     assert (work / "hello.txt").read_text() == "hello\n"
 
 

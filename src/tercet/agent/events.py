@@ -178,7 +178,8 @@ class Result:
     A reply cut short (an interrupt, a budget, a cancelled task) counts too: its prompt as the
     server counted it, its output as counted from the stream (`model.ReplyProgress`), since
     the server says how much it wrote only at the end. `estimated_output_tokens` says how many
-    of `usage.output_tokens` were counted that way."""
+    of `usage.output_tokens` were counted that way. Such a reply is one of `turns`, but the
+    session saves finished turns only, so it holds one turn fewer."""
 
     type: ClassVar[Literal["result"]] = "result"
     reason: ResultReason
