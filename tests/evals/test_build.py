@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tercet.evals.build import (
     BuildResult,
     build,
     instance_id,
+    portable_paths,
     problem_statement,
     split_of,
 )
@@ -137,3 +139,12 @@ def test_bundled_dataset_is_consistent() -> None:
         assert task.patch.startswith("diff --git a/")
         assert not spec.is_test_file(task.patch.split()[2][2:])  # the fix is in the code
     assert Counter(t.split for t in tasks) == Counter(manifest["totals"]["by_split"])
+
+
+def test_statements_name_no_path_of_the_building_machine() -> None:
+    prefix = sys.base_prefix.rstrip("/")
+    trace = f"{prefix}/lib/python3.11/json/decoder.py:337: in decode"
+    assert portable_paths(trace) == "/usr/lib/python3.11/json/decoder.py:337: in decode"
+    tasks = read_jsonl(DATASETS / DEFAULT_DATASET / "tasks.jsonl", Task)
+    if prefix not in ("", "/usr"):
+        assert not any(prefix in task.problem_statement for task in tasks)

@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -541,8 +542,15 @@ def problem_statement(spec: PackageSpec, failing: Sequence[str], run: TestRun) -
     return "\n".join(parts) + "\n"
 
 
+def portable_paths(text: str) -> str:
+    """`text` with the building machine's interpreter prefix (as in "/root/.pyenv/versions/
+    3.11.7/lib/python3.11/json/decoder.py") written as a usual one ("/usr/lib/...")."""
+    prefix = sys.base_prefix.rstrip("/")
+    return text if prefix in ("", "/usr") else text.replace(prefix + "/lib/", "/usr/lib/")
+
+
 def _short_traceback(text: str) -> str:
-    lines = [line.rstrip() for line in text.strip().splitlines()]
+    lines = [line.rstrip() for line in portable_paths(text).strip().splitlines()]
     if len(lines) <= TRACEBACK_LINES:
         return "\n".join(lines)
     head = lines[:8]
