@@ -42,6 +42,7 @@ def test_build_from_one_package_end_to_end(
             seed=3,
             families=families,
             max_tries=8,
+            finished=tmp_path / "finished",  # never a build kept from an earlier run
             progress=messages.append,
         )
 

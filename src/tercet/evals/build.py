@@ -111,11 +111,13 @@ def build(
     max_tries: int | None = None,
     created_at: str | None = None,
     dataset: str | None = None,
+    finished: Path | None = None,
     progress: Callable[[str], None] = log.info,
 ) -> BuildResult:
     """Build up to `per_package` validated tasks from each package and write `tasks.jsonl` and
     `manifest.json` to `out_dir`. `max_tries` bounds the mutants run per package (default:
-    eight per wanted task)."""
+    eight per wanted task). Finished packages are kept under `finished` (default: the cache's
+    builds/), which is what a killed build resumes from."""
     started = time.monotonic()
     cache = cache.resolve()  # git reads only absolute ceiling directories (see `_try`)
     chosen = list(specs.values()) if isinstance(specs, Mapping) else list(specs)
@@ -130,7 +132,7 @@ def build(
     failed: list[str] = []
     for spec in chosen:
         key = _partial_key(spec, per_package, seed, families, max_tries)
-        done = cache / "builds" / f"{spec.name}-{key}"
+        done = (finished or cache / "builds") / f"{spec.name}-{key}"
         if (done / "report.json").is_file():
             report = PackageReport(**json.loads((done / "report.json").read_text()))
             package_tasks = read_jsonl(done / "tasks.jsonl", Task)
