@@ -145,7 +145,12 @@ def test_markdown_counts_every_status_and_states_the_denominator(run_dir: Path) 
     assert re.search(r"\| RESOLVED_PARTIAL \| 1 \|", text)
     assert "funcy-3 #1: the sandbox broke" in text
     assert "Tasks resolved by at least one of 2 attempts: 2/6 (" in text
-    for recorded in ("smollm2-135m-instruct", "pypi-bugs-v1 1.0", "tercet 0.1.0", "max_turns"):
+    for recorded in (
+        "smollm2-135m-instruct",
+        "pypi-bugs-v1 (version 1.0)",
+        "tercet 0.1.0",
+        "max_turns",
+    ):
         assert recorded in text
     # by package, each rate as k/n with its interval
     assert f"| toolz | {format_rate(1, 3)} |" in text

@@ -137,6 +137,13 @@ def summary_line(run: RunData) -> str:
 # ---------------------------------------------------------------------------- markdown
 
 
+def _dataset_label(dataset: dict[str, Any]) -> str:
+    """The dataset's name, and its version where that says more (a bundled dataset's version
+    is its name)."""
+    name, version = dataset.get("name"), dataset.get("version")
+    return f"{name}" if version in (None, name) else f"{name} (version {version})"
+
+
 def markdown_report(run: RunData, figures: Sequence[str] = ()) -> str:
     """The summary as markdown; `figures` are image file names to link."""
     record = run.record
@@ -153,7 +160,7 @@ def markdown_report(run: RunData, figures: Sequence[str] = ()) -> str:
         "|---|---|",
         f"| model | {_cell(record.get('model') or 'n/a')} |",
         f"| scaffold (agent) | {_cell(record.get('agent', '?'))} |",
-        f"| dataset | {_cell(dataset.get('name'))} {_cell(dataset.get('version'))} |",
+        f"| dataset | {_cell(_dataset_label(dataset))} |",
         f"| harness | {_cell(harness.get('name', 'tercet'))} {_cell(harness.get('version'))} |",
         f"| settings | `{_cell(json.dumps(record.get('settings', {}), sort_keys=True))}` |",
         f"| created | {_cell(record.get('created_at'))} |",
