@@ -165,7 +165,9 @@ def main() -> None:
     quick_package = QUICK_PACKAGE if QUICK_PACKAGE in names else min(names, default=None)
     tasks = sample(dataset, args.sample, quick_package if args.quick else None)
     print(
-        f"dataset {dataset.name} {dataset.version}: {len(dataset.tasks)} tasks; timing "
+        f"dataset {dataset.name}"
+        + ("" if dataset.version == dataset.name else f" (version {dataset.version})")
+        + f": {len(dataset.tasks)} tasks; timing "
         f"{len(tasks)} of them x {args.rounds} rounds"
     )
     rows: dict[str, list[float]] = defaultdict(list)
