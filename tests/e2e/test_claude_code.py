@@ -83,7 +83,10 @@ def test_claude_code_says_hi(claude: Path, tmp_path: Path) -> None:
     assert all(int(fields["status"]) < 500 for fields in requests), context
     messages = [fields for fields in requests if fields.get("model", "-") != "-"]
     assert messages, context
-    assert all(fields["status"] == "200" for fields in messages), context
+    # 499: Claude Code gave up on a request (its own 10-minute timeout, seen on a loaded
+    # machine while the prompt prefilled at 20 tokens/s) and sent it again; the retry reads
+    # the prefix the first one left in the prompt cache.
+    assert all(fields["status"] in ("200", "499") for fields in messages), context
     # Claude Code sends side requests (titles, checks) beside the main one, which may end later.
     stops = [(fields.get("stop"), fields.get("output_tokens")) for fields in messages]
     if result.returncode == 0:
