@@ -18,7 +18,7 @@ import shlex
 import shutil
 import signal
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,8 @@ class BashTool:
     """Runs the model's commands in a persistent bash session, or, with `sandbox=True`, each
     command in a fresh bash under bubblewrap: the project (`ctx.cwd`) read-write at its own
     path, the system read-only, no network. Sandboxed, nothing persists between calls but the
-    files in the project (each command starts in `ctx.cwd` with a clean environment)."""
+    files in the project (each command starts in `ctx.cwd` with a clean environment), and
+    `sandbox_read_only` paths are readable there too."""
 
     name = NAME
 
@@ -53,6 +54,7 @@ class BashTool:
         *,
         env: Mapping[str, str] | None = None,
         sandbox_limits: ExecutionLimits | None = None,
+        sandbox_read_only: Sequence[Path] = (),
     ) -> None:
         self.timeout_s = timeout_s
         self.max_output_chars = max_output_chars
@@ -64,6 +66,7 @@ class BashTool:
             memory_bytes=8192 * MIB,  # address space: compilers and node reserve a lot
             file_bytes=1024 * MIB,
         )
+        self._read_only = tuple(sandbox_read_only)  # more paths readable in the sandbox
         self._shell: _Shell | None = None
         self._lock = asyncio.Lock()
 
@@ -136,7 +139,7 @@ class BashTool:
 
     async def _run_sandboxed(self, command: str, cwd: Path) -> ToolResult:
         try:
-            argv = sandbox_argv(command, cwd, self._limits)
+            argv = sandbox_argv(command, cwd, self._limits, read_only=self._read_only)
         except SandboxUnavailable as exc:
             return ToolResult(f"The sandbox cannot run here: {exc}", is_error=True)
         process = await asyncio.create_subprocess_exec(

@@ -41,13 +41,11 @@ from tercet.agent import (
 from tercet.agent.budget import price_of
 from tercet.agent.hooks import Hooks, PreToolUseInput, PreToolUseOutput
 from tercet.agent.tools import editor
-from tercet.agent.tools.base import ToolResult, resolve_path
-from tercet.agent.tools.bash import BashTool, _kill_group, _Output
-from tercet.agent.tools.bash_sandbox import sandbox_argv
+from tercet.agent.tools.base import resolve_path
+from tercet.agent.tools.bash import BashTool
 from tercet.evals.agents.base import AgentOutcome, AgentSettings, TaskView, Workspace
 from tercet.evals.task import Compute
 from tercet.sandbox import runner
-from tercet.sandbox.runner import SandboxUnavailable
 
 log = logging.getLogger("tercet.evals")
 
@@ -141,7 +139,7 @@ class TercetAgent:
     async def _agent(self, workspace: Workspace, budget: Budget) -> Any:
         s = self.settings
         read_only = [workspace.environment] if workspace.environment is not None else []
-        bash = WorkspaceBash(sandbox=s.sandbox, read_only=read_only)
+        bash = BashTool(sandbox=s.sandbox, sandbox_read_only=readable_in_sandbox(read_only))
         hooks = Hooks()
         hooks.add("PreToolUse", confined_to(workspace.path), tool=editor.NAME)
         config = AgentConfig(
@@ -271,51 +269,16 @@ def gguf_parameters(path: Path) -> int | None:
     return None
 
 
-class WorkspaceBash(BashTool):
-    """The bash tool, sandboxed, with extra paths readable inside (the task's test
-    environment and the Python it was made from)."""
-
-    def __init__(self, *, sandbox: bool, read_only: Sequence[Path] = ()) -> None:
-        super().__init__(sandbox=sandbox)
-        readable: list[Path] = []
-        for path in read_only:
-            readable.append(path)
-            base = runner._base_prefix(path)
-            if base is not None and not any(base.is_relative_to(p) for p in runner.SYSTEM_PATHS):
-                readable.append(base)
-        self.read_only = readable
-
-    async def _run_sandboxed(self, command: str, cwd: Path) -> ToolResult:
-        # BashTool's own, with `read_only` passed on to the sandbox's command line.
-        try:
-            argv = sandbox_argv(command, cwd, self._limits, read_only=self.read_only)
-        except SandboxUnavailable as exc:
-            return ToolResult(f"The sandbox cannot run here: {exc}", is_error=True)
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-        output = _Output(self.max_output_chars)
-
-        async def drain() -> int:
-            assert process.stdout is not None
-            while chunk := await process.stdout.read(65536):
-                output.add(chunk)
-            return await process.wait()
-
-        try:
-            status = await asyncio.wait_for(drain(), self.timeout_s)
-        except BaseException as exc:
-            _kill_group(process.pid)
-            await process.wait()
-            if not isinstance(exc, TimeoutError):
-                raise
-            note = f"Command timed out after {self.timeout_s:g} seconds and was killed."
-            return ToolResult(output.text(note), is_error=True)
-        return ToolResult(output.text(f"Exit code {status}" if status else None))
+def readable_in_sandbox(environments: Sequence[Path]) -> list[Path]:
+    """The paths a sandboxed command needs to use `environments` (virtual environments): each,
+    and the Python it was made from where that is outside the system paths."""
+    readable: list[Path] = []
+    for path in environments:
+        readable.append(path)
+        base = runner._base_prefix(path)
+        if base is not None and not any(base.is_relative_to(p) for p in runner.SYSTEM_PATHS):
+            readable.append(base)
+    return readable
 
 
 def tercet(settings: AgentSettings) -> TercetAgent:
