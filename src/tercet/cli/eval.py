@@ -272,7 +272,7 @@ def _run(args: argparse.Namespace) -> int:
             test_timeout_s=args.test_timeout,
         )
         dataset = load_dataset(args.dataset, args.packages)
-        summary = run_eval(
+        run_eval(
             dataset,
             args.agent,
             settings,
@@ -292,7 +292,6 @@ def _run(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     _print_summary(args.run_dir)
-    del summary
     return 0
 
 
