@@ -56,6 +56,7 @@ from tercet.evals.task import (
     Grade,
     Prediction,
     Task,
+    parse_record,
     read_jsonl,
     write_jsonl,
 )
@@ -203,14 +204,7 @@ class ResultsFile:
         for number, line in enumerate(data[:complete_end].splitlines(), start=1):
             if not line.strip():
                 continue
-            try:
-                results.append(AttemptResult.model_validate_json(line))
-            except ValidationError as exc:
-                problem = exc.errors()[0]
-                where = ".".join(str(part) for part in problem["loc"]) or "the record"
-                raise EvalInputError(
-                    f"{self.path}:{number}: not a valid AttemptResult: {where}: {problem['msg']}"
-                ) from None
+            results.append(parse_record(AttemptResult, line, f"{self.path}:{number}"))
         tail = data[complete_end:]
         if tail.strip():
             try:  # a whole record that only lacks its newline is kept

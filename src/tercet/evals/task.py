@@ -158,14 +158,19 @@ def iter_jsonl(path: Path, model: type[M]) -> Iterator[M]:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            try:
-                yield model.model_validate_json(line)
-            except ValidationError as exc:
-                problem = exc.errors()[0]
-                where = ".".join(str(part) for part in problem["loc"]) or "the record"
-                raise EvalInputError(
-                    f"{path}:{number}: not a valid {model.__name__}: {where}: {problem['msg']}"
-                ) from None
+            yield parse_record(model, line, f"{path}:{number}")
+
+
+def parse_record(model: type[M], line: str | bytes, where: str) -> M:
+    """One JSON record, validated; an `EvalInputError` says `where` (file:line) and what."""
+    try:
+        return model.model_validate_json(line)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        field = ".".join(str(part) for part in problem["loc"]) or "the record"
+        raise EvalInputError(
+            f"{where}: not a valid {model.__name__}: {field}: {problem['msg']}"
+        ) from None
 
 
 def write_jsonl(path: Path, records: Iterable[BaseModel]) -> None:
