@@ -210,7 +210,14 @@ def test_an_interrupted_run_resumes_without_losing_or_repeating_attempts(
         "run", "--dataset", str(dataset_dir), "--split", "all", "--agent", "oracle",
         "--cache", str(eval_cache), "--run-dir", str(run_dir),
     )  # fmt: skip
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    # A suite started in the background (`cmd &`) has SIGINT ignored, and an ignored signal
+    # stays ignored in a child: the CLI would never see the Ctrl-C. Its child starts with
+    # the default (a handled signal is reset to it by exec).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert process.stderr is not None
     seen = []
     for line in process.stderr:  # a line per finished attempt, once it is in the file
