@@ -10,6 +10,7 @@ import pytest
 
 from tercet.cli.main import main
 from tercet.evals.run import RESULTS_FILE, ResultsFile
+from tercet.evals.selection import SELECTIONS_FILE, SelectionsFile
 from tercet.evals.stats import format_rate
 from tercet.evals.task import Prediction, Task, read_jsonl, write_jsonl
 from tests.evals.test_run import dataset_dir
@@ -49,17 +50,20 @@ def test_run_then_report(
     for name in ("report.md", "report.html", "predictions.jsonl", "by_package.png"):
         assert (run_dir / name).is_file(), name
 
-    # Resumed with more attempts: only the new attempt runs.
+    # Resumed with more attempts: only the new attempt runs; the two are alike (agreement).
     assert main([*args, "--resume", "--attempts", "2"]) == 0
+    headline = f"| {format_rate(2, 2)} | {format_rate(1, 1)} | {format_rate(1, 1)} | 2 |"
+    assert headline in capsys.readouterr().out
+    [selection] = SelectionsFile(run_dir / SELECTIONS_FILE).load().values()
+    assert (selection.chosen, selection.method) == (0, "agreement")
     results = ResultsFile(run_dir / RESULTS_FILE).load()
     assert [(r.instance_id, r.attempt) for r in results] == [
         ("xmltodict-force-list", 0),
         ("xmltodict-force-list", 1),
     ]
     assert results[0] == result
-    capsys.readouterr()
     assert main(["eval", "report", str(run_dir), "--no-html"]) == 0
-    assert "Tasks resolved by at least one of 2 attempts: 1/1" in capsys.readouterr().out
+    assert headline in capsys.readouterr().out
     assert (run_dir / "predictions.attempt-1.jsonl").is_file()
 
 

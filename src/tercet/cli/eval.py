@@ -3,6 +3,8 @@
     tercet eval run --agent tercet --split dev --run-dir runs/smollm2      # embedded model
     tercet eval run --agent tercet --base-url http://127.0.0.1:8080 --run-dir runs/server
     tercet eval run --agent claude-code --base-url http://127.0.0.1:8080 --run-dir runs/cc
+    tercet eval run --agent tercet --attempts 4 --scorer claude-sonnet-4-6 ...  # best of 4
+    tercet eval select runs/best-of-4 --scorer claude-sonnet-4-6           # choose again
     tercet eval report runs/smollm2                                        # markdown + HTML
     tercet eval grade --predictions preds.jsonl --run-dir runs/elsewhere   # SWE-bench format
 
@@ -17,10 +19,13 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tercet.agent.budget import PRICES, Budget, ModelPrice
 from tercet.evals.task import EvalInputError
+
+if TYPE_CHECKING:
+    from tercet.evals.selection import ScorerSettings
 
 EXIT_FAILED = 1
 EXIT_INPUT = 2
@@ -39,6 +44,7 @@ def register(commands: Any) -> None:
     _register_build(actions)
     _register_run(actions)
     _register_grade(actions)
+    _register_select(actions)
     _register_report(actions)
 
 
@@ -190,7 +196,50 @@ def _register_run(actions: Any) -> None:
         metavar="N",
         help="the model's parameter count, for the FLOPs estimate (default: from the GGUF)",
     )
+    _add_scorer_arguments(parser)
     parser.set_defaults(run=_run)
+
+
+def _add_scorer_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "choosing among attempts (selected@k)",
+        "Each task's attempts are narrowed by what an agent could see (its own failure, an "
+        "empty or unusable diff, a broken PASS_TO_PASS test), never by the hidden tests; a "
+        "scorer model picks among those the tests leave tied.",
+    )
+    group.add_argument(
+        "--scorer", metavar="MODEL", help="the scorer's model name (default: no scorer)"
+    )
+    group.add_argument(
+        "--scorer-base-url",
+        metavar="URL",
+        help="the scorer's Messages API server (default: --base-url)",
+    )
+    group.add_argument(
+        "--scorer-api-key", metavar="KEY", help="the scorer's API key (default: --api-key)"
+    )
+    group.add_argument(
+        "--scorer-prompt",
+        type=Path,
+        metavar="FILE",
+        help="the scorer's prompt (TOML, the shape of tercet/attempts/scorer.toml)",
+    )
+
+
+def _scorer(args: argparse.Namespace) -> ScorerSettings | None:
+    from tercet.evals.selection import ScorerSettings
+
+    if args.scorer is None:
+        for option in ("scorer_base_url", "scorer_api_key", "scorer_prompt"):
+            if getattr(args, option) is not None:
+                raise EvalInputError(f"--{option.replace('_', '-')} needs --scorer MODEL")
+        return None
+    return ScorerSettings(
+        model=args.scorer,
+        base_url=args.scorer_base_url or args.base_url,
+        api_key=args.scorer_api_key or args.api_key,
+        prompt=args.scorer_prompt,
+    )
 
 
 def _instances(values: list[str]) -> tuple[str, ...]:
@@ -271,6 +320,7 @@ def _run(args: argparse.Namespace) -> int:
             retry_errors=args.retry_errors,
             test_timeout_s=args.test_timeout,
         )
+        scorer = _scorer(args)
         dataset = load_dataset(args.dataset, args.packages)
         run_eval(
             dataset,
@@ -280,6 +330,7 @@ def _run(args: argparse.Namespace) -> int:
             args.run_dir,
             resume=args.resume,
             stream=None if args.quiet else sys.stderr,
+            scorer=scorer,
         )
     except EvalInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -296,9 +347,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(run_dir: Path) -> None:
-    from tercet.evals.report import load_run, summary_line
+    from tercet.evals.report import best_of_k, headline, load_run, summary_line
 
-    print(summary_line(load_run(run_dir)))
+    run = load_run(run_dir)
+    print(summary_line(run))
+    numbers = best_of_k(run)
+    if numbers is not None:
+        print("\n".join(["", *headline(numbers), ""]))
     print(f"report: tercet eval report {run_dir}")
 
 
@@ -345,6 +400,47 @@ def _grade(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: graded predictions are saved in {args.run_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    _print_summary(args.run_dir)
+    return 0
+
+
+# ---------------------------------------------------------------------------- select
+
+
+def _register_select(actions: Any) -> None:
+    parser = actions.add_parser(
+        "select",
+        help="choose again among each task's attempts (selected@k), without rerunning agents",
+        description="Rewrite RUN/selections.jsonl: for each task whose k attempts all "
+        "finished, the attempt chosen without the hidden tests, by the regression tests "
+        "(PASS_TO_PASS) and, where they tie, the scorer.",
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory")
+    parser.add_argument(
+        "--base-url",
+        default=os.environ.get("ANTHROPIC_BASE_URL"),
+        help="the scorer's server when --scorer-base-url is not given "
+        "(default $ANTHROPIC_BASE_URL)",
+    )
+    parser.add_argument(
+        "--api-key", default=os.environ.get("ANTHROPIC_API_KEY"), help="default $ANTHROPIC_API_KEY"
+    )
+    _add_scorer_arguments(parser)
+    parser.set_defaults(run=_select)
+
+
+def _select(args: argparse.Namespace) -> int:
+    from tercet.evals.run import select_run
+
+    try:
+        made = select_run(args.run_dir, _scorer(args))
+    except EvalInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print(f"interrupted: selections made so far are in {args.run_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"{len(made)} tasks selected")
     _print_summary(args.run_dir)
     return 0
 

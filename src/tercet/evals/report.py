@@ -6,6 +6,11 @@ never dropped; it is not resolved. Where an instance was attempted more than onc
 attempt was redone (`--retry-errors`), the last result of each (instance, attempt) counts.
 The page records model, scaffold, dataset version, harness version and settings, and holds its
 plots as inline PNGs, so it can be mailed or archived as one file.
+
+With k attempts a task, the report adds best of k (`BestOfK`) over the tasks whose k attempts
+have all finished: a single attempt's rate, pass@j and pass^j, selected@k (the attempt chosen
+without the hidden tests, `selection`), oracle@k (any attempt resolved), tokens per task.
+Tasks with fewer finished attempts are counted apart, never silently left out.
 """
 
 from __future__ import annotations
@@ -22,7 +27,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tercet.attempts.metrics import format_mean, pass_at_k, pass_hat_k
 from tercet.evals.run import RunDirectory, latest_results
+from tercet.evals.selection import (
+    SELECTIONS_FILE,
+    SelectionsFile,
+    TaskSelection,
+    attempts_per_task,
+    complete_sets,
+    current,
+)
 from tercet.evals.stats import Rate, format_percent, format_rate
 from tercet.evals.task import AttemptResult, EvalInputError, Prediction, Task, write_jsonl
 
@@ -45,6 +59,7 @@ class RunData:
     record: dict[str, Any]
     tasks: dict[str, Task]
     results: list[AttemptResult]  # the last result of each (instance, attempt)
+    selections: dict[str, TaskSelection] = field(default_factory=dict)  # the latest a task
 
     def task_of(self, result: AttemptResult) -> Task | None:
         return self.tasks.get(result.instance_id)
@@ -59,7 +74,8 @@ def load_run(run_dir: Path) -> RunData:
         latest_results(directory.results.load()).values(),
         key=lambda r: (r.instance_id, r.attempt),
     )
-    return RunData(run_dir, record, tasks, results)
+    selections = SelectionsFile(run_dir / SELECTIONS_FILE).load()
+    return RunData(run_dir, record, tasks, results, selections)
 
 
 # ---------------------------------------------------------------------------- numbers
@@ -134,6 +150,201 @@ def summary_line(run: RunData) -> str:
     )
 
 
+# ---------------------------------------------------------------------------- best of k
+
+# The selection's methods, in the order `attempts.select.choose` tries them.
+METHODS = ("only", "tests", "scorer", "agreement", "first", "none")
+NOT_RECORDED = "no selection recorded"
+
+
+@dataclass
+class BestOfK:
+    """Several attempts a task, measured over the tasks whose k attempts all finished."""
+
+    k: int
+    resolved: dict[str, int]  # complete task -> how many of its k attempts resolved
+    incomplete: list[str]  # tasks with fewer than k finished attempts
+    selected: int  # complete tasks whose chosen attempt resolved
+    methods: Counter[str]  # complete tasks by how their attempt was chosen
+    selected_by_method: Counter[str]  # ... of which the chosen attempt resolved
+    candidates: Counter[str]  # the complete tasks' attempts by what the selection made of them
+    agent_tokens: int  # the complete tasks' attempts
+    scorer_tokens: int  # their selections
+    scorer_errors: list[tuple[str, str]]
+
+    @property
+    def tasks(self) -> int:
+        return len(self.resolved)
+
+    @property
+    def attempts(self) -> int:
+        return self.tasks * self.k
+
+    @property
+    def single(self) -> Rate:
+        """pass@1: resolved attempts over all attempts."""
+        return Rate(sum(self.resolved.values()), self.attempts)
+
+    @property
+    def oracle(self) -> Rate:
+        """Tasks with any resolved attempt: what a perfect selection would get."""
+        return Rate(sum(1 for c in self.resolved.values() if c), self.tasks)
+
+    @property
+    def selected_rate(self) -> Rate:
+        return Rate(self.selected, self.tasks)
+
+    def pass_at(self, j: int) -> list[float]:
+        return [pass_at_k(self.k, c, j) for c in self.resolved.values()]
+
+    def pass_hat(self, j: int) -> list[float]:
+        return [pass_hat_k(self.k, c, j) for c in self.resolved.values()]
+
+    @property
+    def tokens_per_task(self) -> float | None:
+        return (self.agent_tokens + self.scorer_tokens) / self.tasks if self.tasks else None
+
+
+def best_of_k(run: RunData) -> BestOfK | None:
+    """The run's best-of-k numbers; None with one attempt a task."""
+    k = attempts_per_task(run.record.get("settings", {}).get("attempts"), run.results)
+    if k < 2:
+        return None
+    sets = complete_sets(run.results, k)
+    everything = sorted(set(run.tasks) | {r.instance_id for r in run.results})
+    numbers = BestOfK(
+        k=k,
+        resolved={},
+        incomplete=[i for i in everything if i not in sets],
+        selected=0,
+        methods=Counter(),
+        selected_by_method=Counter(),
+        candidates=Counter(),
+        agent_tokens=0,
+        scorer_tokens=0,
+        scorer_errors=[],
+    )
+    for instance in sorted(sets):
+        results = sets[instance]
+        numbers.resolved[instance] = sum(r.grade.resolved for r in results)
+        numbers.agent_tokens += sum(tokens_of(r) for r in results)
+        selection = current(run.selections.get(instance), results)
+        if selection is None:  # counted, as not resolved: `tercet eval select` records one
+            numbers.methods[NOT_RECORDED] += 1
+            continue
+        numbers.methods[selection.method] += 1
+        numbers.candidates.update(c.status for c in selection.candidates)
+        numbers.scorer_tokens += selection.scorer_usage.total
+        if selection.scorer_error:
+            numbers.scorer_errors.append((instance, selection.scorer_error))
+        if selection.chosen is not None and results[selection.chosen].grade.resolved:
+            numbers.selected += 1
+            numbers.selected_by_method[selection.method] += 1
+    return numbers
+
+
+def headline(numbers: BestOfK) -> list[str]:
+    """single attempt | selected@k | oracle@k | k, as a one-row markdown table, and what it
+    covers."""
+    lines = [
+        "| single attempt | selected@k | oracle@k | k |",
+        "|---|---|---|---:|",
+        f"| {numbers.single} | {numbers.selected_rate} | {numbers.oracle} | {numbers.k} |",
+        "",
+        f"Over the {numbers.tasks} tasks whose {numbers.k} attempts all finished (single "
+        f"attempt: their {numbers.attempts} attempts).",
+    ]
+    if numbers.incomplete:
+        shown = ", ".join(numbers.incomplete[:10]) + (
+            f" and {len(numbers.incomplete) - 10} more" if len(numbers.incomplete) > 10 else ""
+        )
+        count = len(numbers.incomplete)
+        lines.append(
+            f"{count} task{'' if count == 1 else 's'} incomplete (fewer than {numbers.k} "
+            f"finished attempts), not in these numbers: {shown}."
+        )
+    return lines
+
+
+def _best_of_k_section(numbers: BestOfK) -> list[str]:
+    k = numbers.k
+    out = [
+        f"## Several attempts: {k} a task",
+        "",
+        *headline(numbers),
+        "",
+        "- **single attempt** (pass@1): resolved attempts over all attempts.",
+        f"- **selected@{k}**: tasks whose chosen attempt resolved. The choice never sees the "
+        "hidden tests: it drops attempts that failed, changed nothing, do not apply or break "
+        "a PASS_TO_PASS test, then takes the most PASS_TO_PASS tests passing, then the "
+        "scorer's pick, then agreement. A task with no usable attempt counts as not resolved.",
+        f"- **oracle@{k}**: tasks with any resolved attempt (a perfect selection).",
+        "",
+    ]
+    unrecorded = numbers.methods[NOT_RECORDED]
+    if unrecorded:
+        out += [
+            f"Complete tasks without a selection recorded for their current results: "
+            f"{unrecorded} (counted as not resolved; `tercet eval select RUN` records them).",
+            "",
+        ]
+    out += [
+        "Unbiased estimators from each task's k attempts, averaged over tasks (bootstrap 95% "
+        f"interval over tasks): pass@j, at least one of j attempts resolves (pass@{k} is "
+        f"oracle@{k}); pass^j, all j resolve.",
+        "",
+        "| j | pass@j | pass^j |",
+        "|---:|---|---|",
+    ]
+    for j in _ks(k):
+        at, hat = format_mean(numbers.pass_at(j)), format_mean(numbers.pass_hat(j))
+        out.append(f"| {j} | {at} | {hat} |")
+    out += ["", "| selection method | tasks | chosen attempt resolved |", "|---|---:|---|"]
+    for method in (*METHODS, NOT_RECORDED):
+        count = numbers.methods[method]
+        if count:
+            out.append(
+                f"| {method} | {count} | {format_rate(numbers.selected_by_method[method], count)} |"
+            )
+    kept = numbers.candidates["candidate"]
+    dropped = ", ".join(
+        f"{status} {count}"
+        for status, count in sorted(numbers.candidates.items())
+        if status != "candidate"
+    )
+    considered = sum(numbers.candidates.values())
+    out += [
+        "",
+        f"Attempts the selections considered: {considered}; kept as candidates: "
+        f"{format_rate(kept, considered)}" + (f"; dropped: {dropped}." if dropped else "."),
+    ]
+    per_task = numbers.tokens_per_task
+    out.append(
+        "Tokens per task (all its attempts and the scorer): "
+        + (
+            f"{per_task:,.0f} ({numbers.agent_tokens:,} by attempts, {numbers.scorer_tokens:,} "
+            f"by the scorer, over {numbers.tasks} tasks)."
+            if per_task is not None
+            else "n/a (no complete task)."
+        )
+    )
+    if numbers.scorer_errors:
+        out += ["", "Scorer failures (agreement chose instead):", ""]
+        for instance, error in numbers.scorer_errors[:10]:
+            out.append(f"- {instance}: {_cell(_short(error))}")
+        if len(numbers.scorer_errors) > 10:
+            out.append(f"- ... and {len(numbers.scorer_errors) - 10} more")
+    out.append("")
+    return out
+
+
+def _ks(k: int) -> list[int]:
+    """The j of the pass@j table: every one up to 10, else powers of two and k."""
+    if k <= 10:
+        return list(range(1, k + 1))
+    return sorted({*(2**e for e in range(k.bit_length()) if 2**e < k), k})
+
+
 # ---------------------------------------------------------------------------- markdown
 
 
@@ -172,17 +383,6 @@ def markdown_report(run: RunData, figures: Sequence[str] = ()) -> str:
         "attempts, whatever their status; ERROR attempts count as not resolved.",
         "",
     ]
-    attempts = max((r.attempt for r in results), default=0) + 1
-    if attempts > 1:
-        by_task: dict[str, bool] = defaultdict(bool)
-        for result in results:
-            by_task[result.instance_id] |= result.grade.resolved
-        solved = sum(by_task.values())
-        out += [
-            f"Tasks resolved by at least one of {attempts} attempts: "
-            f"{format_rate(solved, len(by_task))}.",
-            "",
-        ]
     out += ["| status | attempts | share |", "|---|---:|---:|"]
     for status in STATUSES:
         count = total.statuses[status]
@@ -203,6 +403,9 @@ def markdown_report(run: RunData, figures: Sequence[str] = ()) -> str:
         if len(errors) > 20:
             out.append(f"- ... and {len(errors) - 20} more")
         out.append("")
+    numbers = best_of_k(run)
+    if numbers is not None:
+        out += _best_of_k_section(numbers)
 
     def package(result: AttemptResult) -> str:
         task = run.task_of(result)

@@ -5,6 +5,8 @@ A run lives in a directory:
     run.json       what ran: model, agent, dataset and its version, harness version, settings
     tasks.jsonl    the tasks the run covers (so it can be reported and graded on its own)
     results.jsonl  one `AttemptResult` a line, appended (flushed and fsynced) as each ends
+    selections.jsonl  with several attempts a task: the one chosen of each task's k, chosen
+                   without the hidden tests (`selection`), as each task's last attempt ends
 
 Each attempt gets a fresh workspace: a copy of the task's buggy tree made a git repository
 with one commit, so whatever the agent changes is `git diff`. The diff is graded on a
@@ -17,19 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import json
 import logging
 import os
 import re
 import shlex
-import shutil
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +37,9 @@ from typing import Any, Literal, TextIO
 from pydantic import ValidationError
 
 from tercet import __version__
+from tercet.attempts.scorer import Scorer
+from tercet.attempts.workspaces import GitWorkspace as GitWorkspace  # re-exported
+from tercet.attempts.workspaces import collect_diff, make_workspace, remove_workspace
 from tercet.evals.agents import (
     AgentOutcome,
     AgentSettings,
@@ -49,6 +51,12 @@ from tercet.evals.agents import (
     create_agent,
 )
 from tercet.evals.packages import PackageSpec, load_specs, spec_for
+from tercet.evals.selection import (
+    ScorerSettings,
+    Selector,
+    TaskSelection,
+    attempts_per_task,
+)
 from tercet.evals.task import (
     AttemptResult,
     Compute,
@@ -71,19 +79,6 @@ Split = Literal["dev", "test", "all"]
 # How long past its wall-time budget an agent may run before the runner cancels it (the
 # agent's own limit should have ended it already).
 BACKSTOP_S = 120.0
-# git as the harness runs it: no user or system configuration, hooks or signing.
-GIT_ENV = {
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_AUTHOR_NAME": "tercet evals",
-    "GIT_AUTHOR_EMAIL": "evals@tercet.invalid",
-    "GIT_COMMITTER_NAME": "tercet evals",
-    "GIT_COMMITTER_EMAIL": "evals@tercet.invalid",
-    "GIT_AUTHOR_DATE": "2000-01-01T00:00:00Z",
-    "GIT_COMMITTER_DATE": "2000-01-01T00:00:00Z",
-}
-# What an agent's work leaves that is no part of its answer.
-GIT_EXCLUDE = "__pycache__/\n*.py[cod]\n.pytest_cache/\n.tercet-junit-*.xml\n"
 
 
 # ---------------------------------------------------------------------------- datasets
@@ -400,75 +395,6 @@ def now() -> str:
 # ---------------------------------------------------------------------------- workspaces
 
 
-def git(tree: Path, *args: str, git_dir: Path | None = None) -> bytes:
-    """Run git in `tree` as the harness does (no user or system configuration, hooks, file
-    system monitor or signing; no repository above `tree`); its stdout, or `RuntimeError`."""
-    where = [f"--git-dir={git_dir}", f"--work-tree={tree}"] if git_dir is not None else []
-    done = subprocess.run(
-        [
-            "git", *where,
-            "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false",
-            "-c", "commit.gpgsign=false", *args,
-        ],
-        cwd=tree,
-        capture_output=True,
-        env={**os.environ, **GIT_ENV, "GIT_CEILING_DIRECTORIES": str(tree.resolve().parent)},
-        check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        message = done.stderr.decode(errors="replace").strip()
-        raise RuntimeError(f"git {args[0]} failed in {tree}: {message}")
-    return done.stdout
-
-
-@dataclass(frozen=True)
-class GitWorkspace:
-    """An attempt's workspace: `path` is a git repository holding the buggy source as one
-    commit, `base`. The harness reads the agent's changes through its own copy of that
-    repository's git directory, `git_dir`, so nothing the agent writes in `path/.git`
-    (configuration, hooks, filters) is ever run by the harness."""
-
-    path: Path
-    git_dir: Path
-    base: str
-
-
-def make_workspace(pristine: Path, target: Path) -> GitWorkspace:
-    """Copy the buggy tree to `target` and make it a git repository holding it as one commit
-    (every file, whatever the package's .gitignore says); the harness's copy of its git
-    directory goes beside it (`target` + ".git")."""
-    shadow = target.with_name(target.name + ".git")
-    for path in (target, shadow):
-        if path.exists():
-            shutil.rmtree(path)
-    shutil.copytree(pristine, target, symlinks=True)
-    git(target, "init", "-q")
-    (target / ".git" / "info").mkdir(parents=True, exist_ok=True)
-    (target / ".git" / "info" / "exclude").write_text(GIT_EXCLUDE)
-    git(target, "add", "-A", "-f", ".")
-    git(target, "commit", "-q", "--no-verify", "--allow-empty", "-m", "the buggy source")
-    base = git(target, "rev-parse", "HEAD").decode().strip()
-    shutil.copytree(target / ".git", shadow, symlinks=True)
-    return GitWorkspace(target, shadow, base)
-
-
-def remove_workspace(workspace: Path) -> None:
-    shutil.rmtree(workspace, ignore_errors=True)
-    shutil.rmtree(workspace.with_name(workspace.name + ".git"), ignore_errors=True)
-
-
-def collect_diff(workspace: GitWorkspace) -> str:
-    """Everything changed in the workspace since its base commit, as a patch `git apply`
-    takes: new files included, ignored ones not, whatever the agent did to its own .git."""
-    run = functools.partial(git, workspace.path, git_dir=workspace.git_dir)
-    run("add", "-A", ".")
-    patch = run(
-        "diff", "--cached", "--binary", "--no-color", "--no-ext-diff", "--no-renames",
-        "--no-textconv", "--src-prefix=a/", "--dst-prefix=b/", workspace.base,
-    )  # fmt: skip
-    return patch.decode("utf-8", errors="surrogateescape")
-
-
 def test_command(spec: PackageSpec, tree: Path, environment: Path) -> str:
     """A bash command that runs `spec`'s test suite on `tree` with `environment`'s pytest, as
     the grader does (without its report): for the agent to check its work."""
@@ -504,6 +430,8 @@ class Progress:
 
 
 Reporter = Callable[[AttemptResult, Progress], None]
+# Called with each result once it is saved (the run's selections are made there).
+ResultHook = Callable[[AttemptResult], Awaitable[None]]
 
 
 class Runner:
@@ -545,9 +473,11 @@ class Runner:
         attempt: Callable[[Task, int], Any],
         progress: Progress,
         report: Reporter | None = None,
+        on_result: ResultHook | None = None,
     ) -> Progress:
         """Run `attempt` over `pairs` with the options' workers, saving each result as it
-        comes. Cancelled (Ctrl-C), it stops at once; finished results are already saved."""
+        comes (then `on_result`). Cancelled (Ctrl-C), it stops at once; finished results are
+        already saved."""
         queue = list(reversed(pairs))
 
         async def worker() -> None:
@@ -560,6 +490,8 @@ class Runner:
                 progress.errors += result.grade.status == "ERROR"
                 if report is not None:
                     report(result, progress)
+                if on_result is not None:
+                    await on_result(result)
 
         workers = [asyncio.create_task(worker()) for _ in range(self.options.workers)]
         try:
@@ -779,6 +711,7 @@ async def _drive(
     attempt: Callable[[Task, int], Any],
     progress: Progress,
     stream: TextIO | None,
+    on_result: ResultHook | None = None,
 ) -> None:
     with _progress_reporter(stream or sys.stderr, len(pairs), stream is not None) as bar:
 
@@ -798,7 +731,7 @@ async def _drive(
             )
             bar.update(bar.task_ids[0], advance=1, resolved=counts.resolved, errors=counts.errors)
 
-        await runner.run(pairs, attempt, progress, report)
+        await runner.run(pairs, attempt, progress, report, on_result)
 
 
 def run_eval(
@@ -811,13 +744,20 @@ def run_eval(
     resume: bool = False,
     stream: TextIO | None = sys.stderr,
     agent_factory: Callable[[AgentSettings], EvalAgent] | None = None,
+    scorer: ScorerSettings | None = None,
 ) -> RunSummary:
-    """`tercet eval run`: every pending attempt, results saved as they end. Bad input raises
-    `EvalInputError` before anything runs; Ctrl-C raises `KeyboardInterrupt` after saving the
-    run's record (the finished results are already in the file)."""
+    """`tercet eval run`: every pending attempt, results saved as they end; with several
+    attempts a task, each task's selection once its attempts have all ended (`scorer` picks
+    where the regression tests tie). Bad input raises `EvalInputError` before anything runs;
+    Ctrl-C raises `KeyboardInterrupt` after saving the run's record (the finished results
+    are already in the file)."""
     from tercet.evals.sources import default_cache_dir
 
     options.check()
+    if scorer is not None:
+        if options.attempts < 2:
+            raise EvalInputError("--scorer chooses among attempts: give --attempts 2 or more")
+        scorer.check()
     tasks = dataset.select(options.split, options.instances or None, options.limit)
     if not tasks:
         raise EvalInputError(f"no tasks in the {options.split} split of {dataset.name}")
@@ -831,10 +771,21 @@ def run_eval(
         settings = replace(settings, gold_patches={t.instance_id: t.patch for t in tasks})
     settings = replace(settings, trajectories=settings.trajectories or run_dir / "trajectories")
     agent = agent_factory(settings) if agent_factory else create_agent(agent_name, settings)
+    chooser: Scorer | None = None
     try:
+        chooser = scorer.create() if scorer is not None else None
         record = run_record(dataset, entry.name, agent.model, options, settings)
+        if scorer is not None:
+            record["settings"]["scorer"] = scorer.record()
         record = directory.open(record, resume=resume)
         directory.save_tasks(tasks)
+        selector = Selector(
+            run_dir,
+            {t.instance_id: t for t in directory.tasks()},
+            attempts_per_task(options.attempts, finished.values()),
+            finished.values(),
+            chooser,
+        )
         cache = options.cache or default_cache_dir()
         runner = Runner(dataset, directory, options, cache=cache)
         pairs = runner.pending(tasks, finished)
@@ -844,6 +795,12 @@ def run_eval(
         record.setdefault("sessions", []).append(session)
         directory.write_record(record)
 
+        async def on_result(result: AttemptResult) -> None:
+            try:
+                await selector.add(result)
+            except Exception as exc:  # the attempt is saved; the catch-up below tries again
+                log.warning("selecting for %s failed: %s", result.instance_id, exc)
+
         async def main() -> None:
             try:
                 await _drive(
@@ -852,9 +809,14 @@ def run_eval(
                     lambda task, n: runner.agent_attempt(agent, task, n),
                     summary.progress,
                     stream,
+                    on_result,
                 )
+                # Tasks completed in earlier sessions, or whose selection failed above.
+                await selector.catch_up()
             finally:
                 await agent.aclose()
+                if chooser is not None:
+                    await chooser.model.aclose()
 
         try:
             asyncio.run(main())
@@ -868,6 +830,9 @@ def run_eval(
         # Close the agent if the run never started (its model may hold an engine).
         with contextlib.suppress(Exception):
             asyncio.run(agent.aclose())
+        if chooser is not None:
+            with contextlib.suppress(Exception):
+                asyncio.run(chooser.model.aclose())
         raise
     if summary.interrupted:
         raise KeyboardInterrupt
@@ -940,4 +905,39 @@ def grade_predictions(
     directory.write_record(record)
     if summary.interrupted:
         raise KeyboardInterrupt
+    if attempts > 1:
+        select_run(run_dir, again=False)
     return summary
+
+
+def select_run(
+    run_dir: Path, scorer: ScorerSettings | None = None, *, again: bool = True
+) -> list[TaskSelection]:
+    """`tercet eval select`: choose among each complete task's attempts of a finished run,
+    without running an agent (every task again, unless not `again`: those without a current
+    selection); the selections made. selections.jsonl is then rewritten, a line a task."""
+    directory = RunDirectory(run_dir)
+    record = directory.read_record()
+    results = list(latest_results(directory.results.load()).values())
+    if not results:
+        raise EvalInputError(f"{run_dir} holds no results yet")
+    attempts = attempts_per_task(record.get("settings", {}).get("attempts"), results)
+    if attempts < 2:
+        raise EvalInputError(f"{run_dir} has one attempt a task: there is nothing to choose")
+    if scorer is not None:
+        scorer.check()
+    tasks = {t.instance_id: t for t in directory.tasks()}
+
+    async def main() -> list[TaskSelection]:
+        chooser = scorer.create() if scorer is not None else None
+        try:
+            selector = Selector(run_dir, tasks, attempts, results, chooser)
+            made = await selector.catch_up(again=again)
+            kept = [selector.selections[i] for i in sorted(selector.selections)]
+            await asyncio.to_thread(selector.file.rewrite, kept)
+            return made
+        finally:
+            if chooser is not None:
+                await chooser.model.aclose()
+
+    return asyncio.run(main())
