@@ -101,6 +101,14 @@ def test_grade_predictions_from_elsewhere(
         ("xmltodict-strip", 1): "EMPTY_PATCH",  # an instance's second prediction: attempt 1
     }
     assert {r.model for r in results.values()} == {"m"}
+    # xmltodict-strip has two predictions: one is chosen (the other is empty); the others
+    # have one of two and get no selection.
+    selections = SelectionsFile(run_dir / SELECTIONS_FILE).load()
+    assert list(selections) == ["xmltodict-strip"]
+    assert (selections["xmltodict-strip"].chosen, selections["xmltodict-strip"].method) == (
+        0,
+        "only",
+    )
     record = json.loads((run_dir / "run.json").read_text())
     assert record["agent"] == "predictions" and record["settings"]["attempts"] == 2
 

@@ -30,6 +30,7 @@ from tercet.evals.selection import (
 )
 from tercet.evals.stats import format_rate
 from tercet.evals.task import AttemptResult, Compute, Grade, PackageSource, Task, write_jsonl
+from tests.conftest import CLAUDE_MODEL
 from tests.evals.test_run import dataset, dataset_dir
 
 __all__ = ["dataset", "dataset_dir"]  # the fixtures, shared with test_run.py
@@ -385,6 +386,19 @@ def test_the_select_command_chooses_again_with_a_scorer(
     assert "not a run directory" in capsys.readouterr().err
 
 
+@pytest.mark.timeout(300)
+def test_the_scorer_over_the_wire_with_the_embedded_model(tmp_path: Path, server: str) -> None:
+    """A real scorer: tercet's server on the bundled model, asked through `AnthropicModel`.
+    Its forced tool call can only name a shown candidate, so m-5's tie goes to the scorer
+    whatever the small model thinks."""
+    run_dir = _run_dir(tmp_path)
+    select_run(run_dir, ScorerSettings(model=CLAUDE_MODEL, base_url=server, api_key="any"))
+    chosen = SelectionsFile(run_dir / SELECTIONS_FILE).load()["m-5"]
+    assert chosen.method == "scorer", chosen.scorer_error
+    assert chosen.chosen in (0, 1) and chosen.scorer == CLAUDE_MODEL
+    assert chosen.scorer_usage.input_tokens > 0 and chosen.scorer_usage.output_tokens > 0
+
+
 def test_one_attempt_a_task_has_no_best_of_k(tmp_path: Path) -> None:
     run_dir = _run_dir(tmp_path)
     results = [_attempt(0, "RESOLVED_FULL", instance_id=f"m-{n}") for n in range(1, 4)]
@@ -405,7 +419,8 @@ def test_one_attempt_a_task_has_no_best_of_k(tmp_path: Path) -> None:
 
 class _PlannedAgent:
     """Per task, one plan a call: "break" (the gold fix, and a change that breaks every
-    regression test), "gold" or "nothing"."""
+    regression test), "gold", "tidy" (the gold fix and a comment: another change that the
+    tests cannot tell from it) or "nothing"."""
 
     name = "planned"
     model = ""
@@ -416,11 +431,11 @@ class _PlannedAgent:
 
     async def solve(self, task: TaskView, workspace: Workspace, budget: Budget) -> AgentOutcome:
         plan = self.plans[task.instance_id].pop(0)
-        if plan in ("gold", "break"):
+        if plan in ("gold", "break", "tidy"):
             assert await apply_patch(workspace.path, self.gold[task.instance_id]) is None
-        if plan == "break":
+        if plan in ("break", "tidy"):
             with (workspace.path / "xmltodict.py").open("a") as handle:
-                handle.write("\nparse = None\n")
+                handle.write("\nparse = None\n" if plan == "break" else "\n# tidied\n")
         return AgentOutcome("end_turn", Compute(input_tokens=100, output_tokens=10))
 
     async def aclose(self) -> None:
@@ -431,8 +446,14 @@ def test_best_of_two_on_real_tasks(
     dataset: Dataset, eval_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The grader's real PASS_TO_PASS outcomes drive the choice: an attempt that breaks the
-    package is dropped for the one that does not; two empty attempts leave nothing."""
-    plans = {"xmltodict-strip": ["break", "gold"], "xmltodict-force-list": ["nothing"] * 2}
+    package is dropped for the one that does not; two empty attempts leave nothing; two
+    different changes the tests cannot tell apart go to the scorer."""
+    plans = {
+        "xmltodict-strip": ["break", "gold"],
+        "xmltodict-force-list": ["nothing"] * 2,
+        "xmltodict-attr-name": ["gold", "tidy"],
+    }
+    scorer_model, scorer = _scorer("B")
     run_dir = tmp_path / "run"
     # One worker: each task's attempts call the agent in order, so its plans go in order.
     options = RunOptions(split="all", attempts=2, cache=eval_cache, instances=tuple(plans))
@@ -444,16 +465,25 @@ def test_best_of_two_on_real_tasks(
         run_dir,
         stream=None,
         agent_factory=lambda settings: _PlannedAgent(dict(settings.gold_patches), plans),
+        scorer=scorer,
     )
     selections = SelectionsFile(run_dir / SELECTIONS_FILE).load()
     strip = selections["xmltodict-strip"]
     assert (strip.chosen, strip.method) == (1, "only")
     assert strip.candidates[0].status == "regressed"
     assert selections["xmltodict-force-list"].method == "none"
+    tied = selections["xmltodict-attr-name"]
+    assert (tied.chosen, tied.method, tied.scorer) == (1, "scorer", "judge")
+    [request] = scorer_model.requests
+    assert "# tidied" in request.messages[0]["content"]
+    assert scorer_model.closed  # the run closes the scorer's model
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["settings"]["scorer"] == {"model": "judge", "base_url": None, "prompt": None}
     assert main(["eval", "report", str(run_dir), "--no-html"]) == 0
     out = capsys.readouterr().out
-    assert f"| {format_rate(1, 4)} | {format_rate(1, 2)} | {format_rate(1, 2)} | 2 |" in out
+    assert f"| {format_rate(3, 6)} | {format_rate(2, 3)} | {format_rate(2, 3)} | 2 |" in out
     assert re.search(r"dropped: empty 2, regressed 1\.", out)
+    assert "Tokens per task (all its attempts and the scorer): 327 (660 by attempts, 320 by" in out
 
 
 def test_a_scorer_needs_several_attempts_and_a_server(

@@ -251,16 +251,15 @@ def headline(numbers: BestOfK) -> list[str]:
         "|---|---|---|---:|",
         f"| {numbers.single} | {numbers.selected_rate} | {numbers.oracle} | {numbers.k} |",
         "",
-        f"Over the {numbers.tasks} tasks whose {numbers.k} attempts all finished (single "
-        f"attempt: their {numbers.attempts} attempts).",
+        f"Over the {_count(numbers.tasks, 'task')} whose {numbers.k} attempts all finished "
+        f"(single attempt: their {numbers.attempts} attempts).",
     ]
     if numbers.incomplete:
         shown = ", ".join(numbers.incomplete[:10]) + (
             f" and {len(numbers.incomplete) - 10} more" if len(numbers.incomplete) > 10 else ""
         )
-        count = len(numbers.incomplete)
         lines.append(
-            f"{count} task{'' if count == 1 else 's'} incomplete (fewer than {numbers.k} "
+            f"{_count(len(numbers.incomplete), 'task')} incomplete (fewer than {numbers.k} "
             f"finished attempts), not in these numbers: {shown}."
         )
     return lines
@@ -336,6 +335,10 @@ def _best_of_k_section(numbers: BestOfK) -> list[str]:
             out.append(f"- ... and {len(numbers.scorer_errors) - 10} more")
     out.append("")
     return out
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _ks(k: int) -> list[int]:
