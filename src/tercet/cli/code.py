@@ -44,7 +44,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import aclosing, asynccontextmanager, contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TextIO, TypeVar
 
@@ -84,6 +84,7 @@ from tercet.agent.permissions import PERMISSION_MODES
 from tercet.agent.tools.mcp import McpServers
 from tercet.agent.tools.mcp_config import McpConfigError
 from tercet.agent.trajectory import default_sessions_dir
+from tercet.cli import attempts
 from tercet.cli.engine_options import (
     add_cache_arguments,
     add_engine_arguments,
@@ -364,6 +365,46 @@ async def _agent(
             yield agent
 
 
+async def run_with_attempts(
+    model: Model,
+    options: CodeOptions,
+    prompt: str | None,
+    args: argparse.Namespace,
+    stdin: TextIO,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """`--attempts N`: best of N for the -p task, or for each prompt typed (the chosen diff
+    shown, and applied when the user says so). Each attempt is a fresh session in its own
+    copy of the project, without the memory tool (attempts must not see each other's notes)."""
+
+    def attempter(task: str) -> attempts.Attempter:
+        async def attempt(index: int, copy: Path) -> attempts.AttemptRun:
+            run_options = replace(options, cwd=copy, resume=None, memory_dir=None)
+            async with _agent(model, run_options, None, err) as agent:
+                result = await _consume(agent.run(task), lambda event: None)
+            return attempts.attempt_run_of(result)
+
+        return attempt
+
+    if prompt is not None:
+        return await attempts.run_attempts(
+            args, prompt, options.cwd, attempter(prompt), model, out, err,
+            output_format=options.output_format,
+        )  # fmt: skip
+    lines = LineReader(stdin)
+    mark = "\n> " if stdin.isatty() else ""
+    status = EXIT_OK
+    if stdin.isatty():
+        print(f"tercet code in {options.cwd}, {args.attempts} attempts a prompt.", file=out)
+    while (task := await _next_prompt(lines, out, mark)) is not None:
+        status = await attempts.run_attempts(
+            args, task, options.cwd, attempter(task), model, out, err, output_format="text",
+            confirm=lambda result: attempts.ask_to_apply(result, lines.readline, out),
+        )  # fmt: skip
+    return status
+
+
 # ---------------------------------------------------------------------------- terminal
 
 
@@ -624,6 +665,7 @@ def register(commands: Any) -> None:
     _add_permission_arguments(parser)
     _add_limit_arguments(parser)
     _add_model_arguments(parser)
+    attempts.add_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -784,6 +826,8 @@ def model_from_args(args: argparse.Namespace) -> Model:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        if (problem := attempts.check_arguments(args)) is not None:
+            raise UsageError(problem)
         options = options_from_args(args)
         prompt = _task(args.prompt, options.output_format)
         if options.resume is not None:  # before the model loads, which takes a while
@@ -801,7 +845,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: cannot load the model: {exc}", file=sys.stderr)
         return EXIT_FAILED
     try:
-        return asyncio.run(_main(model, options, prompt))
+        return asyncio.run(_main(model, options, prompt, args))
     except asyncio.CancelledError:  # Ctrl-C outside a run
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `tercet code -p ... | head -1`: the reader has gone
@@ -821,10 +865,16 @@ def _task(prompt: str | None, output_format: OutputFormat) -> str | None:
     return prompt
 
 
-async def _main(model: Model, options: CodeOptions, prompt: str | None) -> int:
+async def _main(
+    model: Model, options: CodeOptions, prompt: str | None, args: argparse.Namespace
+) -> int:
     interrupts = Interrupts(sys.stderr)
     try:
         with interrupts.installed():
+            if args.attempts > 1:
+                return await run_with_attempts(
+                    model, options, prompt, args, sys.stdin, sys.stdout, sys.stderr
+                )
             if prompt is None:
                 return await run_interactive(
                     model, options, sys.stdin, sys.stdout, sys.stderr, interrupts
