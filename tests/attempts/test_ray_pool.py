@@ -1,0 +1,185 @@
+"""RayPool on a real Ray instance started here (two CPUs, loopback only): a value comes back, an
+exception comes back as itself, a worker that dies is reported and tried again, and a pool
+that runs out of tries says so; bad input and a missing Ray are said clearly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import secrets
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tercet.attempts.ray_pool import INSTALL_HINT, RayPool, RayUnavailable, WorkerLost
+
+# Ray's settings for a test instance, read when Ray is first imported and when it starts:
+# its servers on 127.0.0.1 (ray.init otherwise advertises, and listens on, the machine's
+# outward address), no usage statistics sent, the auth token kept in the environment (not
+# written to ~/.ray).
+LOOPBACK_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "token",
+    # One for the whole test process: Ray's client reads it once, for every instance after.
+    "RAY_AUTH_TOKEN": secrets.token_hex(16),
+}
+
+
+@contextlib.contextmanager
+def local_pool(*, cwd: Path | None = None, **options: Any) -> Iterator[RayPool]:
+    """A private Ray instance (2 CPUs, loopback, no dashboard, logs in a temporary directory)
+    behind a `RayPool`, shut down at the end. This module's functions go to the workers by
+    value. `cwd`: the directory Ray puts on the workers' sys.path (the driver's, by default)."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip(f"ray is not installed ({INSTALL_HINT}; scripts/setup dev installs it)")
+    # A short directory: Ray's socket paths under it must fit in 107 bytes.
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in LOOPBACK_ENV.items():
+            env.setenv(name, value)
+        if cwd is not None:
+            env.chdir(cwd)
+        pool = RayPool(
+            "local",
+            init_options={"num_cpus": 2, "include_dashboard": False, "_temp_dir": temp},
+            **options,
+        )
+        try:
+            ray = pool.connect()
+            env.undo()  # the instance has what it needs; the tests see the usual environment
+            from ray import cloudpickle
+
+            cloudpickle.register_pickle_by_value(sys.modules[__name__])
+            addresses = {node["NodeManagerAddress"] for node in ray.nodes()}
+            assert addresses == {"127.0.0.1"}, f"Ray is not on loopback: {addresses}"
+            yield pool
+        finally:
+            pool.close()
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[RayPool]:
+    with local_pool() as started:
+        yield started
+
+
+# ---------------------------------------------------------------- what runs on the workers
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def die_once(marker: str) -> int:
+    """Kill this worker the first time (the marker does not exist yet); the pid after."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text(str(os.getpid()))
+        os._exit(1)
+    return os.getpid()
+
+
+def die(marker: str) -> None:
+    Path(marker).write_text(str(os.getpid()))
+    os._exit(1)
+
+
+# ---------------------------------------------------------------------------------- tests
+
+
+def test_a_call_runs_on_a_worker_and_returns_its_value(pool: RayPool) -> None:
+    async def main() -> tuple[int, int, int]:
+        return await asyncio.gather(pool.call(add, 2, 3), pool.call(add, 4, 5), pool.call(pid))
+
+    five, nine, worker = asyncio.run(main())
+    assert (five, nine) == (5, 9)
+    assert worker != os.getpid()
+
+
+def test_an_exception_raised_by_the_function_comes_back_as_itself(pool: RayPool) -> None:
+    with pytest.raises(ValueError) as raised:
+        asyncio.run(pool.call(fail, "no such thing: 7"))
+    assert type(raised.value) is ValueError and str(raised.value) == "no such thing: 7"
+    # The remote traceback is chained, for whoever reads it.
+    assert "in fail" in str(raised.value.__cause__), raised.value.__cause__
+
+
+def test_a_worker_that_dies_is_reported_then_the_retry_succeeds(
+    pool: RayPool, tmp_path: Path
+) -> None:
+    marker = tmp_path / "died"
+    lost: list[tuple[int, str]] = []
+    # A second pool finds Ray connected: it uses that connection and leaves it open.
+    retrying = RayPool(max_retries=2)
+    worker = asyncio.run(
+        retrying.call_with_retries(
+            die_once, str(marker), on_lost=lambda n, reason: lost.append((n, reason))
+        )
+    )
+    assert len(lost) == 1 and lost[0][0] == 1, lost
+    assert "WorkerCrashedError" in lost[0][1] and "died unexpectedly" in lost[0][1], lost
+    assert worker != int(marker.read_text())  # the second try ran in a new process
+    retrying.close()
+    assert asyncio.run(pool.call(add, 1, 1)) == 2
+
+
+def test_a_worker_lost_on_every_try_ends_in_worker_lost(pool: RayPool, tmp_path: Path) -> None:
+    lost: list[int] = []
+
+    async def record(number: int, reason: str) -> None:  # an awaitable callback is awaited
+        lost.append(number)
+
+    retrying = RayPool(max_retries=1)
+    with pytest.raises(WorkerLost) as raised:
+        asyncio.run(retrying.call_with_retries(die, str(tmp_path / "pid"), on_lost=record))
+    assert lost == [1, 2]
+    assert "WorkerCrashedError" in raised.value.reason
+    with pytest.raises(WorkerLost):  # `call` tries once
+        asyncio.run(pool.call(die, str(tmp_path / "pid")))
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="num_cpus must be at least 0"):
+        RayPool(num_cpus=-1)
+    with pytest.raises(ValueError, match="max_retries must be at least 0"):
+        RayPool(max_retries=-1)
+    with pytest.raises(ValueError, match="address is empty"):
+        RayPool(" ")
+    with pytest.raises(ValueError, match="resource amounts"):
+        RayPool(resources={"GPU": -1})
+
+
+def test_without_ray_the_error_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as when not installed
+    with pytest.raises(RayUnavailable, match=r"not installed: pip install 'tercet\[ray\]'"):
+        RayPool().connect()
+
+
+def test_an_address_nothing_answers_at_is_refused_at_once() -> None:
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip(f"ray is not installed ({INSTALL_HINT})")
+    with socket.socket() as bound:  # bound, never listening: a connection is refused
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        with pytest.raises(
+            RayUnavailable, match=f"cannot reach the Ray cluster at '127.0.0.1:{port}'"
+        ):
+            RayPool(f"127.0.0.1:{port}").connect()
