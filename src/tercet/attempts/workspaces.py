@@ -16,13 +16,17 @@ Two kinds, one `GitWorkspace` shape:
 from __future__ import annotations
 
 import functools
+import io
 import os
 import shutil
 import subprocess
+import tarfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from tercet.agent.tools.bash_sandbox import LINKED_ENVIRONMENTS
 
 # git as tercet runs it: no user or system configuration, hooks or signing.
 GIT_ENV = {
@@ -37,8 +41,9 @@ GIT_ENV = {
 }
 # What an agent's work leaves that is no part of its answer.
 GIT_EXCLUDE = "__pycache__/\n*.py[cod]\n.pytest_cache/\n.tercet-junit-*.xml\n"
-# Environments a project's tests need, too big to copy per attempt: linked into each copy.
-LINKED_DIRS = (".venv", "venv", "node_modules")
+# Environments a project's tests need, too big to copy per attempt: linked into each copy
+# (the agent's sandbox makes a linked one readable).
+LINKED_DIRS = LINKED_ENVIRONMENTS
 
 
 def git(tree: Path, *args: str, git_dir: Path | None = None, user_config: bool = False) -> bytes:
@@ -259,3 +264,23 @@ def apply_patch(tree: Path, patch: str) -> None:
     if problem is not None:
         raise RuntimeError(f"the patch does not apply to {tree}: {problem}")
     _apply(tree, patch.encode("utf-8", errors="surrogateescape"))
+
+
+def pack_tree(tree: Path) -> bytes:
+    """`tree` as a gzipped tar (without its .git), to send to another machine: symbolic links
+    stay links (a linked environment resolves there only where the same path exists)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as archive:
+        for entry in sorted(tree.iterdir()):
+            if entry.name != ".git":
+                archive.add(entry, arcname=entry.name)
+    return buffer.getvalue()
+
+
+def unpack_tree(data: bytes, target: Path) -> GitWorkspace:
+    """A `pack_tree` archive unpacked at `target`, made a workspace as `make_workspace` does
+    (its changes are read through a git directory beside it)."""
+    target.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+        archive.extractall(target, filter="tar")  # our own archive: links kept as they are
+    return _commit_copy(target, target.with_name(target.name + ".git"), force=True)

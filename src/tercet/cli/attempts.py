@@ -14,11 +14,15 @@ stay in --attempts-dir (default: attempts/<time> in tercet's data folder).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import io
 import json
+import tempfile
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from tercet.agent import AnthropicModel, Model, Result
 from tercet.agent.trajectory import default_sessions_dir
@@ -31,8 +35,10 @@ from tercet.attempts.best_of_n import (
     best_of_n,
     summary_lines,
 )
+from tercet.attempts.ray_pool import RayPool, WorkerLost
 from tercet.attempts.scorer import Scorer, ScorerPrompt
 from tercet.attempts.select import ScoreFn
+from tercet.attempts.workspaces import collect_diff, pack_tree, unpack_tree
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -90,6 +96,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the regression check's time limit per run (default 600)",
     )
     group.add_argument(
+        "--ray",
+        metavar="auto|ADDRESS",
+        help="run the attempts as tasks on a Ray cluster ('auto': the one `ray start` made; "
+        "needs tercet[ray] and --base-url, the model the workers reach; docs/ray.md)",
+    )
+    group.add_argument(
+        "--max-retries",
+        type=int,
+        default=2,
+        metavar="N",
+        help="with --ray: times an attempt whose worker or node died is tried again (default 2)",
+    )
+    group.add_argument(
         "--no-apply",
         action="store_true",
         help="with -p: keep the chosen diff in --attempts-dir without applying it",
@@ -104,6 +123,10 @@ def check_arguments(args: argparse.Namespace) -> str | None:
         return "--workers must be at least 1"
     if args.check_timeout <= 0:
         return "--check-timeout must be positive"
+    if args.max_retries < 0:
+        return "--max-retries cannot be negative"
+    if args.ray and not args.base_url:
+        return "--ray needs --base-url: the workers reach the model by URL"
     if args.attempts == 1:
         used = [
             flag
@@ -114,6 +137,7 @@ def check_arguments(args: argparse.Namespace) -> str | None:
                 ("--workers", args.workers),
                 ("--attempts-dir", args.attempts_dir),
                 ("--no-apply", args.no_apply),
+                ("--ray", args.ray),
             ]
             if value
         ]
@@ -146,6 +170,51 @@ def make_scorer(args: argparse.Namespace, model: Model) -> tuple[ScoreFn | None,
     if args.scorer_base_url:
         own = scorer_model = AnthropicModel(base_url=base_url, api_key=args.api_key)
     return Scorer(scorer_model, args.scorer, prompt=prompt).choose, own
+
+
+def ray_attempter(
+    pool: RayPool, task: str, options: Any, args: argparse.Namespace, err: TextIO
+) -> Attempter:
+    """Attempts as Ray tasks: each copy sent packed, run by `attempt_on_worker` against the
+    model at --base-url, its diff sent back. A lost worker is said on `err` and retried."""
+
+    async def attempt(index: int, copy: Path) -> AttemptRun:
+        archive = await asyncio.to_thread(pack_tree, copy)
+
+        def lost(number: int, reason: str) -> None:
+            print(f"attempt {index}: its worker was lost (try {number}): {reason}", file=err)
+
+        try:
+            run: AttemptRun = await pool.call_with_retries(
+                attempt_on_worker, archive, task, options, args.base_url, args.api_key,
+                on_lost=lost,
+            )  # fmt: skip
+        except WorkerLost as exc:
+            return AttemptRun("error", error=f"its worker was lost every try: {exc.reason}")
+        return run
+
+    return attempt
+
+
+def attempt_on_worker(
+    archive: bytes, task: str, options: Any, base_url: str, api_key: str
+) -> AttemptRun:
+    """One attempt on a Ray worker (module-level: Ray sends it by reference): the packed copy
+    unpacked in a temporary folder, the agent run there against `base_url`, the diff read."""
+    from tercet.cli.code import run_in_copy  # the CLI's agent; cli.code imports this module
+
+    with tempfile.TemporaryDirectory(prefix="tercet-attempt-") as scratch:
+        workspace = unpack_tree(archive, Path(scratch) / "project")
+        model = AnthropicModel(base_url=base_url, api_key=api_key)
+
+        async def go() -> AttemptRun:
+            try:
+                return await run_in_copy(model, options, task, workspace.path, io.StringIO())
+            finally:
+                await model.aclose()
+
+        run = asyncio.run(go())
+        return replace(run, diff=collect_diff(workspace))
 
 
 def attempt_run_of(result: Result | None) -> AttemptRun:

@@ -375,17 +375,56 @@ async def run_with_attempts(
     err: TextIO,
 ) -> int:
     """`--attempts N`: best of N for the -p task, or for each prompt typed (the chosen diff
-    shown, and applied when the user says so). Each attempt is a fresh session in its own
-    copy of the project, without the memory tool (attempts must not see each other's notes)."""
+    shown, and applied when the user says so). With --ray the attempts run on the cluster."""
+
+    pool = None
+    if args.ray:
+        from tercet.attempts.ray_pool import RayPool, RayUnavailable
+
+        pool = RayPool(args.ray, max_retries=args.max_retries)
+        try:
+            await asyncio.to_thread(pool.connect)
+        except RayUnavailable as exc:
+            print(f"error: {exc}", file=err)
+            return EXIT_FAILED
 
     def attempter(task: str) -> attempts.Attempter:
+        if pool is not None:
+            return attempts.ray_attempter(pool, task, options, args, err)
+
         async def attempt(index: int, copy: Path) -> attempts.AttemptRun:
-            run_options = replace(options, cwd=copy, resume=None, memory_dir=None)
-            async with _agent(model, run_options, None, err) as agent:
-                result = await _consume(agent.run(task), lambda event: None)
-            return attempts.attempt_run_of(result)
+            return await run_in_copy(model, options, task, copy, err)
 
         return attempt
+
+    try:
+        return await _attempts_loop(model, options, prompt, args, attempter, stdin, out, err)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+async def run_in_copy(
+    model: Model, options: CodeOptions, task: str, copy: Path, err: TextIO
+) -> attempts.AttemptRun:
+    """One attempt: a fresh session in `copy`, without the memory tool (attempts must not
+    see each other's notes)."""
+    run_options = replace(options, cwd=copy, resume=None, memory_dir=None)
+    async with _agent(model, run_options, None, err) as agent:
+        result = await _consume(agent.run(task), lambda event: None)
+    return attempts.attempt_run_of(result)
+
+
+async def _attempts_loop(
+    model: Model,
+    options: CodeOptions,
+    prompt: str | None,
+    args: argparse.Namespace,
+    attempter: Callable[[str], attempts.Attempter],
+    stdin: TextIO,
+    out: TextIO,
+    err: TextIO,
+) -> int:
 
     if prompt is not None:
         return await attempts.run_attempts(

@@ -197,6 +197,21 @@ def _register_run(actions: Any) -> None:
         help="the model's parameter count, for the FLOPs estimate (default: from the GGUF)",
     )
     _add_scorer_arguments(parser)
+    cluster = parser.add_argument_group("a Ray cluster (docs/ray.md)")
+    cluster.add_argument(
+        "--ray",
+        metavar="auto|ADDRESS",
+        help="run the attempts as Ray tasks ('auto': the cluster `ray start` made; 'local': a "
+        "private instance here); the agent reaches the model by --base-url",
+    )
+    cluster.add_argument(
+        "--max-retries",
+        type=int,
+        default=2,
+        metavar="N",
+        help="with --ray: times an attempt whose worker or node died is tried again (each "
+        "loss saved as an ERROR result first; default 2)",
+    )
     parser.set_defaults(run=_run)
 
 
@@ -321,17 +336,23 @@ def _run(args: argparse.Namespace) -> int:
             test_timeout_s=args.test_timeout,
         )
         scorer = _scorer(args)
+        pool = _ray_pool(args)
         dataset = load_dataset(args.dataset, args.packages)
-        run_eval(
-            dataset,
-            args.agent,
-            settings,
-            options,
-            args.run_dir,
-            resume=args.resume,
-            stream=None if args.quiet else sys.stderr,
-            scorer=scorer,
-        )
+        try:
+            run_eval(
+                dataset,
+                args.agent,
+                settings,
+                options,
+                args.run_dir,
+                resume=args.resume,
+                stream=None if args.quiet else sys.stderr,
+                scorer=scorer,
+                ray=pool,
+            )
+        finally:
+            if pool is not None:
+                pool.close()
     except EvalInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
@@ -344,6 +365,31 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     _print_summary(args.run_dir)
     return 0
+
+
+def _ray_pool(args: argparse.Namespace) -> Any:
+    """The Ray pool `--ray` asks for, connected (None without it); `EvalInputError` when it
+    cannot be used."""
+    if args.ray is None:
+        if args.max_retries != 2:
+            raise EvalInputError("--max-retries is for --ray runs")
+        return None
+    from tercet.attempts.ray_pool import RayPool, RayUnavailable
+    from tercet.evals.agents import agent_entry
+
+    if args.max_retries < 0:
+        raise EvalInputError("--max-retries cannot be negative")
+    if agent_entry(args.agent).name in ("tercet", "claude-code") and not args.base_url:
+        raise EvalInputError(
+            "--ray needs --base-url: the workers reach the model by URL (a tercet server, "
+            "say, in front of vLLM)"
+        )
+    try:
+        pool = RayPool(args.ray, max_retries=args.max_retries)
+        pool.connect()
+    except (RayUnavailable, ValueError) as exc:
+        raise EvalInputError(str(exc)) from exc
+    return pool
 
 
 def _print_summary(run_dir: Path) -> None:

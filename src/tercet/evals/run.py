@@ -37,6 +37,7 @@ from typing import Any, Literal, TextIO
 from pydantic import ValidationError
 
 from tercet import __version__
+from tercet.attempts.ray_pool import RayPool
 from tercet.attempts.scorer import Scorer
 from tercet.attempts.workspaces import GitWorkspace as GitWorkspace  # re-exported
 from tercet.attempts.workspaces import collect_diff, make_workspace, remove_workspace
@@ -50,6 +51,7 @@ from tercet.evals.agents import (
     agent_entry,
     create_agent,
 )
+from tercet.evals.distributed import ray_attempt
 from tercet.evals.packages import PackageSpec, load_specs, spec_for
 from tercet.evals.selection import (
     ScorerSettings,
@@ -745,10 +747,14 @@ def run_eval(
     stream: TextIO | None = sys.stderr,
     agent_factory: Callable[[AgentSettings], EvalAgent] | None = None,
     scorer: ScorerSettings | None = None,
+    ray: RayPool | None = None,
 ) -> RunSummary:
     """`tercet eval run`: every pending attempt, results saved as they end; with several
     attempts a task, each task's selection once its attempts have all ended (`scorer` picks
-    where the regression tests tie). Bad input raises `EvalInputError` before anything runs;
+    where the regression tests tie). With `ray`, the attempts run as tasks on its cluster
+    (`distributed.ray_attempt`; the agent is made on each worker, never here), and a lost
+    worker's ERROR result is saved before the attempt is tried again, up to the pool's
+    retries. Bad input raises `EvalInputError` before anything runs;
     Ctrl-C raises `KeyboardInterrupt` after saving the run's record (the finished results
     are already in the file)."""
     from tercet.evals.sources import default_cache_dir
@@ -770,13 +776,18 @@ def run_eval(
     if entry.sees_gold:
         settings = replace(settings, gold_patches={t.instance_id: t.patch for t in tasks})
     settings = replace(settings, trajectories=settings.trajectories or run_dir / "trajectories")
-    agent = agent_factory(settings) if agent_factory else create_agent(agent_name, settings)
+    agent: EvalAgent | None = None
+    if ray is None:
+        agent = agent_factory(settings) if agent_factory else create_agent(agent_name, settings)
     chooser: Scorer | None = None
     try:
         chooser = scorer.create() if scorer is not None else None
-        record = run_record(dataset, entry.name, agent.model, options, settings)
+        model = agent.model if agent is not None else settings.model or entry.name
+        record = run_record(dataset, entry.name, model, options, settings)
         if scorer is not None:
             record["settings"]["scorer"] = scorer.record()
+        if ray is not None:
+            record["settings"]["ray"] = {"address": ray.address, "max_retries": ray.max_retries}
         record = directory.open(record, resume=resume)
         directory.save_tasks(tasks)
         selector = Selector(
@@ -801,20 +812,24 @@ def run_eval(
             except Exception as exc:  # the attempt is saved; the catch-up below tries again
                 log.warning("selecting for %s failed: %s", result.instance_id, exc)
 
+        def attempt(task: Task, number: int) -> Awaitable[AttemptResult]:
+            if agent is not None:
+                return runner.agent_attempt(agent, task, number)
+            assert ray is not None
+            return ray_attempt(
+                ray, task, number, specs=dataset.specs, agent_name=entry.name,
+                settings=settings, options=options, cache=options.cache,
+                on_lost=lambda lost: asyncio.to_thread(directory.results.append, lost),
+            )  # fmt: skip
+
         async def main() -> None:
             try:
-                await _drive(
-                    runner,
-                    pairs,
-                    lambda task, n: runner.agent_attempt(agent, task, n),
-                    summary.progress,
-                    stream,
-                    on_result,
-                )
+                await _drive(runner, pairs, attempt, summary.progress, stream, on_result)
                 # Tasks completed in earlier sessions, or whose selection failed above.
                 await selector.catch_up()
             finally:
-                await agent.aclose()
+                if agent is not None:
+                    await agent.aclose()
                 if chooser is not None:
                     await chooser.model.aclose()
 
@@ -828,8 +843,9 @@ def run_eval(
         directory.write_record(record)
     except BaseException:
         # Close the agent if the run never started (its model may hold an engine).
-        with contextlib.suppress(Exception):
-            asyncio.run(agent.aclose())
+        if agent is not None:
+            with contextlib.suppress(Exception):
+                asyncio.run(agent.aclose())
         if chooser is not None:
             with contextlib.suppress(Exception):
                 asyncio.run(chooser.model.aclose())

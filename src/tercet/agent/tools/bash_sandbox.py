@@ -17,6 +17,7 @@ from tercet.sandbox import runner
 from tercet.sandbox.config import ExecutionLimits
 
 PATH = "/usr/local/bin:/usr/bin:/bin"
+LINKED_ENVIRONMENTS = (".venv", "venv", "node_modules")
 
 
 def sandbox_argv(
@@ -51,6 +52,12 @@ def sandbox_argv(
             argv += ["--ro-bind", path, path]
     argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     extra = [*read_only]
+    # An environment linked in from elsewhere (a copy of a project made for an attempt links
+    # the project's .venv): its target must be readable where the link points.
+    for name in LINKED_ENVIRONMENTS:
+        link = project / name
+        if link.is_symlink() and link.resolve().is_dir():
+            extra.append(link.resolve())
     base = _venv_base(project)
     if base is not None:
         extra.append(base)
