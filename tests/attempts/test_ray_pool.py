@@ -13,7 +13,8 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,23 @@ def pid() -> int:
     return os.getpid()
 
 
+def resources() -> dict[str, float]:
+    import ray
+
+    return dict(ray.get_runtime_context().get_assigned_resources())
+
+
+def wait_to_be_cancelled(started: str, stopped: str) -> None:
+    """Run until cancelled (Ray raises KeyboardInterrupt in the task), saying so in a file."""
+    Path(started).write_text(str(os.getpid()))
+    try:
+        while True:
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        Path(stopped).write_text("cancelled")
+        raise
+
+
 def fail(message: str) -> None:
     raise ValueError(message)
 
@@ -112,6 +130,34 @@ def test_a_call_runs_on_a_worker_and_returns_its_value(pool: RayPool) -> None:
     five, nine, worker = asyncio.run(main())
     assert (five, nine) == (5, 9)
     assert worker != os.getpid()
+    # Each call asks Ray for the pool's CPUs (and holds them while it runs).
+    assert asyncio.run(pool.call(resources)) == {"CPU": 1.0}
+    assert asyncio.run(RayPool(num_cpus=2).call(resources)) == {"CPU": 2.0}
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting for {what} after {timeout_s:g}s"
+        time.sleep(0.02)
+
+
+def test_a_cancelled_call_is_cancelled_on_the_cluster(pool: RayPool, tmp_path: Path) -> None:
+    started, stopped = tmp_path / "started", tmp_path / "stopped"
+
+    async def main() -> None:
+        call = asyncio.create_task(pool.call(wait_to_be_cancelled, str(started), str(stopped)))
+        while not started.exists():  # the task runs on a worker now
+            assert not call.done(), call
+            await asyncio.sleep(0.02)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    asyncio.run(main())
+    _wait_for(stopped.exists, "the task to see its cancellation")
+    assert stopped.read_text() == "cancelled"
+    assert asyncio.run(pool.call(add, 1, 2)) == 3  # its CPU is free again
 
 
 def test_an_exception_raised_by_the_function_comes_back_as_itself(pool: RayPool) -> None:
