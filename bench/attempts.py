@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -142,6 +144,14 @@ async def main_async(args: argparse.Namespace) -> int:
 
         archive = pack_tree(project)
         print("one attempt, local pool against Ray:")
+        # A private instance on loopback only (Ray otherwise listens on the machine's outward
+        # address), sending no usage statistics, its auth token kept out of ~/.ray.
+        os.environ.update(
+            RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+            RAY_USAGE_STATS_ENABLED="0",
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN=secrets.token_hex(16),
+        )
         try:
             import ray
             from ray import cloudpickle
@@ -151,8 +161,9 @@ async def main_async(args: argparse.Namespace) -> int:
             print("ray: unavailable here: Ray is not installed (pip install 'tercet[ray]')")
             return 0
         cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must be short
         pool = RayPool("local", init_options={"num_cpus": os.cpu_count() or 1,
-                                              "include_dashboard": False})  # fmt: skip
+                                              "include_dashboard": False, "_temp_dir": temp})  # fmt: skip
         try:
             await asyncio.to_thread(pool.connect)
             await pool.call(attempt_in, archive)  # warm: the worker's first imports
@@ -160,9 +171,11 @@ async def main_async(args: argparse.Namespace) -> int:
             for _ in range(args.rounds * k):
                 local.append(await timed(lambda: asyncio.to_thread(attempt_in, archive)))
                 remote.append(await timed(lambda: pool.call(attempt_in, archive)))
+            nodes = {node["NodeManagerAddress"] for node in ray.nodes()}
         finally:
             pool.close()
-            del ray
+            shutil.rmtree(temp, ignore_errors=True)
+        print(f"  (Ray's node on {', '.join(sorted(nodes))})")
         local_median = measure("local (a thread)", local)
         ray_median = measure("Ray task", remote)
         overhead_ms = (ray_median - local_median) * 1000
