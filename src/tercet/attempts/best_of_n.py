@@ -109,6 +109,7 @@ class BestOfN:
     selection: Selection
     applied: bool = False
     apply_error: str | None = None
+    scorer_cost_usd: float | None = None  # set by whoever knows the scorer's price
 
     @property
     def chosen(self) -> AttemptRecord | None:
@@ -125,8 +126,10 @@ class BestOfN:
 
     @property
     def cost_usd(self) -> float | None:
-        """The attempts' cost (the scorer's is not priced), None when none is known."""
+        """The attempts' cost and the scorer's, None when none is known."""
         costs = [r.run.cost_usd for r in self.records if r.run.cost_usd is not None]
+        if self.scorer_cost_usd is not None:
+            costs.append(self.scorer_cost_usd)
         return sum(costs) if costs else None
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,6 +149,7 @@ class BestOfN:
             "baseline": _check_dict(self.baseline),
             "candidates": [_record_dict(r) for r in self.records],
             "scorer_usage": _usage_dict(self.selection.scorer_usage),
+            "scorer_cost_usd": self.scorer_cost_usd,
             "usage": _usage_dict(self.usage),
             "cost_usd": self.cost_usd,
             "kept": str(self.keep_dir),

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tercet.agent import AnthropicModel, Model, Result
+from tercet.agent.budget import PRICES, cost_of
 from tercet.agent.trajectory import default_sessions_dir
 from tercet.attempts.best_of_n import (
     Attempter,
@@ -34,6 +35,7 @@ from tercet.attempts.best_of_n import (
     apply_choice,
     best_of_n,
     summary_lines,
+    write_result,
 )
 from tercet.attempts.ray_pool import RayPool, WorkerLost
 from tercet.attempts.scorer import Scorer, ScorerPrompt
@@ -262,6 +264,13 @@ async def run_attempts(
     finally:
         if scorer_model is not None:
             await scorer_model.aclose()
+    if args.scorer:
+        # Priced as the attempts are: list prices over the wire, nothing in-process.
+        served = bool(args.scorer_base_url or args.base_url)
+        result.scorer_cost_usd = cost_of(
+            args.scorer, result.selection.scorer_usage, PRICES if served else {}
+        )
+        write_result(result)
     for line in summary_lines(result):
         print(line, file=err)
     apply = result.chosen is not None and not args.no_apply
