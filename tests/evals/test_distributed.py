@@ -17,13 +17,14 @@ from tercet.evals.agents import (
     AgentSettings,
     Budget,
     TaskView,
+    UnknownAgent,
     Workspace,
     create_agent,
 )
-from tercet.evals.distributed import STOP_WORKER_LOST, ray_attempt
+from tercet.evals.distributed import STOP_WORKER_LOST, ray_attempt, remote_attempt_payload
 from tercet.evals.packages import PackageSpec, load_specs
 from tercet.evals.run import Dataset, RunDirectory, Runner, RunOptions
-from tercet.evals.task import AttemptResult, Task
+from tercet.evals.task import AttemptResult, EvalInputError, Task
 from tercet.evals.workspace import source_tree
 from tests.attempts.test_ray_pool import local_pool
 from tests.evals.test_run import SPECS, xmltodict_tasks
@@ -175,3 +176,34 @@ def test_with_no_tries_left_the_lost_attempt_is_the_error_result(
     assert result.grade.status == "ERROR" and result.stop_reason == STOP_WORKER_LOST
     assert result.grade.error is not None and "(try 1 of 1)" in result.grade.error
     assert result.agent == DYING_AGENT  # the driver knows the agent by its entry's name
+
+
+def test_only_the_oracle_is_sent_a_gold_patch_and_only_its_task_s(
+    spec: PackageSpec, tasks: list[Task]
+) -> None:
+    everyone = AgentSettings(gold_patches={t.instance_id: t.patch for t in tasks})
+    oracle = remote_attempt_payload(tasks[0], 1, spec, "oracle", everyone, OPTIONS)
+    assert oracle["settings"].gold_patches == {tasks[0].instance_id: tasks[0].patch}
+    assert (oracle["number"], oracle["agent"], oracle["cache"]) == (1, "oracle", None)
+    assert Task.model_validate_json(oracle["task"]) == tasks[0]
+    noop = remote_attempt_payload(tasks[0], 0, spec, "noop", everyone, OPTIONS, Path("/c"))
+    assert noop["settings"].gold_patches == {} and noop["cache"] == "/c"
+
+
+def test_an_unknown_agent_or_package_is_refused_before_anything_is_sent(
+    spec: PackageSpec, tasks: list[Task]
+) -> None:
+    never = RayPool("127.0.0.1:1")  # nothing is sent: it never connects
+
+    def attempt(agent: str, specs: dict[str, PackageSpec]) -> AttemptResult:
+        return asyncio.run(
+            ray_attempt(
+                never, tasks[0], 0, specs=specs, agent_name=agent, settings=AgentSettings(),
+                options=OPTIONS,
+            )
+        )  # fmt: skip
+
+    with pytest.raises(UnknownAgent, match="unknown agent 'nobody'"):
+        attempt("nobody", {spec.name: spec})
+    with pytest.raises(EvalInputError, match="no package spec for xmltodict"):
+        attempt("noop", {})
