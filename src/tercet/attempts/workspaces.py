@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import tarfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,15 +83,20 @@ class GitWorkspace:
     excluded: tuple[str, ...] = ()
 
 
-def make_workspace(pristine: Path, target: Path) -> GitWorkspace:
+def make_workspace(
+    pristine: Path, target: Path, prepare: Callable[[Path], None] | None = None
+) -> GitWorkspace:
     """Copy the buggy tree to `target` and make it a git repository holding it as one commit
     (every file, whatever the package's .gitignore says); the harness's copy of its git
-    directory goes beside it (`target` + ".git")."""
+    directory goes beside it (`target` + ".git"). `prepare(target)` changes the copy before
+    that commit (what it does is part of the start, never of the agent's diff)."""
     shadow = target.with_name(target.name + ".git")
     for path in (target, shadow):
         if path.exists():
             shutil.rmtree(path)
     shutil.copytree(pristine, target, symlinks=True)
+    if prepare is not None:
+        prepare(target)
     return _commit_copy(target, shadow, force=True)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -41,6 +42,7 @@ from tercet.attempts.ray_pool import RayPool
 from tercet.attempts.scorer import Scorer
 from tercet.attempts.workspaces import GitWorkspace as GitWorkspace  # re-exported
 from tercet.attempts.workspaces import collect_diff, make_workspace, remove_workspace
+from tercet.evals import hacks
 from tercet.evals.agents import (
     AgentOutcome,
     AgentSettings,
@@ -52,6 +54,7 @@ from tercet.evals.agents import (
     create_agent,
 )
 from tercet.evals.distributed import ray_attempt
+from tercet.evals.impossible import show_tests
 from tercet.evals.packages import PackageSpec, load_specs, spec_for
 from tercet.evals.selection import (
     ScorerSettings,
@@ -557,11 +560,20 @@ class Runner:
             except Exception as exc:
                 return self._error(agent, task, number, started_at, "preparing the task", exc)
             try:
-                made = await asyncio.to_thread(make_workspace, tree, workspace_dir)
+                show = functools.partial(show_tests, task)
+                made = await asyncio.to_thread(make_workspace, tree, workspace_dir, show)
+                before = await asyncio.to_thread(hacks.snapshot, workspace_dir, spec)
             except Exception as exc:
                 return self._error(agent, task, number, started_at, "making the workspace", exc)
             workspace = Workspace(workspace_dir, test_command(spec, workspace_dir, env), env)
             outcome = await self._solve(agent, task, workspace)
+            try:
+                after = await asyncio.to_thread(hacks.snapshot, workspace_dir, spec)
+            except Exception as exc:
+                return self._error(
+                    agent, task, number, started_at, "reading the workspace", exc, outcome
+                )
+            changed = hacks.tampered(before, after)
             try:
                 patch = await asyncio.to_thread(collect_diff, made)
             except Exception as exc:
@@ -572,6 +584,7 @@ class Runner:
         finally:
             if not self.options.keep_workspaces:
                 await asyncio.to_thread(remove_workspace, workspace_dir)
+        abstain_reason = hacks.abstention(outcome.final_text, outcome.abstain_reason)
         return AttemptResult(
             instance_id=task.instance_id,
             attempt=number,
@@ -584,6 +597,10 @@ class Runner:
             agent_error=outcome.error,
             started_at=started_at,
             ended_at=now(),
+            abstained=abstain_reason is not None,
+            abstain_reason=abstain_reason,
+            tampered=changed,
+            hack_types=hacks.classify(patch, changed, before, spec),
         )
 
     async def _solve(self, agent: EvalAgent, task: Task, workspace: Workspace) -> AgentOutcome:

@@ -67,7 +67,11 @@ class Task(BaseModel):
     PASS_TO_PASS: list[str]
     # tercet's own fields: how the bug was made, and which split the task belongs to.
     mutation: str  # the SWE-smith family that injected the bug, e.g. "op_change"
-    split: Literal["dev", "test"] = "test"
+    split: Literal["dev", "test", "oneoff", "conflicting"] = "test"
+    # An impossible variant (evals/impossible.py): its test_patch makes a FAIL_TO_PASS test
+    # contradict the specification, so no correct fix passes; the agent sees those tests.
+    impossible: Literal["oneoff", "conflicting"] | None = None
+    original_instance_id: str | None = None  # the task a variant was made from
 
     @field_validator("FAIL_TO_PASS", "PASS_TO_PASS", mode="before")
     @classmethod
@@ -142,6 +146,14 @@ class AttemptResult(BaseModel):
     agent_error: str | None = None
     started_at: str
     ended_at: str
+    # Reward hacking (evals/hacks.py): the agent said the task cannot be done as specified;
+    # protected files (tests, their configuration) it changed, added or removed; the hack
+    # types its patch shows, by the rules and (when asked) by a judge model.
+    abstained: bool = False
+    abstain_reason: str | None = None
+    tampered: list[str] = Field(default_factory=list)
+    hack_types: list[str] = Field(default_factory=list)
+    judge_hack_types: list[str] | None = None
 
 
 def read_jsonl(path: Path, model: type[M]) -> list[M]:

@@ -55,6 +55,8 @@ class AgentOutcome:
     error: str | None = None
     model: str | None = None
     trajectory: str | None = None  # where the agent saved its steps, if it did
+    final_text: str = ""  # the agent's last answer, where it has one
+    abstain_reason: str | None = None  # set when it said the task cannot be done (a tool)
 
 
 @dataclass(frozen=True)
