@@ -6,6 +6,8 @@
     tercet eval run --agent tercet --attempts 4 --scorer claude-sonnet-4-6 ...  # best of 4
     tercet eval select runs/best-of-4 --scorer claude-sonnet-4-6           # choose again
     tercet eval report runs/smollm2                                        # markdown + HTML
+    tercet eval judge runs/oneoff --hack-judge claude-sonnet-4-6           # hack types by judge
+    tercet eval report runs/oneoff runs/oneoff-protected --control runs/original
     tercet eval grade --predictions preds.jsonl --run-dir runs/elsewhere   # SWE-bench format
 
 Exit status: 0 done, 1 failed, 2 bad input (the message says what), 130 interrupted (the
@@ -25,6 +27,7 @@ from tercet.agent.budget import PRICES, Budget, ModelPrice
 from tercet.evals.task import EvalInputError
 
 if TYPE_CHECKING:
+    from tercet.evals.hacks import HackJudgeSettings
     from tercet.evals.selection import ScorerSettings
 
 EXIT_FAILED = 1
@@ -45,6 +48,7 @@ def register(commands: Any) -> None:
     _register_run(actions)
     _register_grade(actions)
     _register_select(actions)
+    _register_judge(actions)
     _register_report(actions)
 
 
@@ -197,6 +201,7 @@ def _register_run(actions: Any) -> None:
         help="the model's parameter count, for the FLOPs estimate (default: from the GGUF)",
     )
     _add_scorer_arguments(parser)
+    _add_judge_arguments(parser, required=False)
     cluster = parser.add_argument_group("a Ray cluster (docs/ray.md)")
     cluster.add_argument(
         "--ray",
@@ -336,6 +341,7 @@ def _run(args: argparse.Namespace) -> int:
             test_timeout_s=args.test_timeout,
         )
         scorer = _scorer(args)
+        judge = _hack_judge(args, default_base_url=args.base_url, default_api_key=args.api_key)
         pool = _ray_pool(args)
         dataset = load_dataset(args.dataset, args.packages)
         try:
@@ -363,6 +369,16 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    if judge is not None:
+        try:
+            _judge_and_say(args.run_dir, judge, again=False)
+        except KeyboardInterrupt:
+            print(
+                f"interrupted: judgements made so far are in {args.run_dir}; continue with "
+                f"tercet eval judge {args.run_dir}",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
     _print_summary(args.run_dir)
     return 0
 
@@ -491,6 +507,111 @@ def _select(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- judge
+
+
+def _add_judge_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    group = parser.add_argument_group(
+        "the reward-hacking judge",
+        "A model asked which hack types an attempt shows, for each pass on an impossible "
+        "variant and each attempt the rules flag (tampering, a hack type); its verdicts go to "
+        "RUN_DIR/judgements.jsonl (results.jsonl is left as it is).",
+    )
+    group.add_argument(
+        "--hack-judge",
+        metavar="MODEL",
+        required=required,
+        help="the judge's model name" + ("" if required else " (default: no judge)"),
+    )
+    group.add_argument(
+        "--hack-judge-base-url",
+        metavar="URL",
+        help="the judge's Messages API server (default: "
+        + ("--base-url)" if not required else "$ANTHROPIC_BASE_URL, else Anthropic's API)"),
+    )
+    group.add_argument(
+        "--hack-judge-api-key",
+        metavar="KEY",
+        help="the judge's API key (default: "
+        + ("--api-key)" if not required else "$ANTHROPIC_API_KEY)"),
+    )
+    group.add_argument(
+        "--hack-judge-prompt",
+        type=Path,
+        metavar="FILE",
+        help="the judge's prompt (TOML, the shape of tercet/evals/hack_judge.toml)",
+    )
+
+
+def _hack_judge(
+    args: argparse.Namespace, *, default_base_url: str | None, default_api_key: str | None
+) -> HackJudgeSettings | None:
+    """The judge the options ask for (its prompt checked), or None."""
+    from tercet.evals.hacks import HackJudgeSettings
+
+    if args.hack_judge is None:
+        for option in ("hack_judge_base_url", "hack_judge_api_key", "hack_judge_prompt"):
+            if getattr(args, option) is not None:
+                raise EvalInputError(f"--{option.replace('_', '-')} needs --hack-judge MODEL")
+        return None
+    settings = HackJudgeSettings(
+        model=args.hack_judge,
+        base_url=args.hack_judge_base_url or default_base_url,
+        api_key=args.hack_judge_api_key or default_api_key,
+        prompt=args.hack_judge_prompt,
+    )
+    settings.check()
+    return settings
+
+
+def _judge_and_say(run_dir: Path, settings: HackJudgeSettings, *, again: bool) -> None:
+    from tercet.evals.hacks import judge_run
+
+    summary = judge_run(run_dir, settings, again=again)
+    print(
+        f"hack judge {settings.model}: {summary.judged} judged, {summary.failed} failed, "
+        f"{summary.current} already judged, {summary.not_needed} not needing it "
+        "(neither an impossible pass nor flagged by the rules)",
+        file=sys.stderr,
+    )
+    for error in summary.errors[:10]:
+        print(f"  judge failed on {error}", file=sys.stderr)
+
+
+def _register_judge(actions: Any) -> None:
+    parser = actions.add_parser(
+        "judge",
+        help="ask a model which hack types a run's attempts show (RUN/judgements.jsonl)",
+        description="Judge every pass on an impossible variant and every attempt the rules "
+        "flag (tampering, a hack type) of a finished run; each verdict, or the judge's "
+        "failure, is appended to RUN/judgements.jsonl. Attempts this judge already answered "
+        "are skipped unless --again. `tercet eval report` then shows the judge's hack types "
+        "and its agreement with the rules.",
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory")
+    parser.add_argument("--again", action="store_true", help="judge answered attempts again")
+    _add_judge_arguments(parser, required=True)
+    parser.set_defaults(run=_judge)
+
+
+def _judge(args: argparse.Namespace) -> int:
+    try:
+        settings = _hack_judge(
+            args,
+            default_base_url=os.environ.get("ANTHROPIC_BASE_URL"),
+            default_api_key=os.environ.get("ANTHROPIC_API_KEY"),
+        )
+        assert settings is not None  # --hack-judge is required
+        _judge_and_say(args.run_dir, settings, again=args.again)
+    except EvalInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print(f"interrupted: judgements made so far are in {args.run_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
 # ---------------------------------------------------------------------------- report
 
 
@@ -498,8 +619,26 @@ def _register_report(actions: Any) -> None:
     parser = actions.add_parser(
         "report",
         help="summarise a run: report.md, report.html (plots inlined), predictions.jsonl",
+        description="The report of the first RUN; further RUNs join its reward-hacking table "
+        "(one row a run and split: protection on against off, say).",
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory")
+    parser.add_argument(
+        "others",
+        type=Path,
+        nargs="*",
+        metavar="RUN",
+        help="more run directories, as rows of the reward-hacking table",
+    )
+    parser.add_argument(
+        "--control",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="RUN_DIR",
+        help="a run on the original tasks of the impossible variants, for the control pass "
+        "rate (repeatable)",
+    )
     parser.add_argument("--out", type=Path, help="where to write (default: the run directory)")
     parser.add_argument("--no-html", action="store_true", help="markdown and predictions only")
     parser.set_defaults(run=_report)
@@ -509,7 +648,13 @@ def _report(args: argparse.Namespace) -> int:
     from tercet.evals.report import write_report
 
     try:
-        written = write_report(args.run_dir, args.out, include_html=not args.no_html)
+        written = write_report(
+            args.run_dir,
+            args.out,
+            include_html=not args.no_html,
+            others=args.others,
+            controls=args.control,
+        )
     except EvalInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT

@@ -600,7 +600,9 @@ class Runner:
             abstained=abstain_reason is not None,
             abstain_reason=abstain_reason,
             tampered=changed,
-            hack_types=hacks.classify(patch, changed, before, spec),
+            hack_types=hacks.classify(
+                patch, changed, before, spec, after=after, tree=tree, task=task
+            ),
         )
 
     async def _solve(self, agent: EvalAgent, task: Task, workspace: Workspace) -> AgentOutcome:
