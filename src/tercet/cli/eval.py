@@ -45,6 +45,7 @@ def register(commands: Any) -> None:
     )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     _register_build(actions)
+    _register_impossible(actions)
     _register_run(actions)
     _register_grade(actions)
     _register_select(actions)
@@ -77,6 +78,102 @@ def _build(args: argparse.Namespace) -> int:
     except EvalInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
+
+
+# ---------------------------------------------------------------------------- impossible
+
+
+def _register_impossible(actions: Any) -> None:
+    from tercet.evals.impossible import MAX_TRIES
+
+    parser = actions.add_parser(
+        "impossible",
+        help="make impossible variants of the tasks (oneoff, conflicting), kept only when "
+        "the gold patch fails them",
+        description="For each task, change what one of its FAIL_TO_PASS tests expects (oneoff) "
+        "or add a copy of the test expecting something else (conflicting); grade each variant "
+        "with the task's gold patch and keep it only when the changed test fails and every "
+        "other test passes. Writes the kept variants as JSONL (a dataset's impossible.jsonl).",
+    )
+    group = parser.add_argument_group("tasks")
+    group.add_argument("--dataset", default=DEFAULT_DATASET, help=f"default {DEFAULT_DATASET}")
+    group.add_argument(
+        "--packages", type=Path, help="the package specs (default: beside the tasks)"
+    )
+    group.add_argument(
+        "--split",
+        choices=["dev", "test", "all"],
+        default="all",
+        help="the originals to make variants of (default all: dev and test)",
+    )
+    group.add_argument(
+        "--instances", action="extend", nargs="+", default=[], metavar="ID", help="only these"
+    )
+    group.add_argument("--limit", type=int, metavar="N", help="only the first N tasks")
+    group.add_argument(
+        "--cache", type=Path, help="sdists, environments, trees (default: user cache)"
+    )
+    parser.add_argument(
+        "--kinds", default="oneoff,conflicting", metavar="KIND,...", help="default both"
+    )
+    parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="JSONL")
+    parser.add_argument("--workers", type=int, default=1, metavar="N", help="tasks at once")
+    parser.add_argument(
+        "--tries",
+        type=int,
+        default=MAX_TRIES,
+        metavar="N",
+        help=f"tests tried per task and kind before it is dropped (default {MAX_TRIES})",
+    )
+    parser.add_argument(
+        "--test-timeout", type=float, default=600, metavar="SECONDS", help="default 600"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no line per task")
+    parser.set_defaults(run=_impossible)
+
+
+def _impossible(args: argparse.Namespace) -> int:
+    from tercet.evals.impossible import Generator, Verdict, parse_kinds, summary
+    from tercet.evals.run import load_dataset
+    from tercet.evals.sources import default_cache_dir
+    from tercet.evals.task import write_jsonl
+
+    def said(verdict: Verdict) -> None:
+        if not args.quiet:
+            print(f"{verdict.instance_id} {verdict.kind}: {verdict.reason}", file=sys.stderr)
+
+    try:
+        kinds = parse_kinds(args.kinds)
+        for option, value in [("--workers", args.workers), ("--tries", args.tries)]:
+            if value < 1:
+                raise EvalInputError(f"{option} must be at least 1")
+        if args.limit is not None and args.limit < 1:
+            raise EvalInputError("--limit must be at least 1")
+        if not args.out.parent.is_dir():
+            raise EvalInputError(f"--out: no directory {args.out.parent}")
+        dataset = load_dataset(args.dataset, args.packages)
+        tasks = dataset.select(args.split, _instances(args.instances) or None, args.limit)
+        if not tasks:
+            raise EvalInputError(f"no tasks in the {args.split} split of {dataset.name}")
+        generator = Generator(
+            dataset.specs,
+            (args.cache or default_cache_dir()).resolve(),
+            kinds,
+            workers=args.workers,
+            tries=args.tries,
+            timeout_s=args.test_timeout,
+        )
+        verdicts = generator.run(tasks, said)
+    except EvalInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: nothing written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    write_jsonl(args.out, [v.variant for v in verdicts if v.variant is not None])
+    print("\n".join(summary(verdicts)))
+    print(f"written: {args.out}")
+    return 0
 
 
 # ---------------------------------------------------------------------------- run

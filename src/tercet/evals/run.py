@@ -54,7 +54,7 @@ from tercet.evals.agents import (
     create_agent,
 )
 from tercet.evals.distributed import ray_attempt
-from tercet.evals.impossible import show_tests
+from tercet.evals.impossible import VARIANTS_FILE, show_tests
 from tercet.evals.packages import PackageSpec, load_specs, spec_for
 from tercet.evals.selection import (
     ScorerSettings,
@@ -80,7 +80,10 @@ DATASETS = Path(__file__).resolve().parent / "datasets"
 RUN_FILE = "run.json"
 TASKS_FILE = "tasks.jsonl"
 RESULTS_FILE = "results.jsonl"
-Split = Literal["dev", "test", "all"]
+# "all" is the dev and test originals; the impossible variants (impossible.jsonl beside the
+# tasks) only by naming their split; "original" is the originals that have variants (the
+# control set for the impossible splits).
+Split = Literal["dev", "test", "all", "oneoff", "conflicting", "original"]
 # How long past its wall-time budget an agent may run before the runner cancels it (the
 # agent's own limit should have ended it already).
 BACKSTOP_S = 120.0
@@ -105,9 +108,9 @@ class Dataset:
         instances: Sequence[str] | None = None,
         limit: int | None = None,
     ) -> list[Task]:
-        """The tasks of `split` (or every one), narrowed to `instances` when given (an
+        """The tasks of `split` (see `Split`), narrowed to `instances` when given (an
         unknown id is an `EvalInputError`), the first `limit` of them."""
-        tasks = [t for t in self.tasks if split == "all" or t.split == split]
+        tasks = [t for t in self.tasks if self.in_split(t, split)]
         if instances:
             by_id = {t.instance_id: t for t in self.tasks}
             unknown = [i for i in instances if i not in by_id]
@@ -118,18 +121,33 @@ class Dataset:
                 )
             wanted = set(instances)
             tasks = [t for t in tasks if t.instance_id in wanted]
-            outside = [i for i in dict.fromkeys(instances) if by_id[i].split != split]
-            if split != "all" and outside:
+            outside = [i for i in dict.fromkeys(instances) if not self.in_split(by_id[i], split)]
+            if outside:
                 raise EvalInputError(
-                    f"not in the {split} split: {', '.join(outside)} (use --split all)"
+                    f"not in the {split} split: "
+                    + ", ".join(f"{i} (split {by_id[i].split})" for i in outside)
+                    + (" (use --split all)" if split not in ("all", "original") else "")
                 )
         return tasks if limit is None else tasks[:limit]
+
+    def in_split(self, task: Task, split: Split) -> bool:
+        """Whether `task` is in `split`."""
+        if split == "all":
+            return task.impossible is None
+        if split == "original":
+            return task.impossible is None and task.instance_id in self._with_variants
+        return task.split == split
+
+    @functools.cached_property
+    def _with_variants(self) -> frozenset[str]:
+        return frozenset(t.original_instance_id or "" for t in self.tasks if t.impossible)
 
 
 def load_dataset(name_or_path: str | Path, packages: Path | None = None) -> Dataset:
     """A dataset by name (one under tercet/evals/datasets), or a directory holding
-    tasks.jsonl and packages.toml, or a tasks file (packages.toml beside it, or `packages`).
-    Every task must name a package the specs pin, at that version and hash."""
+    tasks.jsonl and packages.toml (and impossible.jsonl, its impossible variants, if it has
+    them), or a tasks file (packages.toml beside it, or `packages`). Every task must name a
+    package the specs pin, at that version and hash."""
     path = Path(name_or_path)
     if isinstance(name_or_path, str) and (DATASETS / name_or_path).is_dir():
         path = DATASETS / name_or_path
@@ -152,16 +170,39 @@ def load_dataset(name_or_path: str | Path, packages: Path | None = None) -> Data
         raise EvalInputError(f"no package specs for {tasks_path}: {specs_path} is missing")
     specs = load_specs(specs_path)
     tasks = read_jsonl(tasks_path, Task)
-    seen: set[str] = set()
+    _check_tasks(tasks_path, tasks, specs, set())
+    variants_path = tasks_path.parent / VARIANTS_FILE
+    if path.is_dir() and variants_path.is_file():
+        variants = read_jsonl(variants_path, Task)
+        _check_tasks(variants_path, variants, specs, {t.instance_id for t in tasks})
+        originals = {t.instance_id for t in tasks if t.impossible is None}
+        for variant in variants:
+            if variant.impossible is None or variant.split != variant.impossible:
+                raise EvalInputError(
+                    f"{variants_path}: {variant.instance_id} is not an impossible variant "
+                    "(its `impossible` and `split` must both be oneoff or conflicting)"
+                )
+            if variant.original_instance_id not in originals:
+                raise EvalInputError(
+                    f"{variants_path}: {variant.instance_id} was made from "
+                    f"{variant.original_instance_id}, which {tasks_path} lacks"
+                )
+        tasks = [*tasks, *variants]
+    return Dataset(name, _dataset_version(tasks_path), tasks_path, tasks, specs)
+
+
+def _check_tasks(
+    path: Path, tasks: Sequence[Task], specs: dict[str, PackageSpec], seen: set[str]
+) -> None:
+    """Each task's id is new (not in `seen`, which gains them) and its package is pinned."""
     for task in tasks:
         if task.instance_id in seen:
-            raise EvalInputError(f"{tasks_path}: instance {task.instance_id} appears twice")
+            raise EvalInputError(f"{path}: instance {task.instance_id} appears twice")
         seen.add(task.instance_id)
         try:
             spec_for(task.source, specs)
         except EvalInputError as exc:
-            raise EvalInputError(f"{tasks_path}: {task.instance_id}: {exc}") from None
-    return Dataset(name, _dataset_version(tasks_path), tasks_path, tasks, specs)
+            raise EvalInputError(f"{path}: {task.instance_id}: {exc}") from None
 
 
 def _dataset_version(tasks_path: Path) -> str:
