@@ -257,6 +257,15 @@ def _command_matches(pattern: str, command: str) -> bool:
     return command == pattern
 
 
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """A relative gitignore-style pattern (a bare name matches at any depth) as a regular
+    expression over a relative "/"-separated path."""
+    pattern = pattern.removeprefix("./").lstrip("/")
+    if "/" not in pattern.rstrip("/"):
+        pattern = f"**/{pattern}"
+    return _glob(pattern)
+
+
 def _glob(pattern: str) -> re.Pattern[str]:
     """A gitignore-style glob as a regular expression over a whole path: `**` crosses
     directories, `*` and `?` do not; a pattern without wildcards covers what is under it."""

@@ -146,7 +146,7 @@ def check_arguments(args: argparse.Namespace) -> str | None:
         if used:
             verb = "needs" if len(used) == 1 else "need"
             return f"{', '.join(used)} {verb} --attempts N (N > 1)"
-    if getattr(args, "resume", None) or getattr(args, "continue_latest", False):
+    if args.attempts > 1 and (args.resume or args.continue_latest):
         return "--attempts starts fresh sessions: it cannot --resume or --continue one"
     if args.scorer_prompt is not None:
         try:

@@ -69,6 +69,7 @@ from tercet.agent import (
     PermissionMode,
     PermissionRequest,
     Permissions,
+    ReportImpossibleTool,
     Result,
     SessionNotFound,
     SessionStore,
@@ -81,6 +82,13 @@ from tercet.agent import (
     event_to_dict,
 )
 from tercet.agent.permissions import PERMISSION_MODES
+from tercet.agent.test_protection import (
+    PROTECT_MODES,
+    ProtectMode,
+    prompt_addition,
+    protection_rules,
+    sandbox_protection,
+)
 from tercet.agent.tools.mcp import McpServers
 from tercet.agent.tools.mcp_config import McpConfigError
 from tercet.agent.trajectory import default_sessions_dir
@@ -132,6 +140,8 @@ class CodeOptions:
     memory_dir: Path | None = None  # None: no memory tool
     sandbox: bool = False  # run bash commands in tercet's sandbox
     prices: Mapping[str, ModelPrice] = field(default_factory=lambda: dict(PRICES))
+    protect_tests: ProtectMode = "off"  # ask before, or deny, writes to tests and their config
+    prompt_variant: str = "default"  # a system-prompt addition (agent/prompt_variants.toml)
 
     def check(self) -> None:
         """Raise `UsageError` for options that cannot work together."""
@@ -152,21 +162,33 @@ class CodeOptions:
             if limit is not None and limit <= 0:
                 raise UsageError(f"{name} must be positive")
         self.permissions()  # the rules parse
+        try:
+            prompt_addition(self.prompt_variant)
+        except ValueError as exc:
+            raise UsageError(f"--prompt-variant: {exc}") from exc
 
     def permissions(self) -> Permissions:
+        protect = protection_rules() if self.protect_tests != "off" else []
         try:
             return Permissions.from_lists(
                 allow=split_rules(self.allowed_tools),
-                deny=split_rules(self.disallowed_tools),
+                ask=protect if self.protect_tests == "ask" else [],
+                deny=[*split_rules(self.disallowed_tools),
+                      *(protect if self.protect_tests == "deny" else [])],
                 mode=self.permission_mode,
                 cwd=self.cwd,
-            )
+            )  # fmt: skip
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
 
     def agent_config(self, tools: Sequence[AgentTool], ask: AskCallback | None) -> AgentConfig:
         """The agent's configuration, with `tools`; `ask` answers permission prompts."""
-        system = "\n\n".join(p for p in (self.system_prompt, self.append_system_prompt) if p)
+        parts = (
+            self.system_prompt,
+            prompt_addition(self.prompt_variant),
+            self.append_system_prompt,
+        )
+        system = "\n\n".join(p for p in parts if p)
         thinking = self.thinking_budget is not None
         return AgentConfig(
             model=self.model,
@@ -349,9 +371,15 @@ async def _agent(
 ) -> AsyncIterator[Agent]:
     """An agent with the built-in tools and, unless turned off, the project's MCP servers'
     (those that fail to start are reported on `err` as warnings); closed on exit."""
-    tools: list[AgentTool] = [BashTool(sandbox=options.sandbox), TextEditorTool()]
+    protected = sandbox_protection() if options.protect_tests != "off" else None
+    tools: list[AgentTool] = [
+        BashTool(sandbox=options.sandbox, sandbox_protected=protected),
+        TextEditorTool(),
+    ]
     if options.memory_dir is not None:
         tools.append(MemoryTool(options.memory_dir))
+    if options.prompt_variant != "default":  # the variants tell the model of this way out
+        tools.append(ReportImpossibleTool())
     servers = McpServers({})
     if options.mcp:
         try:
@@ -702,6 +730,7 @@ def register(commands: Any) -> None:
         "--sandbox", action="store_true", help="run bash commands in tercet's sandbox"
     )
     _add_permission_arguments(parser)
+    _add_integrity_arguments(parser)
     _add_limit_arguments(parser)
     _add_model_arguments(parser)
     attempts.add_arguments(parser)
@@ -732,6 +761,24 @@ def _add_permission_arguments(parser: argparse.ArgumentParser) -> None:
             metavar="RULE",
             help=f"{verb} the calls these rules match, e.g. {example} (Claude Code's notation)",
         )
+
+
+def _add_integrity_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("keeping the tests honest (reward hacking)")
+    group.add_argument(
+        "--protect-tests",
+        choices=PROTECT_MODES,
+        default="off",
+        help="ask before (ask) or refuse (deny) editor writes to test files and test "
+        "configuration; with --sandbox, bash sees them read-only too (default off)",
+    )
+    group.add_argument(
+        "--prompt-variant",
+        default="default",
+        metavar="NAME",
+        help="add a system-prompt variant: 'honest' (never bend the tests; say when a task "
+        "cannot be done, with the report_impossible tool it adds); default: none",
+    )
 
 
 def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -828,6 +875,8 @@ def options_from_args(args: argparse.Namespace) -> CodeOptions:
         memory_dir=None if args.no_memory else args.memory_dir or default_memory_dir(cwd),
         sandbox=args.sandbox,
         prices={} if not args.base_url else dict(PRICES),  # the local model is free
+        protect_tests=args.protect_tests,
+        prompt_variant=args.prompt_variant,
     )
     options.check()
     return options

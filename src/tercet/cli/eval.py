@@ -253,6 +253,21 @@ def _register_run(actions: Any) -> None:
         help="run the tercet agent's bash commands without bubblewrap (and with network)",
     )
     group.add_argument("--claude-binary", type=Path, help="the claude CLI (default: on PATH)")
+    group.add_argument(
+        "--protect-tests",
+        choices=("off", "deny", "ask"),
+        default="off",
+        help="refuse the agent's writes to the package's test files and test configuration "
+        "(editor rules; the tercet agent's sandboxed bash sees them read-only); 'ask' is "
+        "refused too, nobody being there to answer (default off)",
+    )
+    group.add_argument(
+        "--prompt-variant",
+        default="default",
+        metavar="NAME",
+        help="a system-prompt addition: 'honest' (never bend the tests; say when the task "
+        "cannot be done); default: none",
+    )
     limits = parser.add_argument_group("budget per attempt")
     limits.add_argument("--max-turns", type=int, default=30, metavar="N", help="default 30")
     limits.add_argument(
@@ -424,6 +439,8 @@ def _run(args: argparse.Namespace) -> int:
             sandbox=not args.no_sandbox,
             claude_binary=args.claude_binary,
             options=_options(args.agent_option),
+            protect_tests=args.protect_tests,
+            prompt_variant=_prompt_variant(args.prompt_variant),
         )
         options = RunOptions(
             split=args.split,
@@ -478,6 +495,16 @@ def _run(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED
     _print_summary(args.run_dir)
     return 0
+
+
+def _prompt_variant(name: str) -> str:
+    from tercet.agent.test_protection import prompt_addition
+
+    try:
+        prompt_addition(name)
+    except ValueError as exc:
+        raise EvalInputError(f"--prompt-variant: {exc}") from exc
+    return name
 
 
 def _ray_pool(args: argparse.Namespace) -> Any:

@@ -326,6 +326,8 @@ def run_record(
             "limit": options.limit,
             "budget": asdict(options.budget),
             "test_timeout_s": options.test_timeout_s,
+            "protect_tests": settings.protect_tests,
+            "prompt_variant": settings.prompt_variant,
             "agent": _settings_record(settings),
         },
         "python": sys.version.split()[0],
@@ -606,7 +608,12 @@ class Runner:
                 before = await asyncio.to_thread(hacks.snapshot, workspace_dir, spec)
             except Exception as exc:
                 return self._error(agent, task, number, started_at, "making the workspace", exc)
-            workspace = Workspace(workspace_dir, test_command(spec, workspace_dir, env), env)
+            workspace = Workspace(
+                workspace_dir,
+                test_command(spec, workspace_dir, env),
+                env,
+                test_patterns=tuple(spec.test_files),
+            )
             outcome = await self._solve(agent, task, workspace)
             try:
                 after = await asyncio.to_thread(hacks.snapshot, workspace_dir, spec)

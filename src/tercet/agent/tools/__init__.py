@@ -1,4 +1,4 @@
-"""The agent's client tools: bash, the text editor and memory, with Anthropic's tool types; and
+"""The agent's client tools: bash, the text editor, memory and report_impossible, with Anthropic's tool types; and
 the tools of MCP servers (stdio, Streamable HTTP, SSE), configured as Claude Code's `.mcp.json`."""
 
 from tercet.agent.tools.base import AgentTool, ToolContext, ToolResult
@@ -17,6 +17,7 @@ from tercet.agent.tools.mcp_config import (
     parse_mcp_config,
 )
 from tercet.agent.tools.memory import MemoryTool
+from tercet.agent.tools.report_impossible import ReportImpossibleTool
 
 __all__ = [
     "AgentTool",
@@ -29,6 +30,7 @@ __all__ = [
     "McpServerTool",
     "McpServers",
     "MemoryTool",
+    "ReportImpossibleTool",
     "SseServerConfig",
     "StdioServerConfig",
     "TextEditorTool",

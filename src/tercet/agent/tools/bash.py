@@ -18,7 +18,7 @@ import shlex
 import shutil
 import signal
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,9 @@ class BashTool:
     """Runs the model's commands in a persistent bash session, or, with `sandbox=True`, each
     command in a fresh bash under bubblewrap: the project (`ctx.cwd`) read-write at its own
     path, the system read-only, no network. Sandboxed, nothing persists between calls but the
-    files in the project (each command starts in `ctx.cwd` with a clean environment), and
-    `sandbox_read_only` paths are readable there too."""
+    files in the project (each command starts in `ctx.cwd` with a clean environment),
+    `sandbox_read_only` paths are readable there too, and the paths `sandbox_protected` gives
+    for the project are read-only in it (`agent.test_protection`)."""
 
     name = NAME
 
@@ -55,6 +56,7 @@ class BashTool:
         env: Mapping[str, str] | None = None,
         sandbox_limits: ExecutionLimits | None = None,
         sandbox_read_only: Sequence[Path] = (),
+        sandbox_protected: Callable[[Path], Sequence[Path]] | None = None,
     ) -> None:
         self.timeout_s = timeout_s
         self.max_output_chars = max_output_chars
@@ -67,6 +69,8 @@ class BashTool:
             file_bytes=1024 * MIB,
         )
         self._read_only = tuple(sandbox_read_only)  # more paths readable in the sandbox
+        # Paths of the project the sandbox binds read-only (looked up at each command).
+        self._protected = sandbox_protected
         self._shell: _Shell | None = None
         self._lock = asyncio.Lock()
 
@@ -139,7 +143,10 @@ class BashTool:
 
     async def _run_sandboxed(self, command: str, cwd: Path) -> ToolResult:
         try:
-            argv = sandbox_argv(command, cwd, self._limits, read_only=self._read_only)
+            protected = self._protected(cwd) if self._protected is not None else ()
+            argv = sandbox_argv(
+                command, cwd, self._limits, read_only=self._read_only, protected=protected
+            )
         except SandboxUnavailable as exc:
             return ToolResult(f"The sandbox cannot run here: {exc}", is_error=True)
         process = await asyncio.create_subprocess_exec(

@@ -26,9 +26,11 @@ def sandbox_argv(
     limits: ExecutionLimits,
     *,
     read_only: Sequence[Path] = (),
+    protected: Sequence[Path] = (),
 ) -> list[str]:
-    """The argv that runs `command` with bash in `project` (bound read-write at its own path),
-    the system and `read_only` paths readable, a private /tmp, and no network.
+    """The argv that runs `command` with bash in `project` (bound read-write at its own path,
+    but for the `protected` paths inside it), the system and `read_only` paths readable, a
+    private /tmp, and no network.
 
     A virtual environment at `project/.venv` works inside: the Python it was made from is
     bound read-only too.
@@ -64,8 +66,12 @@ def sandbox_argv(
     for extra_path in extra:  # before the project, so that the project stays writable
         if extra_path.exists():
             argv += ["--ro-bind", str(extra_path), str(extra_path)]
+    argv += ["--bind", str(project), str(project)]
+    # Files and folders inside the project bound read-only over it (tests kept from changes).
+    for kept in protected:
+        if kept.exists() and kept.resolve().is_relative_to(project):
+            argv += ["--ro-bind", str(kept), str(kept)]
     argv += [
-        "--bind", str(project), str(project),
         "--chdir", str(project),
         "--clearenv",
         "--setenv", "HOME", "/tmp",

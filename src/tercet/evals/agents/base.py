@@ -42,6 +42,9 @@ class Workspace:
     path: Path
     test_command: str | None = None
     environment: Path | None = None
+    # The package's test files and test configuration, as permission patterns (relative to
+    # `path`): what `protect_tests` keeps the agent from changing.
+    test_patterns: tuple[str, ...] = ()
 
 
 @dataclass
@@ -80,6 +83,11 @@ class AgentSettings:
     trajectories: Path | None = None  # where agents that save their steps put them
     gold_patches: Mapping[str, str] = field(default_factory=dict)  # only for the oracle
     options: Mapping[str, str] = field(default_factory=dict)
+    # Counter-measures to reward hacking (agent/test_protection.py): writes to the task's test
+    # files refused ("deny"; "ask" is refused too, nobody being there to answer), and a
+    # system-prompt variant by name.
+    protect_tests: str = "off"
+    prompt_variant: str = "default"
 
 
 class EvalAgent(Protocol):

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tercet.agent.test_protection import prompt_addition, protection_rules
 from tercet.evals.agents.base import AgentOutcome, AgentSettings, Budget, TaskView, Workspace
 from tercet.evals.agents.tercet_sdk import SYSTEM_PROMPT, task_prompt
 from tercet.evals.task import Compute, EvalInputError
@@ -53,6 +54,12 @@ class ClaudeCodeAgent:
             "--allowedTools", ALLOWED_TOOLS,
             "--append-system-prompt", SYSTEM_PROMPT,
         ]  # fmt: skip
+        if self.settings.protect_tests != "off" and workspace.test_patterns:
+            # Claude Code's own rules (its Bash is not held to them: tampering shows later).
+            argv += ["--disallowedTools", *protection_rules(workspace.test_patterns)]
+        addition = prompt_addition(self.settings.prompt_variant)
+        if addition:
+            argv[argv.index(SYSTEM_PROMPT)] = f"{SYSTEM_PROMPT}\n\n{addition}"
         if budget.max_turns is not None:
             argv += ["--max-turns", str(budget.max_turns)]
         if self.settings.model:
@@ -165,7 +172,9 @@ def parse_result(
         return AgentOutcome("error", compute, error=f"Claude Code: {text}")
     models = result.get("modelUsage")
     model = next(iter(models)) if isinstance(models, dict) and models else None
-    return AgentOutcome("end_turn", compute, model=model)
+    outcome = AgentOutcome("end_turn", compute, model=model)
+    outcome.final_text = str(result.get("result") or "")
+    return outcome
 
 
 def find_claude(explicit: Path | None = None) -> Path:
