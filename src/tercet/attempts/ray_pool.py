@@ -20,7 +20,9 @@ import asyncio
 import contextlib
 import importlib
 import inspect
+import os
 import socket
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar, cast
@@ -107,6 +109,10 @@ class RayPool:
         a test), the pool uses that connection and leaves it open at `close`."""
         if self._ray is not None:
             return self._ray
+        if self.address == LOCAL and "ray" not in sys.modules:
+            # A private instance serves this machine only: Ray then listens on 127.0.0.1, not
+            # on the machine's outward address (read once, when Ray is first imported).
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         try:
             ray = importlib.import_module("ray")
         except ImportError as exc:
