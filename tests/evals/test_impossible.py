@@ -14,8 +14,10 @@ import pytest
 from tercet.cli.main import main
 from tercet.evals.environments import test_environment
 from tercet.evals.impossible import (
+    GOLD_PASSES,
     NO_LITERAL,
     Candidate,
+    Drop,
     Generator,
     Kind,
     Source,
@@ -290,8 +292,18 @@ def test_a_variant_the_gold_patch_passes_is_dropped(
         "parenthesised",
     )
     environment = test_environment(spec, cache)
-    why = validate(fake, pristine=tree, spec=spec, environment=environment)
-    assert why == "gold patch resolves it"
+    drop = validate(fake, pristine=tree, spec=spec, environment=environment)
+    assert drop == Drop(GOLD_PASSES, "the gold patch resolves it")
+
+    # A test_patch that changes a test the bug does not touch (test_minimal, not test_comments).
+    minimal = "tests/test_xmltodict.py::test_minimal"
+    elsewhere = make_variant(strip_task, minimal, source, "oneoff").variant.test_patch
+    assert "test_minimal" in elsewhere
+    fake = Candidate(
+        honest.variant.model_copy(update={"test_patch": elsewhere}), honest.changed, "elsewhere"
+    )
+    drop = validate(fake, pristine=tree, spec=spec, environment=environment)
+    assert drop == Drop(GOLD_PASSES, f"{strip_task.FAIL_TO_PASS[0]} passed")
 
 
 def test_the_generator_keeps_variants_and_says_why_it_drops_others(

@@ -23,11 +23,11 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-from tercet.evals.grade import FAIL_TO_PASS_OK, PASS_TO_PASS_OK, grade
+from tercet.evals.grade import FAIL_TO_PASS_OK, MISSING, PASS_TO_PASS_OK, grade
 from tercet.evals.mutate import unified_diff
 from tercet.evals.packages import PackageSpec, spec_for
 from tercet.evals.task import EvalInputError, Task
@@ -162,7 +162,7 @@ def literal_edit(node: ast.expr, source: Source) -> Edit | None:
     if isinstance(node, ast.List | ast.Tuple | ast.Set):
         return _element_edit(node.elts, source) or _added(node, node.elts, "None", source)
     if isinstance(node, ast.Dict):
-        values = [value for value in node.values]
+        values = list(node.values)
         return _element_edit(values, source) or _added(node, values, f"{ADDED_KEY}: None", source)
     return None
 
@@ -483,6 +483,22 @@ def candidates(task: Task, tree: Path, kind: Kind) -> tuple[list[Candidate], lis
 
 # ---------------------------------------------------------------------------- validation
 
+# Why a variant is dropped, in categories (a `Drop`'s detail says the rest).
+NO_LITERAL = "no assertion against a literal in a FAIL_TO_PASS test"
+NOT_APPLIED = "test patch does not apply to the buggy tree"
+NOT_GRADED = "could not be graded"
+GOLD_PASSES = "gold patch passes the changed test"
+CHANGED_NOT_RUN = "changed test errored, was skipped or did not run with the gold patch"
+BROKEN = "other tests fail with the gold patch"
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Why a variant is not kept: a category (`NO_LITERAL`, ...) and the particulars."""
+
+    reason: str
+    detail: str
+
 
 def validate(
     candidate: Candidate,
@@ -492,14 +508,14 @@ def validate(
     environment: Path,
     timeout_s: float = 600.0,
     scratch: Path | None = None,
-) -> str | None:
+) -> Drop | None:
     """Why the variant is not kept (None: kept). It is kept only when its test_patch applies
     to the buggy tree and, graded with the gold patch, the changed tests fail and every other
     test passes: the gold patch cannot resolve it, and only because of the change."""
     variant = candidate.variant
     problem = patch_problem(pristine, variant.test_patch)
     if problem is not None:
-        return f"test patch does not apply: {problem}"
+        return Drop(NOT_APPLIED, problem)
     verdict = grade(
         variant,
         variant.patch,
@@ -510,19 +526,21 @@ def validate(
         scratch=scratch,
     )
     if verdict.status in ("ERROR", "PATCH_FAILED", "EMPTY_PATCH"):
-        return f"not graded ({verdict.status}): {verdict.error}"
+        return Drop(NOT_GRADED, f"{verdict.status}: {verdict.error}")
     if verdict.resolved:
-        return "gold patch resolves it"
+        return Drop(GOLD_PASSES, "the gold patch resolves it")
     for test in candidate.changed:
-        outcome = verdict.fail_to_pass.get(test)
+        outcome = verdict.fail_to_pass.get(test, MISSING)
+        if outcome in FAIL_TO_PASS_OK:
+            return Drop(GOLD_PASSES, f"{test} {outcome}")
         if outcome != "failed":
-            return f"changed test {outcome} with the gold patch: {test}"
+            return Drop(CHANGED_NOT_RUN, f"{test} {outcome}")
     for test, outcome in verdict.fail_to_pass.items():
         if test not in candidate.changed and outcome not in FAIL_TO_PASS_OK:
-            return f"another FAIL_TO_PASS test {outcome} with the gold patch: {test}"
+            return Drop(BROKEN, f"FAIL_TO_PASS {test} {outcome}")
     for test, outcome in verdict.pass_to_pass.items():
         if outcome not in PASS_TO_PASS_OK:
-            return f"a PASS_TO_PASS test {outcome} with the gold patch: {test}"
+            return Drop(BROKEN, f"PASS_TO_PASS {test} {outcome}")
     return None
 
 
@@ -544,6 +562,8 @@ def patch_problem(tree: Path, patch: str) -> str | None:
 
 # ---------------------------------------------------------------------------- the dataset
 
+KEPT = "kept"
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -552,8 +572,8 @@ class Verdict:
     instance_id: str
     kind: Kind
     variant: Task | None
-    reason: str  # a short category, counted in the summary
-    detail: str = ""  # the test and the change, or what went wrong
+    reason: str  # `KEPT` or a `Drop`'s category, counted in the summary
+    detail: str = ""  # the change kept, or each candidate's change and why it was dropped
     tried: int = 0  # candidates validated
 
     @property
@@ -561,47 +581,38 @@ class Verdict:
         return self.variant is not None
 
 
-# Why a variant was dropped, in categories (the detail says the rest).
-KEPT = "kept"
-NO_LITERAL = "no assertion against a literal in a FAIL_TO_PASS test"
-GOLD_PASSES = "gold patch passes it"
-BROKEN = "other tests fail with the gold patch"
-NOT_APPLIED = "test patch does not apply"
-NOT_GRADED = "could not be graded"
-
-
-def _category(reason: str) -> str:
-    if reason.startswith("test patch does not apply"):
-        return NOT_APPLIED
-    if reason.startswith("not graded"):
-        return NOT_GRADED
-    if reason.startswith(("gold patch resolves", "changed test passed", "changed test xpassed")):
-        return GOLD_PASSES
-    return BROKEN
-
-
-@dataclass
 class Generator:
-    """Makes and validates the variants of a dataset's tasks: each task's buggy tree and
-    test environment made once under `cache`, tasks `workers` at a time."""
+    """Makes and validates the `kinds` of variants of tasks: each package's test environment
+    and each task's buggy tree made once under `cache`, `workers` tasks at a time, up to
+    `tries` candidate tests a task and kind."""
 
-    specs: dict[str, PackageSpec]
-    cache: Path
-    kinds: Sequence[Kind] = KINDS
-    workers: int = 1
-    tries: int = MAX_TRIES
-    timeout_s: float = 600.0
-    _locks: dict[str, threading.Lock] = field(default_factory=dict)
-    _environments: dict[str, Path] = field(default_factory=dict)
-    _guard: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(
+        self,
+        specs: dict[str, PackageSpec],
+        cache: Path,
+        kinds: Sequence[Kind] = KINDS,
+        *,
+        workers: int = 1,
+        tries: int = MAX_TRIES,
+        timeout_s: float = 600.0,
+    ) -> None:
+        self.specs = specs
+        self.cache = cache
+        self.kinds = list(kinds)
+        self.workers = workers
+        self.tries = tries
+        self.timeout_s = timeout_s
+        self._environments: dict[str, Path] = {}
+        self._lock = threading.Lock()  # one environment build at a time
 
     def run(
         self, tasks: Sequence[Task], on_verdict: Callable[[Verdict], None] | None = None
     ) -> list[Verdict]:
-        """Every task's verdict for each kind, in the tasks' order."""
+        """Every task's verdict for each kind, in the tasks' order (`on_verdict` is called
+        with each as its task ends)."""
 
         def one(task: Task) -> list[Verdict]:
-            verdicts = self.task_verdicts(task)
+            verdicts = self.verdicts(task)
             if on_verdict is not None:
                 for verdict in verdicts:
                     on_verdict(verdict)
@@ -610,63 +621,42 @@ class Generator:
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             return [v for verdicts in pool.map(one, tasks) for v in verdicts]
 
-    def task_verdicts(self, task: Task) -> list[Verdict]:
+    def verdicts(self, task: Task) -> list[Verdict]:
+        """`task`'s verdict for each kind."""
         from tercet.evals.environments import test_environment
 
         spec = spec_for(task.source, self.specs)
-        with self._lock(spec.name):
+        with self._lock:
             if spec.name not in self._environments:
                 self._environments[spec.name] = test_environment(spec, self.cache)
         environment = self._environments[spec.name]
         tree = buggy_tree(task, spec, self.cache)
-        verdicts = []
-        for kind in self.kinds:
-            made, reasons = candidates(task, tree, kind)
-            if not made:
-                verdicts.append(
-                    Verdict(task.instance_id, kind, None, NO_LITERAL, "; ".join(reasons))
-                )
-                continue
-            dropped: list[str] = []
-            whys: list[str] = []
-            for candidate in made[: self.tries]:
-                why = validate(
-                    candidate,
-                    pristine=tree,
-                    spec=spec,
-                    environment=environment,
-                    timeout_s=self.timeout_s,
-                )
-                if why is None:
-                    verdicts.append(
-                        Verdict(
-                            task.instance_id,
-                            kind,
-                            candidate.variant,
-                            KEPT,
-                            candidate.where,
-                            len(dropped) + 1,
-                        )
-                    )
-                    break
-                dropped.append(f"{candidate.where}: {why}")
-                whys.append(why)
-            else:
-                verdicts.append(
-                    Verdict(
-                        task.instance_id,
-                        kind,
-                        None,
-                        _category(whys[0]),
-                        "; ".join(dropped),
-                        len(dropped),
-                    )
-                )
-        return verdicts
+        return [self._verdict(task, kind, tree, spec, environment) for kind in self.kinds]
 
-    def _lock(self, key: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
+    def _verdict(
+        self, task: Task, kind: Kind, tree: Path, spec: PackageSpec, environment: Path
+    ) -> Verdict:
+        """The first of `task`'s candidates that validates, kept; or why none was."""
+        made, reasons = candidates(task, tree, kind)
+        if not made:
+            return Verdict(task.instance_id, kind, None, NO_LITERAL, "; ".join(reasons))
+        drops: list[tuple[Candidate, Drop]] = []
+        for candidate in made[: self.tries]:
+            drop = validate(
+                candidate,
+                pristine=tree,
+                spec=spec,
+                environment=environment,
+                timeout_s=self.timeout_s,
+            )
+            if drop is None:
+                tried = len(drops) + 1
+                return Verdict(
+                    task.instance_id, kind, candidate.variant, KEPT, candidate.where, tried
+                )
+            drops.append((candidate, drop))
+        detail = "; ".join(f"{c.where}: {d.reason}: {d.detail}" for c, d in drops)
+        return Verdict(task.instance_id, kind, None, drops[0][1].reason, detail, len(drops))
 
 
 def parse_kinds(text: str) -> list[Kind]:
