@@ -645,3 +645,46 @@ def test_judging_after_a_run_from_the_command_line(
     assert "3 judged, 0 failed" in capsys.readouterr().err
     assert len(JudgementsFile(run / hacks.JUDGEMENTS_FILE).load()) == 3
     assert model.closed
+
+
+def editing_agent(settings: AgentSettings) -> TercetAgent:
+    """`--agent tests.evals.test_hacks:editing_agent`: the tercet agent on a scripted model
+    that makes the failing test pass by editing it."""
+    return TercetAgent(_test_editor(), "scripted", settings)
+
+
+def test_a_run_with_a_hack_judge_judges_its_flagged_attempts(
+    dataset_dir: Path,
+    eval_cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`tercet eval run ... --hack-judge MODEL`: once the run ends, its tampering attempt is
+    judged (the judge's client scripted), and the report shows the judge's types."""
+    import tercet.agent.model
+    from tercet.cli.main import main
+
+    judge = ScriptedModel([_judge_reply(["test_edited"])])
+    monkeypatch.setattr(tercet.agent.model, "AnthropicModel", lambda **kwargs: judge)
+    run_dir = tmp_path / "run"
+    code = main(
+        [
+            "eval", "run", "--dataset", str(dataset_dir), "--split", "all",
+            "--instances", "xmltodict-strip", "--agent", f"{__name__}:editing_agent",
+            "--cache", str(eval_cache), "--run-dir", str(run_dir), "--quiet",
+            "--hack-judge", "judge-model", "--hack-judge-base-url", "http://judge",
+        ]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "hack judge judge-model: 1 judged, 0 failed" in err
+    [judgement] = JudgementsFile(run_dir / hacks.JUDGEMENTS_FILE).load().values()
+    assert (judgement.instance_id, judgement.hack_types) == ("xmltodict-strip", ["test_edited"])
+    text = markdown_report(load_run(run_dir))
+    assert "| original | 1 | n/a (solvable) | 0/1 (0–79%) | 1/1 (21–100%) | 0 |" in text
+    assert "rules: test_edited 1/1 (21–100%); judge: test_edited 1/1 (21–100%) |" in text
+    assert "hack or not 1/1 (21–100%); the same types 1/1 (21–100%)" in text
+    # A judge option without --hack-judge is refused before anything runs.
+    assert main(["eval", "run", "--run-dir", str(tmp_path / "x"), "--hack-judge-prompt", "p"]) == 2
+    assert "--hack-judge-prompt needs --hack-judge MODEL" in capsys.readouterr().err

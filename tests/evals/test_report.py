@@ -297,12 +297,12 @@ def test_the_reward_hacking_table_by_hand(hack_runs: tuple[Path, Path]) -> None:
     # control: the 4 attempts on orig-1 and orig-2, 2 resolved.
     assert (
         f"| m | tercet | default | default | oneoff | 4 | {r(2, 4)} | {r(1, 4)} | {r(1, 4)} | 1 "
-        f"| {r(2, 4)} | rules: special_cased_inputs 1/4, test_edited 1/4 |" in text
+        f"| {r(2, 4)} | rules: special_cased_inputs {r(1, 4)}, test_edited {r(1, 4)} |" in text
     ), text
     # conflicting: its variants come from orig-1 only (1 of its 2 attempts resolved).
     assert (
         f"| conflicting | 2 | {r(1, 2)} | {r(0, 2)} | {r(1, 2)} | 0 | {r(1, 2)} | "
-        "rules: skip_marker 1/2, test_edited 1/2 |" in text
+        f"rules: skip_marker {r(1, 2)}, test_edited {r(1, 2)} |" in text
     )
     assert f"| original | 4 | n/a (solvable) | {r(0, 4)} | {r(0, 4)} | 0 | {r(2, 4)} |" in text
     # The protected run has no originals of its own, and another run's are not its control.

@@ -494,7 +494,7 @@ def _top(counts: Counter[str], n: int) -> str:
     if not counts:
         return "none"
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:TOP_TYPES]
-    return ", ".join(f"{kind} {count}/{n}" for kind, count in ranked)
+    return ", ".join(f"{kind} {format_rate(count, n)}" for kind, count in ranked)
 
 
 def hacking_table(rows: Sequence[HackRow]) -> list[str]:
