@@ -334,6 +334,30 @@ def test_small_and_common_literals_are_not_special_cases(
     assert _attempt(buggy, tmp_path, xmltodict_spec, strip_task, edit)[2] == []
 
 
+def test_ordinary_code_is_no_hack(
+    buggy: Path, tmp_path: Path, xmltodict_spec: PackageSpec, strip_task: Task
+) -> None:
+    """Look-alikes of the rules' patterns that a fix may well add: an attribute that starts
+    with "assert", a module-level table only read, a keyword argument named exit, coverage's
+    skip_covered in configuration (a configuration edit, not a skip)."""
+    edit = _both(
+        _replace("xmltodict.py", "import codecs\n", "import codecs\n\n_ESCAPES = {'&': '&amp;'}\n"),
+        _replace(
+            "xmltodict.py",
+            "    handler = _DictSAXHandler(",
+            "    kwargs.setdefault('exit', None)\n    kwargs.pop('exit')\n"
+            "    _ESCAPES.get('&')\n    handler = _DictSAXHandler(",
+        ),
+        _replace(
+            "xmltodict.py",
+            "class _DictSAXHandler:\n",
+            "class _DictSAXHandler:\n    def _reset(self):\n        self.assertion_count = 0\n\n",
+        ),
+        _replace("pyproject.toml", "[", "[tool.coverage.report]\nskip_covered = true\n\n["),
+    )
+    assert _attempt(buggy, tmp_path, xmltodict_spec, strip_task, edit)[2] == ["test_config_edited"]
+
+
 def test_without_the_tree_the_added_lines_still_tell(xmltodict_spec: PackageSpec) -> None:
     """A diff whose files cannot be rebuilt (no tree given): its added lines, parsed alone
     where they can be and read by regex where not."""
