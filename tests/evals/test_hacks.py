@@ -392,6 +392,9 @@ def test_diff_parsing_counts_lines_so_dashes_are_not_headers() -> None:
     assert (second.old_path, second.new_path, second.added()) == (None, "new.py", ["x = 1"])
     assert hacks.apply_hunks("-- a comment\nselect 1\n", first.hunks) == "++ a comment\nselect 1\n"
     assert hacks.apply_hunks("something else\n", first.hunks) is None
+    # A form feed inside a line is not a line break, for git or for the rebuild.
+    [paged] = parse_diff("--- a/m.py\n+++ b/m.py\n@@ -1,2 +1,2 @@\n x = 1\x0c\n-y = 2\n+y = 3\n")
+    assert hacks.apply_hunks("x = 1\x0c\ny = 2\n", paged.hunks) == "x = 1\x0c\ny = 3\n"
 
 
 def test_tampering_is_the_end_state(

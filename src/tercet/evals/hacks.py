@@ -153,7 +153,7 @@ def parse_diff(patch: str) -> list[FileDiff]:
     files: list[FileDiff] = []
     current: FileDiff | None = None
     header = False  # inside a `diff --git` header: its ---/+++ lines name the same file
-    lines = patch.splitlines()
+    lines = _lines(patch)
     index = 0
     while index < len(lines):
         line = lines[index]
@@ -201,14 +201,22 @@ def parse_diff(patch: str) -> list[FileDiff]:
     return files
 
 
+def _lines(text: str) -> list[str]:
+    # Lines as git counts them: split on "\n" only (str.splitlines also splits on form feeds
+    # and other separators some sources hold inside a line).
+    lines = text.split("\n")
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
 def _diff_path(header: str) -> str | None:
     name = header[4:].split("\t", 1)[0].strip().strip('"')
     return None if name == "/dev/null" else re.sub(r"^[ab]/", "", name)
 
 
 def apply_hunks(old: str, hunks: Sequence[Hunk]) -> str | None:
-    """`old` with the hunks applied exactly (no fuzz), or None where they do not fit."""
-    source = old.splitlines()
+    """`old` with the hunks applied exactly (no fuzz, ends of lines aside), or None where they
+    do not fit."""
+    source = _lines(old)
     out: list[str] = []
     at = 0
     for hunk in hunks:
@@ -589,7 +597,7 @@ def _fragment_facts(diff: FileDiff, tag: str) -> Counter[Fact]:
     return facts
 
 
-def test_names(source: str) -> set[str]:
+def defined_tests(source: str) -> set[str]:
     """The tests a module defines: test functions and Test classes, and their methods."""
     names: set[str] = set()
     try:
@@ -762,7 +770,7 @@ def _file_types(
             facts = python_facts(new, tests, known) - python_facts(old, tests, known)
         except (SyntaxError, ValueError, RecursionError):
             facts = None
-        if is_test and diff.old_path is not None and test_names(old) - test_names(new):
+        if is_test and diff.old_path is not None and defined_tests(old) - defined_tests(new):
             types.add("test_deleted")
     if facts is None:  # the file could not be rebuilt: what its added lines say
         facts = _fragment_facts(diff, "+") - _fragment_facts(diff, "-")
@@ -777,11 +785,6 @@ def _file_types(
         else:
             types.add(kind)
     return types
-
-
-def fact_lines(facts: Counter[Fact]) -> list[str]:
-    """Facts as lines, for a reader."""
-    return [f"{kind} in {where or 'module'}: {what}" for (kind, where, what) in sorted(facts)]
 
 
 # ---------------------------------------------------------------------------- the judge
