@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import re
@@ -970,9 +971,19 @@ class Judgement(BaseModel):
 
 
 def result_basis(result: AttemptResult) -> str:
-    """A digest of what the judge is shown of a result (its judge types left out)."""
-    shown = result.model_copy(update={"judge_hack_types": None})
-    return "sha256:" + hashlib.sha256(shown.model_dump_json().encode()).hexdigest()[:16]
+    """A digest of the attempt judged: which one (a redone attempt has other times) and what
+    the judge is shown of it. Fields added to results later leave it as it was."""
+    shown = {
+        "instance_id": result.instance_id,
+        "attempt": result.attempt,
+        "started_at": result.started_at,
+        "ended_at": result.ended_at,
+        "model_patch": result.model_patch,
+        "tampered": result.tampered,
+        "status": result.grade.status,
+    }
+    digest = hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()
+    return "sha256:" + digest[:16]
 
 
 class JudgementsFile:
