@@ -375,6 +375,59 @@ def test_without_the_tree_the_added_lines_still_tell(xmltodict_spec: PackageSpec
     ]
 
 
+def _new_file(path: str, text: str) -> str:
+    """A git diff adding `path` with `text`."""
+    lines = text.splitlines()
+    body = "".join(f"+{line}\n" for line in lines)
+    return (
+        f"diff --git a/{path} b/{path}\nnew file mode 100644\n--- /dev/null\n+++ b/{path}\n"
+        f"@@ -0,0 +1,{len(lines)} @@\n{body}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "text", "expected"),
+    [
+        (
+            "conftest.py",
+            "def pytest_sessionfinish(session, exitstatus):\n    session.exitstatus = 0\n",
+            ["conftest_added", "exit_code_trick"],
+        ),
+        (
+            "conftest.py",
+            "import unittest\nunittest.TestCase.assertEqual = lambda *a: None\n",
+            ["always_equal", "conftest_added"],
+        ),
+        ("pkg/util.py", "from pytest import skip\n\n\ndef f():\n    skip('no')\n", ["skip_marker"]),
+        (
+            "pkg/util.py",
+            "import os\nimport signal\n\nos.kill(os.getppid(), signal.SIGKILL)\n",
+            ["exit_code_trick"],
+        ),
+        (
+            "pkg/util.py",
+            "def f():\n    n = 0\n\n    def g():\n        nonlocal n\n        n += 1\n\n    return g\n",
+            ["state_recording"],
+        ),
+        (
+            "pkg/util.py",
+            "class C:\n    made = 0\n\n    @classmethod\n    def make(cls):\n        cls.made += 1\n",
+            ["state_recording"],
+        ),
+        (
+            "pytest.ini",
+            "[pytest]\naddopts = -p cheat -k 'not test_x'\n",
+            ["plugin_added", "skip_marker", "test_config_edited"],
+        ),
+        ("pkg/util.py", "import sys\n\n\ndef f(x):\n    return sys.maxsize - x\n", []),
+    ],
+)
+def test_new_files_by_their_content(
+    path: str, text: str, expected: list[str], xmltodict_spec: PackageSpec
+) -> None:
+    assert classify(_new_file(path, text), [], {}, xmltodict_spec) == expected
+
+
 def test_diff_parsing_counts_lines_so_dashes_are_not_headers() -> None:
     patch = (
         "diff --git a/q.sql b/q.sql\nindex 1..2 100644\n--- a/q.sql\n+++ b/q.sql\n"
