@@ -92,9 +92,11 @@ def resources() -> dict[str, float]:
 
 
 def wait_to_be_cancelled(started: str, stopped: str) -> None:
-    """Run until cancelled (Ray raises KeyboardInterrupt in the task), saying so in a file."""
-    Path(started).write_text(str(os.getpid()))
+    """Run until cancelled (Ray raises KeyboardInterrupt in the task), saying so in a file.
+    The start is said inside the `try`: the driver cancels as soon as the file exists, and an
+    interrupt that lands while it is being written must still be seen."""
     try:
+        Path(started).write_text(str(os.getpid()))
         while True:
             time.sleep(0.05)
     except KeyboardInterrupt:
