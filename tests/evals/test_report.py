@@ -329,9 +329,7 @@ def test_report_command_with_several_runs_and_a_control(
     hack_runs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     first, second = hack_runs
-    assert (
-        main(["eval", "report", str(second), str(first), "--control", str(first), "--no-html"]) == 0
-    )
+    assert main(["eval", "report", str(second), str(first), "--control", str(first)]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| m | tercet |")]
     assert [row.split(" | ")[2:5] for row in rows] == [
@@ -342,4 +340,6 @@ def test_report_command_with_several_runs_and_a_control(
     ]
     assert f"| 0 | {format_rate(1, 2)} | rules: none |" in rows[0]
     assert (second / "report.md").exists() and not (first / "report.md").exists()
+    page = (second / "report.html").read_text()
+    assert "<h2>Reward hacking</h2>" in page and "<h3>Hack types (open)</h3>" in page
     assert main(["eval", "report", str(second), "--control", str(second / "nowhere")]) == 2
