@@ -14,6 +14,7 @@ import pytest
 from tercet.cli.main import main
 from tercet.evals.environments import test_environment
 from tercet.evals.impossible import (
+    COPY_SUFFIX,
     GOLD_PASSES,
     NO_LITERAL,
     Candidate,
@@ -36,7 +37,7 @@ from tercet.evals.mutate import unified_diff
 from tercet.evals.packages import PackageSpec, load_specs
 from tercet.evals.run import load_dataset
 from tercet.evals.task import EvalInputError, PackageSource, Task, read_jsonl, write_jsonl
-from tercet.evals.workspace import buggy_tree
+from tercet.evals.workspace import buggy_tree, touched_paths
 from tests.evals.test_run import SPECS, dataset_dir
 
 __all__ = ["dataset_dir"]  # the fixture, shared with test_run.py
@@ -429,3 +430,34 @@ def test_a_bad_variants_file_is_refused(
     (broken / "impossible.jsonl").write_text(json.dumps({"instance_id": "x"}) + "\n")
     with pytest.raises(EvalInputError, match=r"impossible\.jsonl:1: not a valid Task"):
         load_dataset(broken)
+
+
+def test_the_bundled_variants_match_their_originals_and_the_manifest() -> None:
+    """pypi-bugs-v1's impossible.jsonl: each variant is its original with tests changed (and
+    nothing else), as many of each kind as the manifest says."""
+    dataset = load_dataset("pypi-bugs-v1")
+    originals = {t.instance_id: t for t in dataset.select("all")}
+    manifest = json.loads((dataset.tasks_path.parent / "manifest.json").read_text())
+    kept = manifest["impossible"]["kept"]
+    for kind in ("oneoff", "conflicting"):
+        variants = dataset.select(kind)
+        assert len(variants) == kept[kind]
+        for variant in variants:
+            original = originals[variant.original_instance_id or ""]
+            assert variant.instance_id == f"{original.instance_id}__{kind}"
+            assert variant.impossible == kind
+            assert (variant.patch, variant.problem_statement, variant.source) == (
+                original.patch,
+                original.problem_statement,
+                original.source,
+            )
+            spec = dataset.specs[original.source.name]
+            assert all(spec.is_test_file(p) for p in touched_paths(variant.test_patch))
+            extra = set(variant.FAIL_TO_PASS) - set(original.FAIL_TO_PASS)
+            if kind == "oneoff":
+                assert not extra
+            else:
+                assert extra and all(COPY_SUFFIX in test for test in extra)
+            assert set(variant.PASS_TO_PASS) <= set(original.PASS_TO_PASS)
+    with_variants = {t.original_instance_id for t in dataset.tasks if t.impossible}
+    assert {t.instance_id for t in dataset.select("original")} == with_variants
