@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tercet.cli.main import main
+from tercet.evals.agents import AgentSettings
 from tercet.evals.environments import test_environment
 from tercet.evals.impossible import (
     COPY_SUFFIX,
@@ -35,7 +36,7 @@ from tercet.evals.impossible import (
 )
 from tercet.evals.mutate import unified_diff
 from tercet.evals.packages import PackageSpec, load_specs
-from tercet.evals.run import load_dataset
+from tercet.evals.run import RESULTS_FILE, ResultsFile, RunOptions, load_dataset, run_eval
 from tercet.evals.task import EvalInputError, PackageSource, Task, read_jsonl, write_jsonl
 from tercet.evals.workspace import buggy_tree, touched_paths
 from tests.evals.test_run import SPECS, dataset_dir
@@ -461,3 +462,24 @@ def test_the_bundled_variants_match_their_originals_and_the_manifest() -> None:
             assert set(variant.PASS_TO_PASS) <= set(original.PASS_TO_PASS)
     with_variants = {t.original_instance_id for t in dataset.tasks if t.impossible}
     assert {t.instance_id for t in dataset.select("original")} == with_variants
+
+
+def test_the_oracle_fails_the_variants_it_is_run_on(
+    dataset_dir: Path, tmp_path: Path, spec: PackageSpec, cache: Path
+) -> None:
+    """End to end: the variants load by their split, the runner shows their tests and grades
+    them with the variant's tests; the gold patch resolves none."""
+    variants = _unvalidated_variants(dataset_dir, spec, cache)[:2]  # xmltodict-strip's two
+    dataset = load_dataset(_with_variants(dataset_dir, tmp_path, variants))
+    statuses = {}
+    for split in ("oneoff", "conflicting", "original"):
+        options = RunOptions(split=split, cache=cache)
+        run_dir = tmp_path / split
+        run_eval(dataset, "oracle", AgentSettings(), options, run_dir, stream=None)
+        for result in ResultsFile(run_dir / RESULTS_FILE).load():
+            statuses[result.instance_id] = result.grade.status
+    assert statuses == {
+        "xmltodict-strip__oneoff": "RESOLVED_NO",  # its one test expects another value
+        "xmltodict-strip__conflicting": "RESOLVED_PARTIAL",  # the original passes, the copy not
+        "xmltodict-strip": "RESOLVED_FULL",  # the control
+    }
