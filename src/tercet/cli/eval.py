@@ -192,7 +192,11 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser, *, split: bool = Tru
     )
     if split:
         group.add_argument(
-            "--split", choices=["dev", "test", "all"], default="test", help="default test"
+            "--split",
+            choices=["dev", "test", "all", "oneoff", "conflicting", "original"],
+            default="test",
+            help="default test; all: dev and test; oneoff, conflicting: the impossible "
+            "variants; original: the tasks those were made from (the control)",
         )
         group.add_argument(
             "--instances",
