@@ -25,6 +25,7 @@ from tercet.evals.impossible import (
     Source,
     TestName,
     Unsuitable,
+    VariantRecord,
     candidates,
     change_literal,
     expected_value,
@@ -339,11 +340,22 @@ def test_the_command_writes_the_kept_variants_and_counts_them(
     printed = capsys.readouterr().out
     assert "oneoff: 1 kept of 1 (0 dropped)" in printed
     assert "conflicting: 1 kept of 1 (0 dropped)" in printed
-    variants = read_jsonl(out, Task)
-    assert [v.instance_id for v in variants] == [
+    # Kept as what differs from the original: the original's PASS_TO_PASS is not repeated.
+    records = read_jsonl(out, VariantRecord)
+    assert [r.instance_id for r in records] == [
         "xmltodict-strip__oneoff",
         "xmltodict-strip__conflicting",
     ]
+    assert "PASS_TO_PASS" not in out.read_text().replace("PASS_TO_PASS_removed", "")
+    [original] = [
+        t for t in read_jsonl(dataset_dir / "tasks.jsonl", Task) if "strip" in t.instance_id
+    ]
+    expanded = records[0].expand(original)
+    assert (expanded.split, expanded.impossible, expanded.PASS_TO_PASS) == (
+        "oneoff",
+        "oneoff",
+        [t for t in original.PASS_TO_PASS if t not in records[0].PASS_TO_PASS_removed],
+    )
 
 
 @pytest.mark.parametrize(
@@ -375,7 +387,20 @@ def test_bad_input_is_said_with_exit_status_2(
 def _with_variants(dataset_dir: Path, tmp_path: Path, variants: list[Task]) -> Path:
     directory = tmp_path / "dataset"
     shutil.copytree(dataset_dir, directory)
-    write_jsonl(directory / "impossible.jsonl", variants)
+    originals = {t.instance_id: t for t in read_jsonl(dataset_dir / "tasks.jsonl", Task)}
+    records = [
+        VariantRecord.of(v, originals[v.original_instance_id or ""])
+        if v.original_instance_id in originals
+        else VariantRecord(  # an orphan: its original is missing on purpose
+            instance_id=v.instance_id,
+            original_instance_id=v.original_instance_id or "",
+            impossible=v.impossible or "oneoff",
+            test_patch=v.test_patch,
+            FAIL_TO_PASS=v.FAIL_TO_PASS,
+        )
+        for v in variants
+    ]
+    write_jsonl(directory / "impossible.jsonl", records)
     return directory
 
 
@@ -423,14 +448,26 @@ def test_a_bad_variants_file_is_refused(
         load_dataset(_with_variants(dataset_dir, tmp_path / "a", [orphan]))
     with pytest.raises(EvalInputError, match="appears twice"):
         load_dataset(_with_variants(dataset_dir, tmp_path / "b", [variant, variant]))
-    original = variant.model_copy(update={"impossible": None, "split": "dev"})
-    with pytest.raises(EvalInputError, match="is not an impossible variant"):
-        load_dataset(_with_variants(dataset_dir, tmp_path / "c", [original]))
+    (tmp_path / "c").mkdir()
+    not_one = _with_variants(dataset_dir, tmp_path / "c", [])
+    record = VariantRecord.of(variant, _original_of(variant, dataset_dir)).model_dump()
+    (not_one / "impossible.jsonl").write_text(json.dumps({**record, "impossible": None}) + "\n")
+    with pytest.raises(EvalInputError, match=r"impossible\.jsonl:1: not a valid VariantRecord"):
+        load_dataset(not_one)
+    with pytest.raises(ValueError, match="is not a variant of"):
+        VariantRecord.of(
+            variant.model_copy(update={"impossible": None}), _original_of(variant, dataset_dir)
+        )
     (tmp_path / "d").mkdir()
     broken = _with_variants(dataset_dir, tmp_path / "d", [])
     (broken / "impossible.jsonl").write_text(json.dumps({"instance_id": "x"}) + "\n")
-    with pytest.raises(EvalInputError, match=r"impossible\.jsonl:1: not a valid Task"):
+    with pytest.raises(EvalInputError, match=r"impossible\.jsonl:1: not a valid VariantRecord"):
         load_dataset(broken)
+
+
+def _original_of(variant: Task, dataset_dir: Path) -> Task:
+    tasks = read_jsonl(dataset_dir / "tasks.jsonl", Task)
+    return next(t for t in tasks if t.instance_id == variant.original_instance_id)
 
 
 def test_the_bundled_variants_match_their_originals_and_the_manifest() -> None:

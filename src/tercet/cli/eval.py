@@ -133,7 +133,7 @@ def _register_impossible(actions: Any) -> None:
 
 
 def _impossible(args: argparse.Namespace) -> int:
-    from tercet.evals.impossible import Generator, Verdict, parse_kinds, summary
+    from tercet.evals.impossible import Generator, VariantRecord, Verdict, parse_kinds, summary
     from tercet.evals.run import load_dataset
     from tercet.evals.sources import default_cache_dir
     from tercet.evals.task import write_jsonl
@@ -170,7 +170,16 @@ def _impossible(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: nothing written", file=sys.stderr)
         return EXIT_INTERRUPTED
-    write_jsonl(args.out, [v.variant for v in verdicts if v.variant is not None])
+    # Kept as records of what differs from each original (see VariantRecord).
+    by_id = {t.instance_id: t for t in tasks}
+    write_jsonl(
+        args.out,
+        [
+            VariantRecord.of(v.variant, by_id[v.variant.original_instance_id or ""])
+            for v in verdicts
+            if v.variant is not None
+        ],
+    )
     print("\n".join(summary(verdicts)))
     print(f"written: {args.out}")
     return 0

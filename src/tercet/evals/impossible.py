@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from tercet.evals.grade import FAIL_TO_PASS_OK, MISSING, PASS_TO_PASS_OK, grade
 from tercet.evals.mutate import unified_diff
 from tercet.evals.packages import PackageSpec, spec_for
@@ -56,6 +58,55 @@ EQUAL_METHODS = frozenset(
     }
 )
 ADDED_KEY = '"impossible"'  # the key added to a dict display that has no literal value
+
+
+class VariantRecord(BaseModel):
+    """An impossible variant as impossible.jsonl keeps it: only what differs from its original
+    (whose PASS_TO_PASS, thousands of ids, it would otherwise repeat). `expand` rebuilds the
+    task: the original with this test_patch, FAIL_TO_PASS, split and PASS_TO_PASS less
+    `PASS_TO_PASS_removed`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instance_id: str
+    original_instance_id: str
+    impossible: Literal["oneoff", "conflicting"]
+    test_patch: str
+    FAIL_TO_PASS: list[str]
+    PASS_TO_PASS_removed: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, variant: Task, original: Task) -> VariantRecord:
+        """The record of `variant`, made from `original`; `ValueError` if it is not one that
+        `expand` gives back exactly."""
+        if variant.impossible is None or variant.original_instance_id != original.instance_id:
+            raise ValueError(f"{variant.instance_id} is not a variant of {original.instance_id}")
+        kept = set(variant.PASS_TO_PASS)
+        record = cls(
+            instance_id=variant.instance_id,
+            original_instance_id=original.instance_id,
+            impossible=variant.impossible,
+            test_patch=variant.test_patch,
+            FAIL_TO_PASS=list(variant.FAIL_TO_PASS),
+            PASS_TO_PASS_removed=[t for t in original.PASS_TO_PASS if t not in kept],
+        )
+        if record.expand(original) != variant:
+            raise ValueError(f"{variant.instance_id} differs from its original beyond its tests")
+        return record
+
+    def expand(self, original: Task) -> Task:
+        removed = set(self.PASS_TO_PASS_removed)
+        return original.model_copy(
+            update={
+                "instance_id": self.instance_id,
+                "test_patch": self.test_patch,
+                "FAIL_TO_PASS": list(self.FAIL_TO_PASS),
+                "PASS_TO_PASS": [t for t in original.PASS_TO_PASS if t not in removed],
+                "split": self.impossible,
+                "impossible": self.impossible,
+                "original_instance_id": original.instance_id,
+            }
+        )
 
 
 def show_tests(task: Task, tree: Path) -> None:

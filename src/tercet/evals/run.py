@@ -54,7 +54,7 @@ from tercet.evals.agents import (
     create_agent,
 )
 from tercet.evals.distributed import ray_attempt
-from tercet.evals.impossible import VARIANTS_FILE, show_tests
+from tercet.evals.impossible import VARIANTS_FILE, VariantRecord, show_tests
 from tercet.evals.packages import PackageSpec, load_specs, spec_for
 from tercet.evals.selection import (
     ScorerSettings,
@@ -173,20 +173,17 @@ def load_dataset(name_or_path: str | Path, packages: Path | None = None) -> Data
     _check_tasks(tasks_path, tasks, specs, set())
     variants_path = tasks_path.parent / VARIANTS_FILE
     if path.is_dir() and variants_path.is_file():
-        variants = read_jsonl(variants_path, Task)
+        originals = {t.instance_id: t for t in tasks if t.impossible is None}
+        variants = []
+        for record in read_jsonl(variants_path, VariantRecord):
+            original = originals.get(record.original_instance_id)
+            if original is None:
+                raise EvalInputError(
+                    f"{variants_path}: {record.instance_id} was made from "
+                    f"{record.original_instance_id}, which {tasks_path} lacks"
+                )
+            variants.append(record.expand(original))
         _check_tasks(variants_path, variants, specs, {t.instance_id for t in tasks})
-        originals = {t.instance_id for t in tasks if t.impossible is None}
-        for variant in variants:
-            if variant.impossible is None or variant.split != variant.impossible:
-                raise EvalInputError(
-                    f"{variants_path}: {variant.instance_id} is not an impossible variant "
-                    "(its `impossible` and `split` must both be oneoff or conflicting)"
-                )
-            if variant.original_instance_id not in originals:
-                raise EvalInputError(
-                    f"{variants_path}: {variant.instance_id} was made from "
-                    f"{variant.original_instance_id}, which {tasks_path} lacks"
-                )
         tasks = [*tasks, *variants]
     return Dataset(name, _dataset_version(tasks_path), tasks_path, tasks, specs)
 
