@@ -9,6 +9,9 @@
     tercet eval judge runs/oneoff --hack-judge claude-sonnet-4-6           # hack types by judge
     tercet eval report runs/oneoff runs/oneoff-protected --control runs/original
     tercet eval grade --predictions preds.jsonl --run-dir runs/elsewhere   # SWE-bench format
+    tercet eval impossible --dataset pypi-bugs-v1 --out impossible.jsonl   # impossible variants
+    tercet eval run --split oneoff --protect-tests deny --run-dir runs/oneoff-protected
+    tercet eval run --ray auto --base-url http://MODEL:8080 --workers 64 --run-dir runs/big
 
 Exit status: 0 done, 1 failed, 2 bad input (the message says what), 130 interrupted (the
 run directory resumes with --resume).
