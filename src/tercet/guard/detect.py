@@ -1,0 +1,99 @@
+"""Detectors of instructions hidden in untrusted content (prompt injection).
+
+A detector is anything with `name` and `detect(text) -> Sequence[Detection]` (the `Detector`
+protocol); a classifier (a fine-tuned model, a hosted service) plugs in the same way. One that
+must wait on I/O may also offer `adetect`, which the agent's loop awaits instead. Shipped:
+`RulesDetector` (patterns in rules.toml) and `JudgeDetector` (a model asked, judge.py).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+RULES_FILE = Path(__file__).with_name("rules.toml")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A stretch of text a detector took for an injected instruction: `text[start:end]`."""
+
+    detector: str  # "rules", "judge", a classifier's name
+    rule: str  # which of the detector's rules (the judge: "judge")
+    start: int
+    end: int
+    text: str
+    what: str = ""  # why, in words
+
+
+class Detector(Protocol):
+    """Finds injected instructions in a text."""
+
+    name: str
+
+    def detect(self, text: str) -> Sequence[Detection]:
+        """The detections in `text`, in order; none for ordinary text."""
+        ...
+
+
+@runtime_checkable
+class AsyncDetector(Protocol):
+    """A detector that waits on I/O (a model): `adetect` is awaited where there is a loop."""
+
+    async def adetect(self, text: str) -> Sequence[Detection]: ...
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One pattern of the rules detector."""
+
+    name: str
+    pattern: re.Pattern[str]
+    what: str = ""
+
+
+class RulesDetector:
+    """Patterns of injected instructions ("ignore previous instructions", <INFORMATION>,
+    "important message from the user", role markers, imperative requests to send, transfer,
+    delete ...), read from a TOML file of `[[rule]]` tables (name, pattern, what)."""
+
+    name = "rules"
+
+    def __init__(self, path: Path = RULES_FILE) -> None:
+        self.rules = load_rules(path)
+
+    def detect(self, text: str) -> Sequence[Detection]:
+        found: list[Detection] = []
+        for rule in self.rules:
+            for match in rule.pattern.finditer(text):
+                hit = "hit" if "hit" in rule.pattern.groupindex else 0
+                start, end = match.span(hit)
+                if end > start:
+                    found.append(
+                        Detection(self.name, rule.name, start, end, text[start:end], rule.what)
+                    )
+        return sorted(found, key=lambda d: (d.start, d.end))
+
+
+def load_rules(path: Path) -> list[Rule]:
+    """The rules of a rules file; ValueError naming the file and the rule that is wrong."""
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the detector's rules: {exc}") from None
+    rules: list[Rule] = []
+    for index, entry in enumerate(data.get("rule", [])):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        pattern = entry.get("pattern") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not isinstance(pattern, str):
+            raise ValueError(f"{path}: rule {index + 1} needs a `name` and a `pattern` (strings)")
+        try:
+            compiled = re.compile(pattern, re.IGNORECASE)
+        except re.error as exc:
+            raise ValueError(f"{path}: rule {name!r}: bad pattern: {exc}") from None
+        rules.append(Rule(name, compiled, str(entry.get("what", ""))))
+    return rules

@@ -1,0 +1,335 @@
+"""The guard: what entered the model's context, from where, and whether a tool call may run.
+
+    guard = Guard(Policy.load(Path("guard.toml")))
+    guard.observe(task, Source("user"))                         # trusted
+    shown = guard.observe(result, Source("tool", "read_inbox"))  # untrusted: recorded, checked,
+                                                                 # maybe spotlighted or redacted
+    verdict = guard.check_call("send_money", {"recipient": "US13..."}, read_only=False)
+
+`check_call` applies the policy's rules to a side-effecting call, the strictest answer
+winning (deny, then ask): the allow-lists, the data flow (an argument value, or an identifier
+inside it, seen in untrusted content and never in trusted content) and strict mode. A read-only
+call is allowed. Nothing inside the guard may let a call through by failing: an error in
+`check_call` is a deny (rule "guard_error"); an error while observing withholds the content
+and makes every later side-effecting call a deny. Decisions other than allow, and every
+detection, are logged to "tercet.guard", values shortened.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+from tercet.guard.detect import AsyncDetector, Detection, Detector, RulesDetector
+from tercet.guard.policy import Action, Policy, Verdict
+from tercet.guard.provenance import Source
+from tercet.guard.spotlight import Spotlight
+from tercet.guard.values import ValueKind, identifiers, normalise, scalar_text, scalars, shorten
+
+log = logging.getLogger("tercet.guard")
+REDACTED = "[redacted by the guard: it looked like an instruction to you]"
+_SEVERITY: Mapping[Action, int] = {"allow": 0, "ask": 1, "deny": 2}
+
+
+@dataclass
+class _Seen:
+    """Content of one trust class: its normalised texts and the identifiers found in them,
+    each with the first source it came from."""
+
+    texts: list[tuple[str, Source]] = field(default_factory=list)
+    identifiers: dict[str, Source] = field(default_factory=dict)
+
+    def add(self, text: str, source: Source) -> None:
+        if folded := normalise(text):
+            self.texts.append((folded, source))
+        for _, value in identifiers(text):
+            self.identifiers.setdefault(value, source)
+
+    def find(self, value: str) -> Source | None:
+        """Where `value` (normalised or canonical) was seen: as an identifier, or as a whole
+        word sequence of a text (not inside a longer word)."""
+        if (source := self.identifiers.get(value)) is not None:
+            return source
+        pattern = re.compile(rf"(?<!\w){re.escape(value)}(?!\w)")
+        return next((source for text, source in self.texts if pattern.search(text)), None)
+
+
+@dataclass(frozen=True)
+class _Flow:
+    """An argument value seen in untrusted content only."""
+
+    argument: str
+    value: str
+    kind: ValueKind | None
+    source: Source
+
+
+class Guard:
+    """Applies `policy` to what the model reads and to the calls it makes. `detector` runs
+    on untrusted content besides the rules detector (which the policy may turn off). One
+    guard follows one conversation; `reset` starts the next."""
+
+    def __init__(self, policy: Policy, *, detector: Detector | None = None) -> None:
+        self.policy = policy
+        self.detectors: list[Detector] = [RulesDetector()] if policy.detector.rules else []
+        if detector is not None:
+            self.detectors.append(detector)
+        self.spotlight = Spotlight(policy.spotlight)
+        self.reset()
+
+    def reset(self) -> None:
+        """A new conversation: forget what was observed."""
+        self._trusted = _Seen()
+        self._untrusted = _Seen()
+        self._broken: str | None = None  # why observing failed: later calls are denied
+
+    @property
+    def untrusted_seen(self) -> bool:
+        """Whether untrusted content has entered the context (strict mode's trigger)."""
+        return bool(self._untrusted.texts or self._untrusted.identifiers or self._broken)
+
+    def system_instruction(self) -> str:
+        """The text to add to the system prompt so the model understands the spotlighting
+        ("" when it is off)."""
+        return self.spotlight.system_instruction()
+
+    def observe(self, content: Any, source: Source) -> Any:
+        """Record content entering the model's context (a str, or a structured value: every
+        string and number inside it is recorded); returns what the model should be shown
+        (the same, or spotlighted / redacted / dropped per the policy when untrusted)."""
+        if self._record(content, source):
+            return content
+        try:
+            found = [[d for det in self.detectors for d in det.detect(t)] for t in _texts(content)]
+        except Exception as exc:
+            return self._withheld(source, exc)
+        return self._shown(content, source, found)
+
+    async def aobserve(self, content: Any, source: Source) -> Any:
+        """`observe`, awaiting the detectors that wait on I/O (`adetect`, a judge model)."""
+        if self._record(content, source):
+            return content
+        found: list[list[Detection]] = []
+        try:
+            for text in _texts(content):
+                found.append([])
+                for detector in self.detectors:
+                    if isinstance(detector, AsyncDetector):
+                        found[-1] += await detector.adetect(text)
+                    else:
+                        found[-1] += detector.detect(text)
+        except Exception as exc:
+            return self._withheld(source, exc)
+        return self._shown(content, source, found)
+
+    def check_call(
+        self, tool: str, arguments: Mapping[str, Any], *, read_only: bool | None = None
+    ) -> Verdict:
+        """Before a tool call runs. Never raises: an error inside is a deny (rule
+        "guard_error"), logged."""
+        try:
+            verdict = self._check(tool, arguments, read_only)
+        except Exception as exc:
+            log.exception("guard error while checking a call of %s", tool)
+            verdict = Verdict(
+                "deny",
+                f"the guard failed while checking this call ({type(exc).__name__}), so it was "
+                "not run",
+                "guard_error",
+            )
+        if verdict.action != "allow":
+            log.warning("guard %s %s (%s): %s", verdict.action, tool, verdict.rule, verdict.reason)
+        return verdict
+
+    def _check(self, tool: str, arguments: Mapping[str, Any], hint: bool | None) -> Verdict:
+        if self.policy.is_read_only(tool, hint):
+            return Verdict("allow", f"{tool} only reads", "tool_class")
+        if self._broken is not None:
+            return Verdict(
+                "deny",
+                f"the guard could not check content read earlier ({self._broken}), so no call "
+                "that changes anything may run",
+                "guard_error",
+            )
+        verdicts = [
+            *self._allow_lists(arguments),
+            *self._data_flow(tool, arguments),
+            *self._strict(),
+        ]
+        if not verdicts:
+            return Verdict(
+                "allow", f"no rule of the policy objects to this call of {tool}", "default"
+            )
+        return max(verdicts, key=lambda v: _SEVERITY[v.action])  # the first of the strictest
+
+    def _allow_lists(self, arguments: Mapping[str, Any]) -> Iterator[Verdict]:
+        for allow in self.policy.allow_lists:
+            if not allow.enforced:
+                continue
+            for name, value in scalars(arguments):
+                if not allow.covers(name):
+                    continue
+                checked = (
+                    [found for kind, found in identifiers(value) if kind == allow.extract]
+                    if allow.extract
+                    else [value]
+                )
+                for item in checked:
+                    if not allow.permits(item):
+                        yield Verdict(
+                            allow.action,
+                            f"the argument {name!r} holds {shorten(item)!r}, which is not on "
+                            f"the policy's {allow.name} allow-list",
+                            f"allow_list:{allow.name}",
+                        )
+                        break
+
+    def _data_flow(self, tool: str, arguments: Mapping[str, Any]) -> Iterator[Verdict]:
+        rule = self.policy.data_flow
+        if rule.action == "off" or any(fnmatchcase(tool, p) for p in rule.skip_tools):
+            return
+        flows = [
+            flow
+            for name, value in scalars(arguments)
+            if not any(fnmatchcase(name, p) for p in rule.skip_arguments)
+            for flow in self._flows(name, value)
+        ]
+        if flows:
+            first = flows[0]
+            what = first.kind or "value"
+            more = f" (and {len(flows) - 1} more)" if len(flows) > 1 else ""
+            yield Verdict(
+                rule.action,
+                f"the argument {first.argument!r} carries the {what} {shorten(first.value)!r}{more}, "
+                f"which came from untrusted content ({first.source}) and not from the user",
+                "data_flow",
+            )
+
+    def _flows(self, name: str, value: str) -> Iterator[_Flow]:
+        """The candidates of one argument value (the whole, normalised, and each identifier
+        in it) that untrusted content holds and trusted content does not."""
+        min_length = self.policy.data_flow.min_length
+        candidates: list[tuple[ValueKind | None, str]] = [
+            *identifiers(value),
+            (None, normalise(value)),
+        ]
+        for candidate, kind in {c: k for k, c in reversed(candidates)}.items():
+            if len(candidate) < min_length:
+                continue
+            source = self._untrusted.find(candidate)
+            if source is not None and self._trusted.find(candidate) is None:
+                yield _Flow(name, candidate, kind, source)
+
+    def _strict(self) -> Iterator[Verdict]:
+        strict = self.policy.strict
+        if strict.enabled and self.untrusted_seen:
+            yield Verdict(
+                strict.action,
+                "strict mode: untrusted content is in the context, so every call that changes "
+                "something needs approval",
+                "strict",
+            )
+
+    def _record(self, content: Any, source: Source) -> bool:
+        """Add `content`'s strings and numbers to what was seen; whether its source is
+        trusted. Should that fail, the content counts as untrusted and every later
+        side-effecting call is denied (the data-flow rule can no longer be sure)."""
+        try:
+            trusted = self.policy.trusts(source)
+            seen = self._trusted if trusted else self._untrusted
+            for text in _recorded(content):
+                seen.add(text, source)
+            return trusted
+        except Exception as exc:
+            log.exception("guard error while recording content from %s", source)
+            self._broken = f"{type(exc).__name__} on content from {source}"
+            return False
+
+    def _withheld(self, source: Source, exc: Exception) -> str:
+        log.error("guard error while checking content from %s: %r; it is withheld", source, exc)
+        return (
+            f"[content from {source} withheld: the guard could not check it ({type(exc).__name__})]"
+        )
+
+    def _shown(self, content: Any, source: Source, found: list[list[Detection]]) -> Any:
+        """Untrusted content as the model sees it (`found`: the detections in each of its
+        texts): detections logged and acted on, then every text spotlighted."""
+        detections = [d for per_text in found for d in per_text]
+        for d in detections:
+            log.warning(
+                "guard detection in content from %s: %s/%s at %d-%d: %r",
+                source, d.detector, d.rule, d.start, d.end, shorten(d.text, 12),
+            )  # fmt: skip
+        action = self.policy.detector.action
+        if detections and action == "drop":
+            rules = ", ".join(dict.fromkeys(d.rule for d in detections))
+            return (
+                f"[content from {source} withheld by the guard: it looked like a prompt "
+                f"injection ({rules})]"
+            )
+        pending = iter(found)
+
+        def shown(text: str) -> str:
+            spans = next(pending, [])
+            if action == "redact":
+                text = _redacted(text, spans)
+            return self.spotlight.mark(text, source)
+
+        try:
+            return _map_texts(content, shown)
+        except Exception as exc:
+            return self._withheld(source, exc)
+
+
+def _recorded(content: Any) -> Iterator[str]:
+    """Every string and number in `content` as text."""
+    if (text := scalar_text(content)) is not None:
+        yield text
+        return
+    for _, value in scalars(content):
+        yield value
+
+
+def _texts(content: Any) -> list[str]:
+    """The texts the model reads in `content`: a str, or each text inside a structure (of a
+    content block, only its `text`), in the order `_map_texts` visits them."""
+    texts: list[str] = []
+
+    def collect(text: str) -> str:
+        texts.append(text)
+        return text
+
+    _map_texts(content, collect)
+    return texts
+
+
+def _map_texts(content: Any, change: Callable[[str], str]) -> Any:
+    """`content` with `change` applied to each text the model reads; the rest unchanged."""
+    if isinstance(content, str):
+        return change(content)
+    if isinstance(content, Mapping):
+        if "type" in content:  # a content block: only a text block's text is read as text
+            if content.get("type") == "text" and isinstance(content.get("text"), str):
+                return {**content, "text": change(content["text"])}
+            return content
+        return {key: _map_texts(value, change) for key, value in content.items()}
+    if isinstance(content, list | tuple):
+        return type(content)(_map_texts(item, change) for item in content)
+    return content
+
+
+def _redacted(text: str, detections: Sequence[Detection]) -> str:
+    """`text` with each detection's span replaced by a notice (overlaps merged)."""
+    spans: list[list[int]] = []
+    for d in sorted(detections, key=lambda d: d.start):
+        if spans and d.start <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], d.end)
+        else:
+            spans.append([d.start, d.end])
+    for start, end in reversed(spans):
+        text = text[:start] + REDACTED + text[end:]
+    return text

@@ -1,0 +1,119 @@
+"""The policy as data: defaults, what files may say, and clear errors for what they may not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tercet.guard import Policy, PolicyError, Source
+from tercet.guard.policy import POLICIES_DIR
+
+
+def test_an_empty_policy_has_the_documented_defaults() -> None:
+    policy = Policy.from_dict({})
+    assert [k for k, v in policy.trust.items() if v] == ["user", "system", "operator"]
+    assert policy.unclassed_tools == "side_effecting"
+    assert (policy.data_flow.action, policy.data_flow.min_length) == ("deny", 4)
+    [recipients] = policy.allow_lists
+    assert recipients.name == "recipients" and not recipients.enforced
+    assert recipients.arguments == ("recipient*", "to", "cc", "bcc")
+    assert (policy.strict.enabled, policy.strict.action) == (False, "ask")
+    assert (policy.detector.rules, policy.detector.action) == (True, "log")
+    assert policy.spotlight == "off"
+
+
+def test_the_shipped_default_policy_loads_by_name() -> None:
+    policy = Policy.resolve("default")
+    assert policy == Policy.default()
+    assert policy.where == str(POLICIES_DIR / "default.toml")
+    assert "str_replace_based_edit_tool" in policy.data_flow.skip_tools
+
+
+def test_trust_follows_kind_source_and_trusted_files() -> None:
+    policy = Policy.from_dict({"trust": {"mcp": True, "trusted_files": ["docs/*.md", "/etc/*"]}})
+    assert policy.trusts(Source("user")) and policy.trusts(Source("mcp", "github"))
+    assert not policy.trusts(Source("tool", "bash"))
+    assert policy.trusts(Source("tool", "bash", trusted=True))  # the source's own word wins
+    assert not policy.trusts(Source("user", trusted=False))
+    assert policy.trusts(Source("file", "/home/me/project/docs/guide.md"))
+    assert policy.trusts(Source("file", "docs/guide.md"))
+    assert not policy.trusts(Source("file", "/home/me/project/README.md"))
+    assert policy.trusts(Source("file", "/etc/hosts"))
+    assert not policy.trusts(Source("file", "/home/me/etc/hosts"))  # absolute: anchored
+
+
+def test_tool_classes_config_wins_over_hints_and_unknown_is_side_effecting() -> None:
+    policy = Policy.from_dict(
+        {"tools": {"read_only": ["get_*", "mcp__docs__*"], "side_effecting": ["get_and_delete"]}}
+    )
+    assert policy.is_read_only("get_balance")
+    assert policy.is_read_only("get_balance", hint=False)  # configuration over the tool's word
+    assert not policy.is_read_only("get_and_delete", hint=True)  # side_effecting wins
+    assert policy.is_read_only("search", hint=True)
+    assert not policy.is_read_only("search", hint=False)
+    assert not policy.is_read_only("send_money")  # nobody classed it: fail safe
+    assert Policy.from_dict({"tools": {"default": "read_only"}}).is_read_only("send_money")
+
+
+def test_allow_lists_take_defaults_by_name_and_an_extract_kind() -> None:
+    policy = Policy.from_dict(
+        {
+            "allow": {
+                "domains": {"values": ["*.python.org"], "extract": "domain", "action": "ask"},
+                "channels": {"arguments": ["channel"], "values": ["general"]},
+            }
+        }
+    )
+    domains, channels = policy.allow_lists
+    assert "command" in domains.arguments and domains.extract == "domain"
+    assert domains.action == "ask" and domains.permits("docs.PYTHON.org")
+    assert not domains.permits("python.org.evil.com")
+    assert channels.arguments == ("channel",) and channels.action == "deny"
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "problem"),
+    [
+        ({"trust": {"tools": False}}, "trust.tools", "unknown key; known: user,"),
+        ({"trsut": {}}, "trsut", "unknown key"),
+        ({"trust": {"tool": "no"}}, "trust.tool", "must be true or false, not a string ('no')"),
+        ({"trust": []}, "trust", "must be a table ([trust]), not a list"),
+        ({"data_flow": {"action": "block"}}, "data_flow.action", "'deny', 'ask', 'off'"),
+        ({"data_flow": {"min_length": True}}, "data_flow.min_length", "must be an integer"),
+        ({"data_flow": {"min_length": 0}}, "data_flow.min_length", "at least 1"),
+        ({"tools": {"read_only": "get_*"}}, "tools.read_only", "must be a list of strings"),
+        ({"tools": {"default": "safe"}}, "tools.default", "'side_effecting', 'read_only'"),
+        ({"allow": {"channels": {"values": ["general"]}}}, "allow.channels.arguments", "required"),
+        ({"allow": {"urls": ["x"]}}, "allow.urls", "must be a table"),
+        ({"allow": {"urls": {"extract": "ip"}}}, "allow.urls.extract", "'domain'"),
+        ({"strict": {"action": "allow"}}, "strict.action", "'ask', 'deny'"),
+        ({"detector": {"action": "block"}}, "detector.action", "'log', 'redact', 'drop'"),
+        ({"spotlight": {"mode": "xml"}}, "spotlight.mode", "'datamark', 'base64'"),
+    ],
+)
+def test_a_bad_policy_names_the_key_and_the_problem(
+    data: dict[str, Any], key: str, problem: str
+) -> None:
+    with pytest.raises(PolicyError) as raised:
+        Policy.from_dict(data, "mine.toml")
+    error = raised.value
+    assert (error.where, error.key) == ("mine.toml", key)
+    assert problem in error.problem
+    assert str(error).startswith(f"mine.toml: {key}: ")
+
+
+def test_a_file_that_does_not_parse_or_cannot_be_read_is_a_policy_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[data_flow]\naction = "deny\n', encoding="utf-8")
+    with pytest.raises(PolicyError, match=r"bad\.toml: not valid TOML: .*line 2"):
+        Policy.load(bad)
+    with pytest.raises(PolicyError, match=r"missing\.toml: cannot read it: No such file"):
+        Policy.load(tmp_path / "missing.toml")
+    with pytest.raises(PolicyError, match="cannot read it"):
+        Policy.resolve("no-such-policy")
+    good = tmp_path / "good.toml"
+    good.write_text('[strict]\nenabled = true\n[spotlight]\nmode = "datamark"\n', encoding="utf-8")
+    policy = Policy.resolve(str(good))
+    assert policy.strict.enabled and policy.spotlight == "datamark" and policy.where == str(good)
