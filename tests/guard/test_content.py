@@ -118,9 +118,12 @@ def test_spotlight_modes_round_trip(mode: str, text: str) -> None:
 
 def test_unmark_refuses_text_it_did_not_mark() -> None:
     with pytest.raises(ValueError, match="not marked"):
-        Spotlight("delimit", "abcd").unmark(
-            "<<untrusted-other from tool>>\nx\n<</untrusted-other>>"
-        )
+        Spotlight("delimit", "abcd").unmark("<<untrusted-ab from tool>>\nx\n<</untrusted-cd>>")
+    with pytest.raises(ValueError, match="not marked"):
+        Spotlight("delimit", "abcd").unmark("plain text")
+    # Another guard's marking (a saved session's) is read in the same mode.
+    marked = Spotlight("datamark", "1234").mark("a b", Source("tool", "x"))
+    assert Spotlight("datamark", "abcd").unmark(marked) == "a b"
     with pytest.raises(ValueError, match="not base64"):
         Spotlight("base64", "abcd").unmark("<<untrusted-abcd from x>>\n!!\n<</untrusted-abcd>>")
 

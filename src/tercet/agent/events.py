@@ -134,14 +134,16 @@ class ToolCall:
 @dataclass(frozen=True)
 class PermissionDecided:
     """Whether a tool call runs, and who decided: the permission rules, the user (the `ask`
-    callback) or a PreToolUse hook."""
+    callback), a PreToolUse hook or the guard (`tercet.guard`; `rule` then names the guard's
+    rule, also when the user answered a question the guard asked)."""
 
     type: ClassVar[Literal["permission"]] = "permission"
     tool_use_id: str
     name: str
     action: Literal["allow", "deny"]
     reason: str = ""
-    by: Literal["rules", "user", "hook"] = "rules"
+    by: Literal["rules", "user", "hook", "guard"] = "rules"
+    rule: str = ""
 
 
 @dataclass(frozen=True)

@@ -70,8 +70,11 @@ from tercet.agent.model import (
     with_cache_breakpoints,
 )
 from tercet.agent.permissions import Permissions
-from tercet.agent.tools.base import AgentTool, ToolContext, ToolResult
+from tercet.agent.tools.base import AgentTool, ToolContext, ToolInputError, ToolResult, resolve_path
+from tercet.agent.tools.editor import TextEditorTool
+from tercet.agent.tools.mcp import McpServerTool
 from tercet.agent.trajectory import Header, Session, SessionStore, Trajectory, add_message
+from tercet.guard import Guard, Source
 
 log = logging.getLogger("tercet.agent")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -114,6 +117,9 @@ class AgentConfig:
     prices: Mapping[str, ModelPrice] = field(default_factory=lambda: dict(PRICES))
     sessions_dir: Path | None = None  # None: the user data folder's sessions/
     checkpoints: bool = True  # record editor and memory writes so `rewind` can undo them
+    # Prompt-injection defence (tercet.guard): sees the task and every tool result (with where
+    # it came from) before the model does, and judges each call after the permission rules.
+    guard: Guard | None = None
 
     def summary(self) -> dict[str, Any]:
         """What a trajectory's header says about the configuration."""
@@ -125,6 +131,7 @@ class AgentConfig:
             "max_tokens": self.max_tokens,
             "thinking": self.thinking_budget_tokens if self.thinking else None,
             "compaction": {k: v for k, v in asdict(self.compaction).items() if k != "prompt"},
+            "guard": self.guard.policy.where if self.guard else None,
         }
 
 
@@ -177,6 +184,7 @@ class Agent:
         self._run: _Run | None = None
         self._window: int | None = c.compaction.context_window
         self._system = ""
+        self._guarded: str | None = None  # the session whose content the guard has seen
 
     def run(self, task: str) -> AsyncGenerator[Event, None]:
         """Start a new session on `task`; events as they happen, the last one a `Result`."""
@@ -253,6 +261,8 @@ class Agent:
                     answers = [_tool_result(b["id"], INTERRUPTED, True) for b in dangling]
                     yield self._emit(self._add("user", answers))
                 if prompt is not None:
+                    if self.config.guard is not None:
+                        prompt = self.config.guard.observe(prompt, Source("user"))
                     yield self._emit(self._add("user", [_text(prompt)]))
                 if compact is not None:
                     yield self._emit(RequestSent(run.turn, "compaction", len(self.messages)))
@@ -360,8 +370,38 @@ class Agent:
             self.checkpoints = Checkpoints(self.sessions.checkpoints_dir(session_id))
         instructions = load_instructions(c.cwd) if c.load_instructions else ""
         parts = [c.system_prompt.strip(), f"The working directory is {c.cwd}.", instructions]
+        if c.guard is not None:
+            parts.append(c.guard.system_instruction())
         self._system = _well_formed("\n\n".join(part for part in parts if part))
+        if c.guard is not None and self._guarded != session_id:
+            self._follow(c.guard, session)
+            self._guarded = session_id
         return run
+
+    def _follow(self, guard: Guard, session: Session | None) -> None:
+        """Start the guard on this session: the system prompt, and for a saved session what
+        its conversation holds (the task and the user's prompts trusted, tool results with
+        their sources; other text, as a compaction's summary, untrusted: the model wrote it
+        from what it read)."""
+        guard.reset()
+        guard.observe(self._system, Source("system"))
+        if session is None:
+            return
+        guard.observe(session.task, Source("user"))
+        prompts = {e.prompt for e in session.events if isinstance(e, RunStarted) and e.prompt}
+        for prompt in prompts:
+            guard.observe(prompt, Source("user"))
+        calls = {b["id"]: b for m in session.messages for b in _tool_uses(m)}
+        for message in session.messages:
+            if message["role"] != "user" or isinstance(message["content"], str):
+                continue
+            for block in message["content"]:
+                if block.get("type") == "tool_result":
+                    call = calls.get(block.get("tool_use_id", ""), {})
+                    source = self._source_of(call.get("name", ""), call.get("input") or {})
+                    guard.observe(_unmarked(guard, block.get("content", "")), source)
+                elif block.get("type") == "text" and block.get("text") not in prompts:
+                    guard.observe(block.get("text", ""), Source("tool", "the session's history"))
 
     def _check(self, *, turn: bool) -> None:
         """Raise the `Stop` that is due: one asked for, or a budget spent (`turn`: the next
@@ -498,23 +538,52 @@ class Agent:
             run.stop = Stop("hook", post.stop_run)
         result = post.updated_result or result
         content = _annotated(result.content, post.annotation)
+        if self.config.guard is not None:  # what the model reads is what the guard has seen
+            content = await self.config.guard.aobserve(content, self._source_of(name, call.input))
         return ToolFinished(call.tool_id, name, content, result.is_error, duration_s)
+
+    def _source_of(self, name: str, input: dict[str, Any]) -> Source:
+        """Where a call's result comes from: a file the text editor viewed, an MCP server,
+        or the tool."""
+        tool = self.tools.get(name)
+        if isinstance(tool, McpServerTool):
+            return Source("mcp", tool.server_name)
+        if isinstance(tool, TextEditorTool) and input.get("command") == "view":
+            try:
+                return Source("file", str(resolve_path(self.config.cwd, input.get("path"))))
+            except ToolInputError:
+                pass  # no usable path: the result is the tool's error message
+        return Source("tool", name)
 
     async def _permit(
         self, tool: AgentTool, tool_id: str, input: dict[str, Any]
     ) -> PermissionDecided:
-        """The permission rules' decision; where they ask, the `ask` callback's (no callback:
-        deny, as nobody can answer)."""
+        """The permission rules' decision, then the guard's (a deny of either stands); where
+        one asks, the `ask` callback's, asked once for both (no callback: deny, as nobody
+        can answer)."""
         rules = self.permissions.decide(tool, input)
-        if rules.action != "ask":
-            return PermissionDecided(tool_id, tool.name, rules.action, rules.reason)
+        if rules.action == "deny":
+            return PermissionDecided(tool_id, tool.name, "deny", rules.reason)
+        by: Literal["rules", "guard"] = "rules"
+        reason, rule = rules.reason, ""
+        if (guard := self.config.guard) is not None:
+            verdict = guard.check_call(tool.name, input, read_only=_read_only_hint(tool, input))
+            if verdict.action == "deny":
+                why = f"the guard refused it ({verdict.rule}): {verdict.reason}"
+                return PermissionDecided(tool_id, tool.name, "deny", why, "guard", verdict.rule)
+            if verdict.action == "ask":
+                guard_reason = f"the guard asks ({verdict.rule}): {verdict.reason}"
+                reason = guard_reason if rules.action == "allow" else f"{reason}; {guard_reason}"
+                by, rule = "guard", verdict.rule
+        if rules.action == "allow" and by == "rules":
+            return PermissionDecided(tool_id, tool.name, "allow", rules.reason)
         if self.config.ask is None:
-            reason = f"it needs the user's approval ({rules.reason}) and no one can be asked"
-            return PermissionDecided(tool_id, tool.name, "deny", reason)
-        request = PermissionRequest(tool.name, tool_id, input, tool.describe(input), rules.reason)
+            reason = f"it needs the user's approval ({reason}) and no one can be asked"
+            return PermissionDecided(tool_id, tool.name, "deny", reason, by, rule)
+        request = PermissionRequest(tool.name, tool_id, input, tool.describe(input), reason)
         answer = await self.config.ask(request)
         action: Literal["allow", "deny"] = "allow" if answer.action == "allow" else "deny"
-        return PermissionDecided(tool_id, tool.name, action, answer.reason, "user")
+        return PermissionDecided(tool_id, tool.name, action, answer.reason, "user", rule)
 
     async def _needs_compaction(self) -> bool:
         """Whether the last prompt nearly filled the window; a `Stop` if compacting again
@@ -666,6 +735,40 @@ class Agent:
 
 def _text(text: str) -> dict[str, Any]:
     return {"type": "text", "text": text}
+
+
+def _read_only_hint(tool: AgentTool, input: dict[str, Any]) -> bool | None:
+    """The tool's own word on whether this call only reads, for the guard: an MCP tool's
+    annotations (None when the server gave neither `readOnlyHint` nor `destructiveHint`),
+    else `is_read_only`."""
+    if isinstance(tool, McpServerTool):
+        annotations = tool._tool.annotations  # the server's word, as listed
+        if annotations is None:
+            return None
+        if annotations.destructive_hint:
+            return False
+        return annotations.read_only_hint
+    return tool.is_read_only(input)
+
+
+def _unmarked(guard: Guard, content: Any) -> Any:
+    """A saved tool result as it was before the guard spotlighted it (as it is when this
+    guard did not mark it: another process's boundary, or spotlighting off)."""
+
+    def unmark(text: str) -> str:
+        try:
+            return guard.spotlight.unmark(text)
+        except ValueError:
+            return text
+
+    if isinstance(content, str):
+        return unmark(content)
+    if isinstance(content, list):
+        return [
+            {**b, "text": unmark(b["text"])} if b.get("type") == "text" and "text" in b else b
+            for b in content
+        ]
+    return content
 
 
 def _overlaps(tool: AgentTool, input: dict[str, Any]) -> bool:

@@ -8,7 +8,9 @@ The model: with --base-url (or $ANTHROPIC_BASE_URL) a Messages API server, terce
 Anthropic's; otherwise tercet's own app in this process, on the engine the model options
 choose (the bundled SmolLM2-135M by default; --gguf PATH for another file). The tools: bash,
 the text editor, the memory tool (notes kept across runs, per project, in --memory-dir) and the
-tools of the MCP servers in the project's .mcp.json (--no-mcp: none).
+tools of the MCP servers in the project's .mcp.json (--no-mcp: none). --guard POLICY (a TOML
+file, or `default`) defends against prompt injection: what tools, MCP servers and files return
+is untrusted, and a call that would carry what only they said is refused (tercet.guard).
 
 Sessions are saved as trajectories in --sessions-dir (default: sessions/ in tercet's data
 directory, $TERCET_DATA_DIR or the user data folder, so projects stay clean); --resume ID
@@ -101,6 +103,7 @@ from tercet.cli.engine_options import (
 )
 from tercet.cli.slash_commands import SlashCommands, is_exit, parse
 from tercet.engine.bundled import BundledModelMissing
+from tercet.guard import Guard, Policy, PolicyError
 from tercet.server.config import ServerConfig
 
 OutputFormat = Literal["text", "json", "stream-json"]
@@ -142,6 +145,7 @@ class CodeOptions:
     prices: Mapping[str, ModelPrice] = field(default_factory=lambda: dict(PRICES))
     protect_tests: ProtectMode = "off"  # ask before, or deny, writes to tests and their config
     prompt_variant: str = "default"  # a system-prompt addition (agent/prompt_variants.toml)
+    guard: str | None = None  # a guard policy file, or a shipped policy's name ("default")
 
     def check(self) -> None:
         """Raise `UsageError` for options that cannot work together."""
@@ -162,6 +166,7 @@ class CodeOptions:
             if limit is not None and limit <= 0:
                 raise UsageError(f"{name} must be positive")
         self.permissions()  # the rules parse
+        self.guard_policy()  # the policy loads
         try:
             prompt_addition(self.prompt_variant)
         except ValueError as exc:
@@ -181,6 +186,15 @@ class CodeOptions:
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
 
+    def guard_policy(self) -> Policy | None:
+        """The --guard policy (None without one); `UsageError` naming what is wrong in it."""
+        if self.guard is None:
+            return None
+        try:
+            return Policy.resolve(self.guard)
+        except PolicyError as exc:
+            raise UsageError(f"--guard: {exc}") from exc
+
     def agent_config(self, tools: Sequence[AgentTool], ask: AskCallback | None) -> AgentConfig:
         """The agent's configuration, with `tools`; `ask` answers permission prompts."""
         parts = (
@@ -190,6 +204,7 @@ class CodeOptions:
         )
         system = "\n\n".join(p for p in parts if p)
         thinking = self.thinking_budget is not None
+        policy = self.guard_policy()
         return AgentConfig(
             model=self.model,
             system_prompt=system,
@@ -207,6 +222,7 @@ class CodeOptions:
             thinking_budget_tokens=self.thinking_budget or AgentConfig.thinking_budget_tokens,
             prices=self.prices,
             sessions_dir=self.sessions_dir,
+            guard=Guard(policy) if policy is not None else None,  # its own for each agent
         )
 
 
@@ -730,6 +746,12 @@ def register(commands: Any) -> None:
         "--sandbox", action="store_true", help="run bash commands in tercet's sandbox"
     )
     _add_permission_arguments(parser)
+    parser.add_argument(
+        "--guard",
+        metavar="POLICY",
+        help="defend against prompt injection: judge each tool call and what the model reads "
+        "by a guard policy, a TOML file or 'default' (tercet's; README: The guard)",
+    )
     _add_integrity_arguments(parser)
     _add_limit_arguments(parser)
     _add_model_arguments(parser)
@@ -877,6 +899,7 @@ def options_from_args(args: argparse.Namespace) -> CodeOptions:
         prices={} if not args.base_url else dict(PRICES),  # the local model is free
         protect_tests=args.protect_tests,
         prompt_variant=args.prompt_variant,
+        guard=args.guard,
     )
     options.check()
     return options

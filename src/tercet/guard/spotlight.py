@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import secrets
 import tomllib
 from pathlib import Path
@@ -22,6 +23,11 @@ SpotlightMode = Literal["off", "delimit", "datamark", "base64"]
 SPOTLIGHT_MODES: tuple[SpotlightMode, ...] = ("off", "delimit", "datamark", "base64")
 DATAMARK = "\u02c6"  # ˆ: rare in real text, and one token for most tokenizers
 TEXTS = tomllib.loads(Path(__file__).with_name("spotlight.toml").read_text(encoding="utf-8"))
+_OPENING = re.compile(
+    re.escape(TEXTS["open"])
+    .replace(re.escape("{boundary}"), "([0-9A-Za-z_-]+)", 1)
+    .replace(re.escape("{source}"), ".*", 1)
+)
 
 
 class Spotlight:
@@ -48,14 +54,16 @@ class Spotlight:
 
     def unmark(self, marked: str) -> str:
         """The text `mark` was given (exact, except that datamarking cannot tell a marker
-        character the text held from a space); ValueError for text this did not mark."""
+        character the text held from a space). Text marked in this mode by another guard (a
+        saved session) is read too; ValueError for text not marked so."""
         if self.mode == "off":
             return marked
         opening, newline, rest = marked.partition("\n")
-        closing = "\n" + TEXTS["close"].format(boundary=self.boundary)
-        prefix = TEXTS["open"].format(boundary=self.boundary, source="\0").partition("\0")[0]
-        if not newline or not opening.startswith(prefix) or not rest.endswith(closing):
-            raise ValueError("this text was not marked by this spotlight")
+        found = _OPENING.fullmatch(opening)
+        boundary = found.group(1) if found else self.boundary
+        closing = "\n" + TEXTS["close"].format(boundary=boundary)
+        if not newline or found is None or not rest.endswith(closing):
+            raise ValueError("this text was not marked by a spotlight")
         body = rest[: -len(closing)]
         if self.mode == "datamark":
             return body.replace(DATAMARK, " ")
