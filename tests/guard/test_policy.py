@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +118,13 @@ def test_a_file_that_does_not_parse_or_cannot_be_read_is_a_policy_error(tmp_path
     good.write_text('[strict]\nenabled = true\n[spotlight]\nmode = "datamark"\n', encoding="utf-8")
     policy = Policy.resolve(str(good))
     assert policy.strict.enabled and policy.spotlight == "datamark" and policy.where == str(good)
+
+
+def test_the_readmes_example_policy_is_valid() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## The guard") :]
+    example = section[
+        section.index("```toml\n") + 8 : section.index("```\n", section.index("```toml"))
+    ]
+    policy = Policy.from_dict(tomllib.loads(example), "README.md")
+    assert policy.spotlight == "datamark" and policy.allow_lists[0].extract == "domain"
