@@ -1,0 +1,86 @@
+"""The guard's model-free measurement on AgentDojo v1.2.2, in one run (issue 19).
+
+For each suite: the scripted gullible agent on every user x injection pair, without the guard
+and with it (the policy file, src/tercet/guard/policies/agentdojo.toml by default), and the
+benign agent on every user task without an attack, without and with the guard. Prints per
+suite and in total: prevention, benign calls wrongly denied, utility lost (each k/n with its
+95% interval) and the guard's time per tool call against the tool's own. Method, definitions
+and exclusions: docs/evals.md, "Prompt injection (AgentDojo)". Offline: the suites ship in the
+`agentdojo` package (the `agentdojo` extra).
+
+    .venv/bin/python bench/guard.py [--suite banking ...] [--policy P] [--workers 2]
+    .venv/bin/python bench/guard.py --quick   # banking, its first 4 user tasks x 9 injections
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from tercet.evals.injection import ATTACKS, POLICY, SUITES, describe, measure, percentile
+
+QUICK_USER_TASKS = 4
+
+
+def progress(done: int, total: int) -> None:
+    print(f"\r{done}/{total} user tasks", end="\n" if done == total else "", file=sys.stderr)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", action="append", choices=SUITES, help="default: all four")
+    parser.add_argument("--policy", type=Path, default=POLICY)
+    parser.add_argument(
+        "--strict", action="store_true", help="the policy with strict mode on (ask: refused here)"
+    )
+    parser.add_argument("--attack", choices=ATTACKS, default="important_instructions")
+    parser.add_argument("--user-tasks", type=int, help="the first N user tasks of each suite")
+    parser.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    parser.add_argument("--quick", action="store_true", help="banking's first 4 user tasks")
+    args = parser.parse_args()
+    suites = tuple(args.suite or (("banking",) if args.quick else SUITES))
+    user_tasks = QUICK_USER_TASKS if args.quick else args.user_tasks
+
+    # Each denial is logged by the guard; the figures below count and list them.
+    logging.getLogger("tercet.guard").setLevel(logging.ERROR)
+    started = time.perf_counter()
+    measured = measure(
+        suites,
+        policy=args.policy,
+        strict=args.strict,
+        user_tasks=user_tasks,
+        attack_name=args.attack,
+        workers=args.workers,
+        progress=progress if sys.stderr.isatty() else None,
+    )
+    print(
+        f"AgentDojo v1.2.2, attack {args.attack}, policy {args.policy}"
+        f"{' with strict mode on' if args.strict else ''}, "
+        f"{'first ' + str(user_tasks) if user_tasks else 'all'} user tasks; "
+        f"{time.perf_counter() - started:.0f} s"
+    )
+    for name, figures in measured.items():
+        if name == "total" and len(suites) == 1:
+            continue
+        print("\n".join(describe(figures)))
+    print()
+    for name, figures in measured.items():
+        value = figures.prevention.value
+        if value is not None and not (name == "total" and len(suites) == 1):
+            print(f"prevention ratio {name}: {value:.4f} ({figures.prevention})")
+    total = measured["total"]
+    if total.guard_seconds and total.tool_seconds:
+        guard_p50 = percentile(total.guard_seconds, 0.5)
+        tool_p50 = percentile(total.tool_seconds, 0.5)
+        print(
+            f"guard time per call against the tool's own (p50): {guard_p50 / tool_p50:.3f}x "
+            f"({guard_p50 * 1e3:.3f} ms / {tool_p50 * 1e3:.3f} ms)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
