@@ -84,6 +84,7 @@ def test_allow_lists_take_defaults_by_name_and_an_extract_kind() -> None:
         ({"data_flow": {"action": "block"}}, "data_flow.action", "'deny', 'ask', 'off'"),
         ({"data_flow": {"min_length": True}}, "data_flow.min_length", "must be an integer"),
         ({"data_flow": {"min_length": 0}}, "data_flow.min_length", "at least 1"),
+        ({"data_flow": {"kinds": ["email", "ip"]}}, "data_flow.kinds", "unknown kind 'ip'"),
         ({"tools": {"read_only": "get_*"}}, "tools.read_only", "must be a list of strings"),
         ({"tools": {"default": "safe"}}, "tools.default", "'side_effecting', 'read_only'"),
         ({"allow": {"channels": {"values": ["general"]}}}, "allow.channels.arguments", "required"),

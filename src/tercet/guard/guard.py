@@ -210,15 +210,20 @@ class Guard:
             )
 
     def _flows(self, name: str, value: str) -> Iterator[_Flow]:
-        """The candidates of one argument value (the whole, normalised, and each identifier
-        in it) that untrusted content holds and trusted content does not."""
-        min_length = self.policy.data_flow.min_length
+        """The candidates of one argument value (the whole, normalised, unless the argument
+        is `identifiers_only`; and each identifier of a followed kind in it) that untrusted
+        content holds and trusted content does not."""
+        rule = self.policy.data_flow
         candidates: list[tuple[ValueKind | None, str]] = [
-            *identifiers(value),
-            (None, normalise(value)),
+            (kind, found) for kind, found in identifiers(value) if kind in rule.kinds
         ]
-        for candidate, kind in {c: k for k, c in reversed(candidates)}.items():
-            if len(candidate) < min_length:
+        if not any(fnmatchcase(name, pattern) for pattern in rule.identifiers_only):
+            candidates.append((None, normalise(value)))
+        kinds: dict[str, ValueKind | None] = {}  # each value once, as its first kind
+        for kind, candidate in candidates:
+            kinds.setdefault(candidate, kind)
+        for candidate, kind in kinds.items():
+            if len(candidate) < rule.min_length:
                 continue
             source = self._untrusted.find(candidate)
             if source is not None and self._trusted.find(candidate) is None:

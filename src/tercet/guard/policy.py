@@ -18,6 +18,9 @@ key, or a value of the wrong type, is a `PolicyError` naming the file, the key a
     min_length = 4     # shorter values are never matched
     skip_tools = []    # tool-name globs the rule does not look at
     skip_arguments = [] # argument-name globs it does not look at
+    identifiers_only = [] # argument-name globs whose whole value is not compared, only the
+                       # identifiers in it (a bash command copied from a README may run)
+    kinds = ["email", "iban", "url", "domain", "phone", "token"]  # the identifiers followed
 
     [allow.recipients] # named allow-lists: recipients, urls, domains, accounts, paths, or any
     arguments = ["recipient*", "to", "cc", "bcc"]  # argument-name globs (defaults by name)
@@ -102,6 +105,8 @@ class DataFlowRule:
     min_length: int = 4
     skip_tools: tuple[str, ...] = ()
     skip_arguments: tuple[str, ...] = ()
+    identifiers_only: tuple[str, ...] = ()
+    kinds: tuple[ValueKind, ...] = VALUE_KINDS
 
 
 @dataclass(frozen=True)
@@ -244,7 +249,14 @@ class _Reader:
         tools = self._table(data, "tools")
         self._known(tools, ("read_only", "side_effecting", "default"), "tools")
         flow = self._table(data, "data_flow")
-        self._known(flow, ("action", "min_length", "skip_tools", "skip_arguments"), "data_flow")
+        flow_keys = ("action", "min_length", "skip_tools", "skip_arguments", "identifiers_only")
+        self._known(flow, (*flow_keys, "kinds"), "data_flow")
+        kinds = self._globs(flow, "kinds", "data_flow", VALUE_KINDS)
+        if unknown := [kind for kind in kinds if kind not in VALUE_KINDS]:
+            known = ", ".join(VALUE_KINDS)
+            raise PolicyError(
+                self.where, "data_flow.kinds", f"unknown kind {unknown[0]!r}; known: {known}"
+            )
         strict = self._table(data, "strict")
         self._known(strict, ("enabled", "action"), "strict")
         detector = self._table(data, "detector")
@@ -270,6 +282,8 @@ class _Reader:
                 min_length=min_length,
                 skip_tools=self._globs(flow, "skip_tools", "data_flow"),
                 skip_arguments=self._globs(flow, "skip_arguments", "data_flow"),
+                identifiers_only=self._globs(flow, "identifiers_only", "data_flow"),
+                kinds=cast(tuple[ValueKind, ...], kinds),
             ),
             allow_lists=self._allow_lists(data),
             strict=StrictRule(
