@@ -387,10 +387,10 @@ class Agent:
         guard.observe(self._system, Source("system"))
         if session is None:
             return
-        guard.observe(session.task, Source("user"))
+        guard.record(session.task, Source("user"))
         prompts = {e.prompt for e in session.events if isinstance(e, RunStarted) and e.prompt}
         for prompt in prompts:
-            guard.observe(prompt, Source("user"))
+            guard.record(prompt, Source("user"))
         calls = {b["id"]: b for m in session.messages for b in _tool_uses(m)}
         for message in session.messages:
             if message["role"] != "user" or isinstance(message["content"], str):
@@ -399,9 +399,9 @@ class Agent:
                 if block.get("type") == "tool_result":
                     call = calls.get(block.get("tool_use_id", ""), {})
                     source = self._source_of(call.get("name", ""), call.get("input") or {})
-                    guard.observe(_unmarked(guard, block.get("content", "")), source)
+                    guard.record(_unmarked(guard, block.get("content", "")), source)
                 elif block.get("type") == "text" and block.get("text") not in prompts:
-                    guard.observe(block.get("text", ""), Source("tool", "the session's history"))
+                    guard.record(block.get("text", ""), Source("tool", "the session's history"))
 
     def _check(self, *, turn: bool) -> None:
         """Raise the `Stop` that is due: one asked for, or a budget spent (`turn`: the next

@@ -86,11 +86,12 @@ class Guard:
         self._trusted = _Seen()
         self._untrusted = _Seen()
         self._broken: str | None = None  # why observing failed: later calls are denied
+        self._tainted = False  # untrusted content has entered the context
 
     @property
     def untrusted_seen(self) -> bool:
         """Whether untrusted content has entered the context (strict mode's trigger)."""
-        return bool(self._untrusted.texts or self._untrusted.identifiers or self._broken)
+        return self._tainted
 
     def system_instruction(self) -> str:
         """The text to add to the system prompt so the model understands the spotlighting
@@ -108,6 +109,11 @@ class Guard:
         except Exception as exc:
             return self._withheld(source, exc)
         return self._shown(content, source, found)
+
+    def record(self, content: Any, source: Source) -> None:
+        """Record content the model has already been shown (a saved conversation, resumed):
+        followed as `observe` follows it, without detectors or marking."""
+        self._record(content, source)
 
     async def aobserve(self, content: Any, source: Source) -> Any:
         """`observe`, awaiting the detectors that wait on I/O (`adetect`, a judge model)."""
@@ -245,6 +251,7 @@ class Guard:
         side-effecting call is denied (the data-flow rule can no longer be sure)."""
         try:
             trusted = self.policy.trusts(source)
+            self._tainted |= not trusted
             seen = self._trusted if trusted else self._untrusted
             for text in _recorded(content):
                 seen.add(text, source)
@@ -252,6 +259,7 @@ class Guard:
         except Exception as exc:
             log.exception("guard error while recording content from %s", source)
             self._broken = f"{type(exc).__name__} on content from {source}"
+            self._tainted = True
             return False
 
     def _withheld(self, source: Source, exc: Exception) -> str:
@@ -291,12 +299,30 @@ class Guard:
 
 
 def _recorded(content: Any) -> Iterator[str]:
-    """Every string and number in `content` as text."""
-    if (text := scalar_text(content)) is not None:
+    """Every string and number in `content` as text; of a content block, what the model
+    reads (a text block's text; not an image's or a document's encoded data)."""
+    if _is_block(content):
+        if content["type"] == "text":
+            yield content["text"]
+    elif isinstance(content, Mapping):
+        for value in content.values():
+            yield from _recorded(value)
+    elif isinstance(content, list | tuple):
+        for item in content:
+            yield from _recorded(item)
+    elif (text := scalar_text(content)) is not None:
         yield text
-        return
-    for _, value in scalars(content):
-        yield value
+
+
+def _is_block(content: Any) -> bool:
+    """Whether `content` is a Messages API content block (a text, an image, a document),
+    not data that happens to have a `type` key."""
+    if not isinstance(content, Mapping):
+        return False
+    kind = content.get("type")
+    if kind == "text":
+        return isinstance(content.get("text"), str)
+    return kind in ("image", "document") and "source" in content
 
 
 def _texts(content: Any) -> list[str]:
@@ -316,11 +342,11 @@ def _map_texts(content: Any, change: Callable[[str], str]) -> Any:
     """`content` with `change` applied to each text the model reads; the rest unchanged."""
     if isinstance(content, str):
         return change(content)
+    if _is_block(content):  # only a text block's text is read as text
+        if content["type"] == "text":
+            return {**content, "text": change(content["text"])}
+        return content
     if isinstance(content, Mapping):
-        if "type" in content:  # a content block: only a text block's text is read as text
-            if content.get("type") == "text" and isinstance(content.get("text"), str):
-                return {**content, "text": change(content["text"])}
-            return content
         return {key: _map_texts(value, change) for key, value in content.items()}
     if isinstance(content, list | tuple):
         return type(content)(_map_texts(item, change) for item in content)
