@@ -6,9 +6,11 @@ from __future__ import annotations
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from mcp_types import Tool, ToolAnnotations
 
 from tercet.agent import (
     Agent,
@@ -16,6 +18,7 @@ from tercet.agent import (
     Decision,
     Event,
     McpServers,
+    McpServerTool,
     PermissionDecided,
     PermissionRequest,
     Permissions,
@@ -29,6 +32,7 @@ from tercet.agent import (
     tool_use,
     turn,
 )
+from tercet.agent.loop import _read_only_hint
 from tercet.agent.model import ModelRequest
 from tercet.agent.tools.mcp_config import parse_mcp_config
 from tercet.cli.main import main
@@ -346,3 +350,22 @@ def test_tercet_code_refuses_a_bad_policy_before_the_model_loads(
     assert f"error: --guard: {wrong}: data_flow.action: must be one of" in capsys.readouterr().err
     assert main([*common, "--guard", "default"]) == 1  # the policy loads; the model does not
     assert "cannot load the model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("annotations", "hint"),
+    [
+        (None, None),
+        (ToolAnnotations(), None),
+        (ToolAnnotations(read_only_hint=True), True),
+        (ToolAnnotations(read_only_hint=False), False),
+        (ToolAnnotations(destructive_hint=True), False),
+        (ToolAnnotations(read_only_hint=True, destructive_hint=True), False),  # the safe side
+    ],
+)
+def test_an_mcp_tools_hint_for_the_guard_comes_from_its_annotations(
+    annotations: ToolAnnotations | None, hint: bool | None
+) -> None:
+    tool = Tool(name="t", input_schema={"type": "object"}, annotations=annotations)
+    server: Any = SimpleNamespace(name="server")  # only its name is read here
+    assert _read_only_hint(McpServerTool("mcp__server__t", server, tool), {}) is hint
