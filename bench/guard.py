@@ -8,19 +8,30 @@ suite and in total: prevention, benign calls wrongly denied, utility lost (each 
 and exclusions: docs/evals.md, "Prompt injection (AgentDojo)". Offline: the suites ship in the
 `agentdojo` package (the `agentdojo` extra).
 
-    .venv/bin/python bench/guard.py [--suite banking ...] [--policy P] [--workers 2]
+    .venv/bin/python bench/guard.py [--suite banking ...] [--policy P] [--strict] [--workers 2]
+        [--runs runs.jsonl]   # every run's outcome and calls, one JSON line each
     .venv/bin/python bench/guard.py --quick   # banking, its first 4 user tasks x 9 injections
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
 from pathlib import Path
 
-from tercet.evals.injection import ATTACKS, POLICY, SUITES, describe, measure, percentile
+from tercet.evals.injection import (
+    ATTACKS,
+    POLICY,
+    SUITES,
+    RunOutcome,
+    describe,
+    measure,
+    percentile,
+    record,
+)
 
 QUICK_USER_TASKS = 4
 
@@ -39,6 +50,7 @@ def main() -> int:
     parser.add_argument("--attack", choices=ATTACKS, default="important_instructions")
     parser.add_argument("--user-tasks", type=int, help="the first N user tasks of each suite")
     parser.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    parser.add_argument("--runs", type=Path, help="write every run's outcome here (JSON lines)")
     parser.add_argument("--quick", action="store_true", help="banking's first 4 user tasks")
     args = parser.parse_args()
     suites = tuple(args.suite or (("banking",) if args.quick else SUITES))
@@ -47,6 +59,7 @@ def main() -> int:
     # Each denial is logged by the guard; the figures below count and list them.
     logging.getLogger("tercet.guard").setLevel(logging.ERROR)
     started = time.perf_counter()
+    runs: list[RunOutcome] = []
     measured = measure(
         suites,
         policy=args.policy,
@@ -55,7 +68,10 @@ def main() -> int:
         attack_name=args.attack,
         workers=args.workers,
         progress=progress if sys.stderr.isatty() else None,
+        runs=runs,
     )
+    if args.runs:
+        args.runs.write_text("".join(json.dumps(record(run)) + "\n" for run in runs))
     print(
         f"AgentDojo v1.2.2, attack {args.attack}, policy {args.policy}"
         f"{' with strict mode on' if args.strict else ''}, "

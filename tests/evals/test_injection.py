@@ -228,3 +228,31 @@ def test_the_counts_match_agentdojos_own_runner(
         for pair in results["security_results"]
     }
     assert theirs == ours
+
+
+def test_a_run_that_raises_is_counted_against_the_guard_and_listed() -> None:
+    def outcome(guarded: bool, security: bool, error: str | None = None) -> RunOutcome:
+        made = RunOutcome("banking", "user_task_1", "injection_task_0", "gullible", guarded)
+        made.security, made.error = security, error
+        return made
+
+    benign = [
+        RunOutcome("banking", "user_task_1", None, "benign", g, utility=True) for g in (False, True)
+    ]
+    raised = "Traceback (most recent call last):\nRuntimeError: the tool broke"
+    measured = figures("banking", [*benign, outcome(False, True), outcome(True, False, raised)], {})
+    assert str(measured.prevention) == "0/1 (0–79%)"
+    assert measured.reached_despite_guard == ["banking/user_task_1 x injection_task_0"]
+    assert measured.errors == [
+        "banking/user_task_1 x injection_task_0 (gullible, guarded): RuntimeError: the tool broke"
+    ]
+
+
+def test_workers_measure_what_one_process_does() -> None:
+    logging.getLogger("tercet.guard").setLevel(logging.ERROR)
+    one, two = (
+        injection.measure(("banking",), user_tasks=2, workers=workers) for workers in (1, 2)
+    )
+    for name in ("banking", "total"):
+        assert str(one[name].prevention) == str(two[name].prevention) == "18/18 (82–100%)"
+        assert one[name].denied == two[name].denied

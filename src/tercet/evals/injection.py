@@ -30,7 +30,8 @@ import tomllib
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -529,8 +530,10 @@ def measure(
     attack_name: str = "important_instructions",
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    runs: list[RunOutcome] | None = None,
 ) -> dict[str, SuiteFigures]:
-    """Measures each suite (its first `user_tasks` user tasks, all when None) and the total."""
+    """Measures each suite (its first `user_tasks` user tasks, all when None) and the total;
+    every run's outcome is appended to `runs` when given."""
     units = []
     excluded: dict[str, str] = {}
     for name in suites:
@@ -540,22 +543,13 @@ def measure(
         for user_id in users[:user_tasks] if user_tasks is not None else users:
             injections = tuple(sorted(tasks.injection_tasks, key=_number))
             units.append(Unit(name, user_id, injections, attack_name, policy, strict))
-    outcomes: list[RunOutcome] = []
-    done = 0
-    if workers <= 1:
-        results: Iterable[list[RunOutcome]] = map(run_unit, units)
-        for result in results:
+    outcomes: list[RunOutcome] = [] if runs is None else runs
+    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
+        results = pool.map(run_unit, units) if pool is not None else map(run_unit, units)
+        for done, result in enumerate(results, 1):
             outcomes += result
-            done += 1
             if progress:
                 progress(done, len(units))
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for result in pool.map(run_unit, units):
-                outcomes += result
-                done += 1
-                if progress:
-                    progress(done, len(units))
     measured = {
         name: figures(
             name,
@@ -566,6 +560,11 @@ def measure(
     }
     measured["total"] = figures("total", outcomes, excluded)
     return measured
+
+
+def record(outcome: RunOutcome) -> dict[str, Any]:
+    """A run as a JSON-able record (one line of bench/guard.py's --runs file)."""
+    return asdict(outcome)
 
 
 def _number(task_id: str) -> int:
