@@ -10,7 +10,9 @@ import importlib.util
 import os
 import secrets
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -231,3 +233,23 @@ def test_an_address_nothing_answers_at_is_refused_at_once() -> None:
             RayUnavailable, match=f"cannot reach the Ray cluster at '127.0.0.1:{port}'"
         ):
             RayPool(f"127.0.0.1:{port}").connect()
+
+
+def test_a_private_instance_s_processes_can_be_interrupted_even_if_we_cannot() -> None:
+    """Started in the background, a process ignores SIGINT and so would the Ray processes it
+    starts: Ray's cancellation (a SIGINT in the worker) would never land. While a private
+    instance starts, SIGINT is at its default; afterwards as it was."""
+    from tercet.attempts.ray_pool import _interruptible_children
+
+    probe = [sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT))"]
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _interruptible_children(True):
+            started = subprocess.run(probe, capture_output=True, text=True, check=True).stdout
+        assert "default_int_handler" in started
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        with _interruptible_children(False):  # joining a cluster: not ours to change
+            joined = subprocess.run(probe, capture_output=True, text=True, check=True).stdout
+        assert joined.strip() in ("1", "Handlers.SIG_IGN")  # SIG_IGN, as Python prints it
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -21,9 +21,11 @@ import contextlib
 import importlib
 import inspect
 import os
+import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -62,6 +64,27 @@ def _lost_errors(exceptions: Any) -> tuple[type[BaseException], ...]:
         exceptions.LocalRayletDiedError,
         exceptions.ObjectLostError,  # the result was on a node that died
     )
+
+
+@contextlib.contextmanager
+def _interruptible_children(starting: bool) -> Iterator[None]:
+    """While a private instance starts: SIGINT at its default, if it was ignored. Ray cancels a
+    running task with SIGINT (a KeyboardInterrupt in the worker), and its workers inherit the
+    disposition of whoever started the instance; a process started in the background (`cmd &`,
+    nohup) ignores SIGINT, so its workers would ignore every cancellation."""
+    ignored = (
+        starting
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    )
+    if not ignored:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class RayPool:
@@ -123,7 +146,8 @@ class RayPool:
             # in the session's log files (ray.init's log_to_driver=True brings it back).
             options: dict[str, Any] = {"log_to_driver": False, **self.init_options}
             try:
-                ray.init(address=self.address, ignore_reinit_error=True, **options)
+                with _interruptible_children(self.address == LOCAL):
+                    ray.init(address=self.address, ignore_reinit_error=True, **options)
             except Exception as exc:
                 raise RayUnavailable(self._unreachable(exc)) from exc
             self._owned = True

@@ -427,7 +427,7 @@ async def run_with_attempts(
 
         pool = RayPool(args.ray, max_retries=args.max_retries)
         try:
-            await asyncio.to_thread(pool.connect)
+            pool.connect()  # here, on the main thread: see ray_pool._interruptible_children
         except RayUnavailable as exc:
             print(f"error: {exc}", file=err)
             return EXIT_FAILED
