@@ -123,6 +123,17 @@ class RunOutcome:
     error: str | None = None  # an exception in the run: counted against the guard
 
 
+@dataclass(frozen=True)
+class Executed:
+    """A call's outcome on a channel."""
+
+    result: Any  # what the injection is looked for in (the raw structured result)
+    text: str  # what the model is shown
+    observed: Any  # what the guard observes
+    source: Source
+    error: str | None
+
+
 def _collapse(text: str) -> str:
     return " ".join(text.split())
 
@@ -193,24 +204,63 @@ class ScriptedAgent(BasePipelineElement):  # type: ignore[misc]  # AgentDojo's c
             self.guard.observe(query, Source(kind="user"))
         answer = [str(self.user_task.GROUND_TRUTH_OUTPUT)]
         obeyed = self.injection_task if self.gullible else None
-        for call in self.user_task.ground_truth(env):
+        calls = list(self.user_task.ground_truth(env))  # planned on the environment given
+        if self.start(env):  # the injection was read before any call (a tool's description)
+            self.injection_seen = True
+            if obeyed is not None:
+                self._obey(obeyed, runtime, env, answer)
+        for call in calls:
             result = self._call(call, runtime, env, from_injection=False)
             if self.injection_seen or not carries_injection(result, self.injections.values()):
                 continue
             self.injection_seen = True
             if obeyed is not None:
-                for injected in obeyed.ground_truth(env):
-                    self._call(injected, runtime, env, from_injection=True)
-                answer.append(str(obeyed.GROUND_TRUTH_OUTPUT))
+                self._obey(obeyed, runtime, env, answer)
         self.messages.append(_assistant_message("\n".join(answer), None))
-        return query, runtime, env, self.messages, dict(extra_args or {})
+        return query, runtime, self.finish(env), self.messages, dict(extra_args or {})
+
+    def _obey(self, obeyed: Any, runtime: Any, env: Any, answer: list[str]) -> None:
+        """The injection task's calls, planned on the environment as it is now."""
+        for injected in obeyed.ground_truth(self.environment(env)):
+            self._call(injected, runtime, env, from_injection=True)
+        answer.append(str(obeyed.GROUND_TRUTH_OUTPUT))
+
+    # The channel: AgentDojo's tool channel here; tercet.evals.injection_mcp overrides these.
+
+    def start(self, env: Any) -> bool:
+        """Prepares a run; whether the injection reached the agent before its first call."""
+        return False
+
+    def environment(self, env: Any) -> Any:
+        """The environment as it is now (here: `env`, which the tools change in place)."""
+        return env
+
+    def finish(self, env: Any) -> Any:
+        """The environment after the run, for AgentDojo's checks."""
+        return env
+
+    def checked_as(self, call: Any) -> tuple[str, bool | None]:
+        """The tool's name for the guard and its own read-only hint (AgentDojo's have none)."""
+        return call.function, None
+
+    def execute(self, call: Any, runtime: Any, env: Any) -> Executed:
+        """Runs one call on the channel."""
+        result, error = runtime.run_function(env, call.function, call.args)
+        return Executed(
+            result,
+            tool_result_to_str(result),
+            to_jsonable_python(result),
+            Source(kind="tool", name=call.function),
+            error,
+        )
 
     def _call(self, call: Any, runtime: Any, env: Any, *, from_injection: bool) -> Any:
         """Runs one call through the guard; the raw result, or None when not executed."""
         verdict, rule, guard_seconds = "none", "", 0.0
         if self.guard is not None:
             started = time.perf_counter()
-            decided = self.guard.check_call(call.function, dict(call.args), read_only=None)
+            name, hint = self.checked_as(call)
+            decided = self.guard.check_call(name, dict(call.args), read_only=hint)
             guard_seconds = time.perf_counter() - started
             verdict, rule = decided.action, decided.rule
             if decided.action != "allow":
@@ -231,19 +281,19 @@ class ScriptedAgent(BasePipelineElement):  # type: ignore[misc]  # AgentDojo's c
         listed = FunctionCall(function=call.function, args=call.args, id=f"call_{len(self.calls)}")
         self.messages.append(_assistant_message(None, [listed]))
         started = time.perf_counter()
-        result, error = runtime.run_function(env, call.function, call.args)
+        done = self.execute(call, runtime, env)
         tool_seconds = time.perf_counter() - started
         if self.guard is not None:
             started = time.perf_counter()
-            self.guard.observe(to_jsonable_python(result), Source(kind="tool", name=call.function))
+            self.guard.observe(done.observed, done.source)
             guard_seconds += time.perf_counter() - started
         self.messages.append(
             {
                 "role": "tool",
-                "content": [text_content_block_from_string(tool_result_to_str(result))],
+                "content": [text_content_block_from_string(done.text)],
                 "tool_call_id": listed.id,
                 "tool_call": listed,
-                "error": error,
+                "error": done.error,
             }
         )
         self.calls.append(
@@ -255,10 +305,10 @@ class ScriptedAgent(BasePipelineElement):  # type: ignore[misc]  # AgentDojo's c
                 rule,
                 guard_seconds,
                 tool_seconds,
-                error,
+                done.error,
             )
         )
-        return result
+        return done.result
 
 
 def _user_message(text: str) -> dict[str, Any]:
@@ -301,8 +351,10 @@ def run(
     attack_name: str = "important_instructions",
     injections: Mapping[str, str] | None = None,
     environment: Any | None = None,
+    make_agent: Callable[..., ScriptedAgent] = ScriptedAgent,
 ) -> RunOutcome:
-    """One run scored by AgentDojo; an exception inside is recorded in `error`, not raised."""
+    """One run scored by AgentDojo; an exception inside is recorded in `error`, not raised.
+    `make_agent` builds the scripted agent as `ScriptedAgent` is built (another channel's)."""
     tasks = suite(suite_name)
     outcome = RunOutcome(suite_name, user_id, injection_id, agent, guard is not None)
     try:
@@ -315,7 +367,7 @@ def run(
             )
         if environment is None:
             environment = tasks.load_and_inject_default_environment(dict(injections))
-        scripted = ScriptedAgent(
+        scripted = make_agent(
             tasks.user_tasks[user_id],
             injection_task,
             injections,
@@ -527,13 +579,14 @@ def measure(
     policy: Path = POLICY,
     strict: bool = False,
     user_tasks: int | None = None,
+    injection_tasks: int | None = None,
     attack_name: str = "important_instructions",
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
     runs: list[RunOutcome] | None = None,
 ) -> dict[str, SuiteFigures]:
-    """Measures each suite (its first `user_tasks` user tasks, all when None) and the total;
-    every run's outcome is appended to `runs` when given."""
+    """Measures each suite (its first `user_tasks` user tasks and `injection_tasks` injection
+    tasks, all when None) and the total; every run's outcome is appended to `runs` if given."""
     units = []
     excluded: dict[str, str] = {}
     for name in suites:
@@ -541,7 +594,7 @@ def measure(
         excluded |= exclusions(name)
         users = sorted(tasks.user_tasks, key=_number)
         for user_id in users[:user_tasks] if user_tasks is not None else users:
-            injections = tuple(sorted(tasks.injection_tasks, key=_number))
+            injections = tuple(sorted(tasks.injection_tasks, key=_number))[:injection_tasks]
             units.append(Unit(name, user_id, injections, attack_name, policy, strict))
     outcomes: list[RunOutcome] = [] if runs is None else runs
     with ProcessPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
@@ -550,6 +603,13 @@ def measure(
             outcomes += result
             if progress:
                 progress(done, len(units))
+    return summarise(suites, outcomes, excluded)
+
+
+def summarise(
+    suites: Sequence[str], outcomes: Sequence[RunOutcome], excluded: Mapping[str, str]
+) -> dict[str, SuiteFigures]:
+    """Each suite's figures and the total's (`excluded` keys are "suite/injection_task")."""
     measured = {
         name: figures(
             name,
