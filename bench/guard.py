@@ -37,7 +37,7 @@ from tercet.evals.injection import (
     percentile,
     record,
 )
-from tercet.evals.injection_mcp import CHANNELS, Listing, measure_mcp
+from tercet.evals.injection_mcp import CHANNELS, Listing, agreement, measure_mcp
 
 QUICK_USER_TASKS = 4
 QUICK_INJECTION_TASKS = 3
@@ -75,6 +75,7 @@ def main() -> int:
     # Each denial is logged by the guard; the figures below count and list them.
     logging.getLogger("tercet.guard").setLevel(logging.ERROR)
     runs: list[dict[str, object]] = []
+    by_channel: dict[str, list[RunOutcome]] = {}
     for channel in args.channel or CHANNELS:
         started = time.perf_counter()
         outcomes: list[RunOutcome] = []
@@ -100,6 +101,7 @@ def main() -> int:
             )
             measured, listings = done.figures, done.listings
         runs += [{"channel": channel, **record(run)} for run in outcomes]
+        by_channel[channel] = outcomes
         listing_note = (
             f", listing {'not ' if args.unobserved_listing else ''}observed by the guard"
             if channel == "mcp-description"
@@ -112,6 +114,12 @@ def main() -> int:
             f"{listing_note}; {time.perf_counter() - started:.0f} s"
         )
         report(channel, suites, measured, listings)
+    if "tool" in by_channel and "mcp" in by_channel:
+        same, compared, differing = agreement(by_channel["tool"], by_channel["mcp"])
+        print(
+            f"unguarded runs the mcp channel scores as the tool channel: {same}/{compared}"
+            + (f"; differing: {', '.join(differing)}" if differing else "")
+        )
     if args.runs:
         args.runs.write_text("".join(json.dumps(run) + "\n" for run in runs))
     return 0

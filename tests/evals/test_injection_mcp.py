@@ -17,6 +17,7 @@ from tercet.evals.injection_mcp import (
     McpScriptedAgent,
     McpUnit,
     SuiteServer,
+    agreement,
     parsed,
     poison_text,
     run_mcp_unit,
@@ -72,26 +73,13 @@ def mcp_channel() -> list[RunOutcome]:
     return outcomes
 
 
-def _by_run(outcomes: list[RunOutcome]) -> dict[tuple[Any, ...], tuple[Any, ...]]:
-    return {
-        (o.user_task, o.injection_task, o.agent, o.guarded): (
-            o.utility,
-            o.security,
-            o.injection_seen,
-            o.trace,
-            o.error,
-        )
-        for o in outcomes
-    }
-
-
 def test_unguarded_the_mcp_channel_scores_every_run_as_the_tool_channel(
     tool_channel: list[RunOutcome], mcp_channel: list[RunOutcome]
 ) -> None:
-    tool = _by_run([o for o in tool_channel if not o.guarded])
-    mcp = _by_run([o for o in mcp_channel if not o.guarded])
-    assert len(mcp) == len(tool) == 50  # 45 pairs and 5 benign runs
-    assert mcp == tool
+    # Utility, security, the injection seen and the calls scored: 45 pairs, 5 benign runs.
+    assert agreement(tool_channel, mcp_channel) == (50, 50, [])
+    changed = [replace(o, trace=o.trace[:-1]) if o.trace else o for o in mcp_channel]
+    assert agreement(tool_channel, changed)[0] < 50  # it can tell runs apart
     # The attacker's goals were reached on the server's environment, read back for the checks.
     measured = figures("banking", mcp_channel, injection.exclusions("banking"))
     assert str(measured.reached_unguarded) == "44/45 (88–99.6%)"

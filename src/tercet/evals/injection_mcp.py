@@ -423,5 +423,28 @@ def measure_mcp(
     return McpMeasurement(summarise(suites, outcomes, excluded), listings)
 
 
+def agreement(tool: Sequence[RunOutcome], mcp: Sequence[RunOutcome]) -> tuple[int, int, list[str]]:
+    """How many unguarded runs the MCP channel scores exactly as the tool channel (utility,
+    security, injection seen, the calls scored), of those run on both; the runs that differ."""
+
+    def scored(outcomes: Sequence[RunOutcome]) -> dict[str, tuple[Any, ...]]:
+        return {
+            f"{o.suite}/{o.user_task} x {o.injection_task} ({o.agent})": (
+                o.utility,
+                o.security,
+                o.injection_seen,
+                o.trace,
+                o.error,
+            )
+            for o in outcomes
+            if not o.guarded
+        }
+
+    ours, theirs = scored(mcp), scored(tool)
+    both = [run for run in ours if run in theirs]
+    differing = [run for run in both if ours[run] != theirs[run]]
+    return len(both) - len(differing), len(both), differing
+
+
 def _number(task_id: str) -> int:
     return int(task_id.rsplit("_", 1)[-1])
