@@ -742,12 +742,7 @@ def _read_only_hint(tool: AgentTool, input: dict[str, Any]) -> bool | None:
     annotations (None when the server gave neither `readOnlyHint` nor `destructiveHint`),
     else `is_read_only`."""
     if isinstance(tool, McpServerTool):
-        annotations = tool._tool.annotations  # the server's word, as listed
-        if annotations is None:
-            return None
-        if annotations.destructive_hint:
-            return False
-        return annotations.read_only_hint
+        return tool.read_only_hint
     return tool.is_read_only(input)
 
 

@@ -77,6 +77,17 @@ class McpServerTool:
         schema.setdefault("type", "object")
         return {"name": self.name, "description": description, "input_schema": schema}
 
+    @property
+    def read_only_hint(self) -> bool | None:
+        """The server's own word on the tool, as listed: False when it says `destructiveHint`,
+        else its `readOnlyHint`; None when it said neither."""
+        annotations = self._tool.annotations
+        if annotations is None:
+            return None
+        if annotations.destructive_hint:
+            return False
+        return annotations.read_only_hint
+
     def is_read_only(self, input: dict[str, Any]) -> bool:
         """What the server's `readOnlyHint` says; a tool without one may change things."""
         annotations = self._tool.annotations
