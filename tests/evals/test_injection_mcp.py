@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any
 
 import pytest
+from agentdojo.functions_runtime import FunctionsRuntime  # type: ignore[import-untyped]
 
 from tercet.evals import injection
 from tercet.evals.injection import RunOutcome, figures, policy_guard, run, run_unit
@@ -22,6 +23,7 @@ from tercet.evals.injection_mcp import (
     poison_text,
     run_mcp_unit,
 )
+from tercet.evals.injection_mcp_server import digest, dumped, loaded
 from tercet.guard import Guard, Policy, Source, Verdict
 
 # As tests/evals/test_injection.py: banking's users 0-3 and 14 with all 9 injection tasks.
@@ -143,6 +145,24 @@ def test_the_server_environment_is_read_back_after_calls(server: SuiteServer) ->
     assert after.bank_account.transactions[-1].recipient == "US00"
     refused = server.call("send_money", {"recipient": "US00"})  # AgentDojo's own check
     assert refused.is_error and isinstance(refused.content, str) and "amount" in refused.content
+
+
+def test_what_the_tools_changed_survives_the_read_back() -> None:
+    # Regression: read back as JSON through the suites' validators, the workspace calendar
+    # rebuilt its events from its initial ones and lost the one a tool had just created (the
+    # first full run completed 21 of 40 workspace tasks unguarded, the tool channel 40).
+    tasks = injection.suite("workspace")
+    environment = tasks.load_and_inject_default_environment({})
+    _, error = FunctionsRuntime(tasks.tools).run_function(
+        environment,
+        "create_calendar_event",
+        {"title": "t", "start_time": "2024-05-30 10:00", "end_time": "2024-05-30 11:00"},
+    )
+    assert error is None
+    back = loaded(dumped(environment))
+    assert back == environment and digest(back) == digest(environment)
+    through_json = type(environment).model_validate_json(environment.model_dump_json())
+    assert len(through_json.calendar.events) == len(environment.calendar.events) - 1
 
 
 def test_tool_text_is_read_back_into_its_structure() -> None:

@@ -19,7 +19,8 @@ as `Source("mcp", server)`. Two channels:
 The server builds each run's environment itself (`__reset`: the pair's injections, the user
 task's init) and the driver checks its digest against AgentDojo's copy; after the run (and
 whenever the gullible agent plans the injection task's calls) the driver reads it back
-(`__dump_environment`, JSON into the suite's environment model) for AgentDojo's checks. A stdio
+(`__dump_environment`, pickled: JSON read back through the suites' validators loses what the
+tools changed) for AgentDojo's checks. A stdio
 process is robust to a tool that misbehaves and is the transport most MCP servers use; its cost
 is the start (about 7 s: AgentDojo's import), paid once per unit of work.
 """
@@ -63,7 +64,14 @@ from tercet.evals.injection import (
     suite,
     summarise,
 )
-from tercet.evals.injection_mcp_server import CONTROL_TOOLS, DUMP, POISON_VARIABLE, RESET, digest
+from tercet.evals.injection_mcp_server import (
+    CONTROL_TOOLS,
+    DUMP,
+    POISON_VARIABLE,
+    RESET,
+    digest,
+    loaded,
+)
 from tercet.guard import RulesDetector, Source
 
 Channel = Literal["tool", "mcp", "mcp-description"]
@@ -125,9 +133,11 @@ class SuiteServer:
         return self._checked(self.call(RESET, {"user_task": user_task, "injections": injections}))
 
     def environment(self, model: type[T]) -> T:
-        """The server's environment, read back into AgentDojo's model of it."""
-        text = self._checked(self.call(DUMP, {}))
-        return model.model_validate_json(text)  # type: ignore[attr-defined, no-any-return]
+        """The server's environment, read back as the model `model` (AgentDojo's)."""
+        environment = loaded(self._checked(self.call(DUMP, {})))
+        if not isinstance(environment, model):
+            raise RuntimeError(f"the MCP server sent a {type(environment).__name__}, not {model}")
+        return environment
 
     def _checked(self, result: ToolResult) -> str:
         if result.is_error or not isinstance(result.content, str):

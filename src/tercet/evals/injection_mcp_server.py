@@ -11,7 +11,10 @@ failed. Every tool carries MCP annotations from the policy's classes (read-only:
 
 Two control tools, for the driver and never for the agent: `__reset` (a user task's
 environment with the pair's injections, built here as AgentDojo builds it; answers its digest)
-and `__dump_environment` (the environment as JSON, for AgentDojo's checks after the run).
+and `__dump_environment` (the environment, pickled: for AgentDojo's checks after the run). A
+pickle, not JSON: the suites' models rebuild state in validators (a calendar's events from its
+initial events), so JSON read back would lose what the tools changed. The driver unpickles only
+what this module, started by it, sends.
 With the variable TERCET_AGENTDOJO_POISON set, its text is appended to the description of the
 suite's first tool (tool-description poisoning, read at listing time).
 """
@@ -19,8 +22,10 @@ suite's first tool (tool-description poisoning, read at listing time).
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import os
+import pickle
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -64,6 +69,16 @@ def digest(environment: Any) -> str:
     return hashlib.sha256(environment.model_dump_json().encode()).hexdigest()
 
 
+def dumped(environment: Any) -> str:
+    """The environment as `__dump_environment` answers it (a pickle, base64)."""
+    return base64.b64encode(pickle.dumps(environment)).decode("ascii")
+
+
+def loaded(text: str) -> Any:
+    """An environment `dumped` (from this harness's own server only: it is a pickle)."""
+    return pickle.loads(base64.b64decode(text))  # our own server's answer
+
+
 def build_server(suite_name: str, policy: Path = POLICY, poison: str | None = None) -> Server:
     """The suite's server; its environment starts as the suite's default, uninjected."""
     suite = get_suite(BENCHMARK_VERSION, suite_name)
@@ -94,7 +109,7 @@ def build_server(suite_name: str, policy: Path = POLICY, poison: str | None = No
         ),
         Tool(
             name=DUMP,
-            description="Control (not for the agent): the environment as JSON.",
+            description="Control (not for the agent): the environment, pickled.",
             input_schema={"type": "object", "properties": {}},
         ),
     ]
@@ -110,7 +125,7 @@ def build_server(suite_name: str, policy: Path = POLICY, poison: str | None = No
             state["environment"] = user_task.init_environment(environment)
             return _text(digest(state["environment"]))
         if params.name == DUMP:
-            return _text(state["environment"].model_dump_json())
+            return _text(dumped(state["environment"]))
         result, error = runtime.run_function(state["environment"], params.name, arguments)
         if error is not None:
             return _text(str(error), is_error=True)
