@@ -19,6 +19,9 @@ Excluded from the prevention figures: injection tasks with an empty ground truth
 a replay agent to do, so nothing for a call guard to stop; workspace 6–13, whose goals need a
 model's judgement, and travel 6, a sentence in the answer). Pairs the unguarded gullible agent
 does not reach are outside prevention's denominator by its definition; they are listed.
+
+This is AgentDojo's tool channel; `ScriptedAgent`'s channel methods (`start`, `environment`,
+`finish`, `checked_as`, `execute`) are what `tercet.evals.injection_mcp` overrides for MCP.
 """
 
 from __future__ import annotations

@@ -38,7 +38,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
 import yaml  # type: ignore[import-untyped]
@@ -114,7 +113,7 @@ class SuiteServer:
             raise
         return self
 
-    def __exit__(self, *exc_info: tuple[type[BaseException], BaseException, TracebackType]) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         if self._servers is not None:
             self._wait(self._servers.aclose(), _CONNECT_TIMEOUT_S)
         self._stop()
