@@ -43,7 +43,6 @@ from typing import Any, Literal, Self, TypeVar
 import yaml  # type: ignore[import-untyped]
 from pydantic_core import to_jsonable_python
 
-from tercet.agent.loop import _read_only_hint  # the agent's own reading of MCP annotations
 from tercet.agent.tools.base import ToolContext, ToolResult
 from tercet.agent.tools.mcp import McpServers, McpServerTool
 from tercet.agent.tools.mcp_config import StdioServerConfig
@@ -234,7 +233,7 @@ class McpScriptedAgent(ScriptedAgent):
 
     def checked_as(self, call: Any) -> tuple[str, bool | None]:
         tool = self.server.tools[call.function]
-        return tool.name, _read_only_hint(tool, dict(call.args))
+        return tool.name, tool.read_only_hint  # what the agent's loop passes the guard
 
     def execute(self, call: Any, runtime: Any, env: Any) -> Executed:
         done = self.server.call(call.function, to_jsonable_python(call.args))
