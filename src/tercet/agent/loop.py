@@ -379,12 +379,19 @@ class Agent:
         return run
 
     def _follow(self, guard: Guard, session: Session | None) -> None:
-        """Start the guard on this session: the system prompt, and for a saved session what
+        """Start the guard on this session: the system prompt, the MCP tools' listings
+        (untrusted, the server's), and for a saved session what
         its conversation holds (the task and the user's prompts trusted, tool results with
         their sources; other text, as a compaction's summary, untrusted: the model wrote it
         from what it read)."""
         guard.reset()
         guard.observe(self._system, Source("system"))
+        for tool in self.config.tools:
+            if isinstance(tool, McpServerTool):
+                # An MCP server writes its tools' descriptions and schemas, and the model reads
+                # them: untrusted content, as its results are (a poisoned listing's values
+                # count as the server's, and the detectors see it).
+                guard.observe(tool.definition(), Source("mcp", tool.server_name))
         if session is None:
             return
         guard.record(session.task, Source("user"))
