@@ -36,13 +36,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from tercet.agent.events import Usage
 from tercet.agent.model import Model, ModelReply, ModelRequest
 from tercet.evals.packages import PackageSpec
 from tercet.evals.selection import TokenUsage
-from tercet.evals.task import AttemptResult, EvalInputError, Task, parse_record
+from tercet.evals.task import AttemptResult, EvalInputError, Task, read_appended
 
 log = logging.getLogger("tercet.evals")
 
@@ -1029,27 +1029,10 @@ class JudgementsFile:
     def load(self) -> dict[tuple[str, int], Judgement]:
         """The latest judgement of each attempt; a last line cut short by a kill is ignored,
         any other bad line is an `EvalInputError`."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise EvalInputError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
-        judgements: dict[tuple[str, int], Judgement] = {}
-        lines = data.split(b"\n")
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            if number == len(lines):  # no newline after it: the write may have been cut
-                try:
-                    judgement = Judgement.model_validate_json(line)
-                except ValidationError:
-                    log.warning("%s: ignoring a truncated last line", self.path)
-                    continue
-            else:
-                judgement = parse_record(Judgement, line, f"{self.path}:{number}")
-            judgements[(judgement.instance_id, judgement.attempt)] = judgement
-        return judgements
+        return {
+            (judgement.instance_id, judgement.attempt): judgement
+            for judgement in read_appended(self.path, Judgement)
+        }
 
     def append(self, judgement: Judgement) -> None:
         line = (judgement.model_dump_json() + "\n").encode()

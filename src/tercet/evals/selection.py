@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from tercet.agent.events import Usage
 from tercet.agent.model import Model
@@ -38,7 +38,13 @@ from tercet.attempts.select import (
     choose,
     filter_candidates,
 )
-from tercet.evals.task import AttemptResult, EvalInputError, Task, parse_record, write_jsonl
+from tercet.evals.task import (
+    AttemptResult,
+    EvalInputError,
+    Task,
+    read_appended,
+    write_jsonl,
+)
 
 log = logging.getLogger("tercet.evals")
 
@@ -205,27 +211,10 @@ class SelectionsFile:
     def load(self) -> dict[str, TaskSelection]:
         """The latest selection of each instance. A last line cut short by a kill is ignored;
         any other bad line is an `EvalInputError`."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise EvalInputError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
-        selections: dict[str, TaskSelection] = {}
-        lines = data.split(b"\n")
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            if number == len(lines):  # no newline after it: the write may have been cut
-                try:
-                    selection = TaskSelection.model_validate_json(line)
-                except ValidationError:
-                    log.warning("%s: ignoring a truncated last line", self.path)
-                    continue
-            else:
-                selection = parse_record(TaskSelection, line, f"{self.path}:{number}")
-            selections[selection.instance_id] = selection
-        return selections
+        return {
+            selection.instance_id: selection
+            for selection in read_appended(self.path, TaskSelection)
+        }
 
     def append(self, selection: TaskSelection) -> None:
         line = (selection.model_dump_json() + "\n").encode()

@@ -9,6 +9,7 @@ naming the file and line, never a half-loaded set.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -192,3 +193,30 @@ def write_jsonl(path: Path, records: Iterable[BaseModel]) -> None:
         for record in records:
             handle.write(record.model_dump_json() + "\n")
     partial.replace(path)
+
+
+def read_appended(path: Path, model: type[M]) -> list[M]:
+    """The records of a file appended to line by line (results, selections, judgements). A
+    last line without its newline may have been cut by a kill: it is ignored if it does not
+    parse; any other bad line is an `EvalInputError`; a missing file holds none."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise EvalInputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    records: list[M] = []
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if number == len(lines):  # no newline after it: the write may have been cut
+            try:
+                records.append(model.model_validate_json(line))
+            except ValidationError:
+                logging.getLogger("tercet.evals").warning(
+                    "%s: ignoring a truncated last line", path
+                )
+            continue
+        records.append(parse_record(model, line, f"{path}:{number}"))
+    return records
