@@ -12,6 +12,8 @@
     tercet eval impossible --dataset pypi-bugs-v1 --out impossible.jsonl   # impossible variants
     tercet eval run --split oneoff --protect-tests deny --run-dir runs/oneoff-protected
     tercet eval run --ray auto --base-url http://MODEL:8080 --workers 64 --run-dir runs/big
+    tercet eval injection --agent model --suite banking --user-tasks 4 --injection-tasks 3 \
+        --out runs/injection        # the guard on AgentDojo, with the embedded model
 
 Exit status: 0 done, 1 failed, 2 bad input (the message says what), 130 interrupted (the
 run directory resumes with --resume).
@@ -31,6 +33,7 @@ from tercet.evals.task import EvalInputError
 
 if TYPE_CHECKING:
     from tercet.evals.hacks import HackJudgeSettings
+    from tercet.evals.injection_report import InjectionRun, RunsFile
     from tercet.evals.selection import ScorerSettings
 
 EXIT_FAILED = 1
@@ -54,6 +57,7 @@ def register(commands: Any) -> None:
     _register_select(actions)
     _register_judge(actions)
     _register_report(actions)
+    _register_injection(actions)
 
 
 # ---------------------------------------------------------------------------- build
@@ -803,3 +807,238 @@ def _report(args: argparse.Namespace) -> int:
     for kind, path in written.items():
         print(f"{kind}: {path}", file=sys.stderr)
     return 0
+
+
+# ---------------------------------------------------------------------------- injection
+
+
+def _register_injection(actions: Any) -> None:
+    parser = actions.add_parser(
+        "injection",
+        help="the prompt-injection guard on AgentDojo: scripted (model-free) or with a model",
+        description="AgentDojo v1.2.2 (the agentdojo extra; offline). --agent scripted: the "
+        "model-free measurement (scripted benign and gullible agents: prevention, false "
+        "denials, utility lost). --agent model: tercet's agent on a model, each user task "
+        "without an attack and with each injection task, without the guard and with it "
+        "(utility, utility under attack, ASR, token overhead). Runs are appended to "
+        "OUT/runs.jsonl as each ends (the same command continues an interrupted "
+        "measurement); the table of every run there goes to OUT/report.md and report.jsonl.",
+    )
+    parser.add_argument(
+        "--suite",
+        action="append",
+        metavar="NAME",
+        help="banking, slack, travel or workspace (repeatable; default banking)",
+    )
+    parser.add_argument("--user-tasks", type=int, metavar="N", help="the first N of each suite")
+    parser.add_argument("--injection-tasks", type=int, metavar="N", help="the first N")
+    parser.add_argument(
+        "--attack",
+        default="important_instructions",
+        metavar="NAME",
+        help="an attack of AgentDojo's registry (default important_instructions)",
+    )
+    parser.add_argument(
+        "--policy",
+        default="default",
+        metavar="PATH|default",
+        help="the guard's policy file (default: the shipped policies/agentdojo.toml)",
+    )
+    parser.add_argument("--agent", choices=("scripted", "model"), default="model")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR")
+    parser.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="runs at once (default 1)"
+    )
+    model = parser.add_argument_group("the model (--agent model)")
+    model.add_argument(
+        "--base-url",
+        help="a Messages API server (tercet's, serving any engine, or Anthropic's); none: "
+        "the embedded model in process",
+    )
+    model.add_argument(
+        "--api-key", default=os.environ.get("ANTHROPIC_API_KEY"), help="default $ANTHROPIC_API_KEY"
+    )
+    model.add_argument(
+        "--model",
+        help="the model requests name (default: the embedded model's id; with --base-url, "
+        "claude-sonnet-4-6)",
+    )
+    model.add_argument("--max-turns", type=int, default=10, metavar="N", help="default 10")
+    model.add_argument(
+        "--max-tokens", type=int, default=512, metavar="N", help="output per call (default 512)"
+    )
+    model.add_argument("--temperature", type=float, help="default: the server's")
+    model.add_argument("--threads", type=int, help="in process: CPU threads")
+    model.add_argument("--context-window", type=int, metavar="TOKENS", help="in process")
+    parser.set_defaults(run=_injection)
+
+
+def _injection(args: argparse.Namespace) -> int:
+    try:
+        return _measure_injection(args)
+    except EvalInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: finished runs are in {args.out}; the same command continues",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+
+
+def _measure_injection(args: argparse.Namespace) -> int:
+    from tercet.evals.injection_report import RUNS_FILE, RunsFile, write_report
+
+    suites, policy_path, policy_name = _injection_inputs(args)
+    logging.getLogger("tercet.guard").setLevel(logging.ERROR)  # the runs record each denial
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = RunsFile(args.out / RUNS_FILE)
+    recorded = runs.load()
+    if args.agent == "scripted":
+        _injection_scripted(args, suites, policy_path, policy_name, recorded, runs)
+    else:
+        _injection_model(args, suites, policy_path, policy_name, recorded, runs)
+    text, written = write_report(runs.load(), args.out)
+    print(text, end="")
+    for path in written:
+        print(f"written: {path}", file=sys.stderr)
+    return 0
+
+
+def _injection_inputs(args: argparse.Namespace) -> tuple[list[str], Path, str]:
+    """The suites, the policy file and its label; `EvalInputError` for what cannot be run."""
+    from agentdojo.attacks.attack_registry import ATTACKS  # type: ignore[import-untyped]
+
+    from tercet.evals.injection import POLICY, SUITES
+    from tercet.guard import Policy, PolicyError
+
+    suites = args.suite or ["banking"]
+    for name in suites:
+        if name not in SUITES:
+            raise EvalInputError(f"unknown suite {name!r}; the suites are {', '.join(SUITES)}")
+    if args.attack not in ATTACKS:
+        raise EvalInputError(f"unknown attack {args.attack!r}; AgentDojo's: {', '.join(ATTACKS)}")
+    for flag in ("user_tasks", "injection_tasks", "workers", "max_turns", "max_tokens"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise EvalInputError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.agent == "scripted" and args.base_url:
+        raise EvalInputError("--base-url is for --agent model (the scripted agents use none)")
+    path = POLICY if args.policy == "default" else Path(args.policy)
+    try:
+        Policy.load(path)
+    except PolicyError as exc:
+        raise EvalInputError(f"the guard policy: {exc}") from None
+    return suites, path, "agentdojo" if args.policy == "default" else str(path)
+
+
+def _injection_scripted(
+    args: argparse.Namespace,
+    suites: list[str],
+    policy_path: Path,
+    policy_name: str,
+    recorded: list[InjectionRun],
+    runs: RunsFile,
+) -> None:
+    """The model-free measurement, a user task (all its runs) at a time; user tasks whose
+    runs are all recorded are not run again."""
+    from concurrent.futures import ProcessPoolExecutor
+    from contextlib import nullcontext
+
+    from tercet.evals.injection import Unit, run_unit, suite
+    from tercet.evals.injection_model import first_tasks
+    from tercet.evals.injection_report import InjectionRun, from_outcome
+
+    done = {run.key for run in recorded}
+    units = []
+    for name in suites:
+        tasks = suite(name)
+        injections = tuple(first_tasks(tasks.injection_tasks, args.injection_tasks))
+        for user in first_tasks(tasks.user_tasks, args.user_tasks):
+            expected = [
+                InjectionRun(
+                    agent="benign" if injection is None else "gullible",
+                    policy=policy_name,
+                    guarded=guarded,
+                    suite=name,
+                    user_task=user,
+                    injection_task=injection,
+                    attack=args.attack,
+                ).key
+                for injection in (None, *injections)
+                for guarded in (False, True)
+            ]
+            if not all(key in done for key in expected):
+                units.append(Unit(name, user, injections, args.attack, policy_path))
+    workers = min(args.workers, len(units)) or 1
+    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
+        results = pool.map(run_unit, units) if pool is not None else map(run_unit, units)
+        for number, (unit, outcomes) in enumerate(zip(units, results, strict=True), 1):
+            for outcome in outcomes:
+                runs.append(from_outcome(outcome, policy_name, args.attack))
+            print(f"[{number}/{len(units)}] {unit.suite} {unit.user_task}", file=sys.stderr)
+
+
+def _injection_model(
+    args: argparse.Namespace,
+    suites: list[str],
+    policy_path: Path,
+    policy_name: str,
+    recorded: list[InjectionRun],
+    runs: RunsFile,
+) -> None:
+    """tercet's agent on the model, each run appended as it ends."""
+    from tercet.evals.injection_model import (
+        ModelPlan,
+        ModelTarget,
+        measure_model,
+        open_session,
+        planned,
+    )
+    from tercet.guard import Policy
+
+    target = ModelTarget(
+        base_url=args.base_url,
+        model=args.model,
+        api_key=args.api_key,
+        temperature=args.temperature,
+        threads=args.threads,
+        context_window=args.context_window,
+    )
+    plan = ModelPlan(
+        suites=suites,
+        user_tasks=args.user_tasks,
+        injection_tasks=args.injection_tasks,
+        attack=args.attack,
+        policy=Policy.load(policy_path),
+        policy_name=policy_name,
+        max_turns=args.max_turns,
+        max_tokens=args.max_tokens,
+    )
+    with open_session(target) as session:
+        finished = {
+            planned(run)
+            for run in recorded
+            if (run.agent, run.model, run.policy, run.attack)
+            == ("model", session.model_name, policy_name, args.attack)
+        }
+        total = len([todo for todo in plan.runs() if todo not in finished])
+        count = 0
+
+        def ended(run: InjectionRun) -> None:
+            nonlocal count
+            runs.append(run)
+            count += 1
+            attacked = f" x {run.injection_task}" if run.injection_task else ""
+            outcome = "error" if run.error else f"utility {run.utility}"
+            if run.security is not None:
+                outcome += f", attacker's goal {'reached' if run.security else 'not reached'}"
+            print(
+                f"[{count}/{total}] {run.suite} {run.user_task}{attacked}"
+                f"{', guarded' if run.guarded else ''}: {outcome}; {run.turns} turns, "
+                f"{run.total_tokens} tokens, {run.duration_s:.0f} s",
+                file=sys.stderr,
+            )
+
+        measure_model(session, plan, done=finished, on_run=ended, workers=args.workers)

@@ -31,7 +31,7 @@ import threading
 import time
 import traceback
 from ast import literal_eval
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -514,9 +514,8 @@ class ModelPlan:
         planned: list[tuple[str, str, str | None, bool]] = []
         for name in self.suites:
             tasks = suite(name)
-            users = sorted(tasks.user_tasks, key=_number)[: self.user_tasks]
-            injections = sorted(tasks.injection_tasks, key=_number)[: self.injection_tasks]
-            for user in users:
+            injections = first_tasks(tasks.injection_tasks, self.injection_tasks)
+            for user in first_tasks(tasks.user_tasks, self.user_tasks):
                 for injection in (None, *injections):
                     planned += [(name, user, injection, guarded) for guarded in (False, True)]
         return planned
@@ -526,15 +525,15 @@ def measure_model(
     session: ModelSession,
     plan: ModelPlan,
     *,
-    done: set[tuple[str, str, str | None, bool]] | frozenset[Any] = frozenset(),
+    done: Iterable[tuple[str, str, str | None, bool]] = (),
     on_run: Callable[[InjectionRun], None] | None = None,
     workers: int = 1,
 ) -> list[InjectionRun]:
     """Runs the plan's runs not in `done` (`workers` at a time: they queue at the model),
     calling `on_run` with each as it ends; the runs, in the plan's order."""
 
-    def one(planned: tuple[str, str, str | None, bool]) -> InjectionRun:
-        name, user, injection, guarded = planned
+    def one(entry: tuple[str, str, str | None, bool]) -> InjectionRun:
+        name, user, injection, guarded = entry
         record = run_model(
             session,
             name,
@@ -550,11 +549,22 @@ def measure_model(
             on_run(record)
         return record
 
-    todo = [planned for planned in plan.runs() if planned not in done]
+    skipped = set(done)
+    todo = [entry for entry in plan.runs() if entry not in skipped]
     if workers <= 1:
-        return [one(planned) for planned in todo]
+        return [one(entry) for entry in todo]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(one, todo))
+
+
+def planned(run: InjectionRun) -> tuple[str, str, str | None, bool]:
+    """A recorded run as `ModelPlan.runs` names it."""
+    return run.suite, run.user_task, run.injection_task, run.guarded
+
+
+def first_tasks(tasks: Iterable[str], count: int | None) -> list[str]:
+    """The first `count` task ids in their numbers' order (all: None)."""
+    return sorted(tasks, key=_number)[:count]
 
 
 def _number(task_id: str) -> int:

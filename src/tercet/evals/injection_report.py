@@ -19,15 +19,18 @@ raised counts against whoever it would flatter: no utility, the attacker's goal 
 from __future__ import annotations
 
 import json
+import os
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from tercet.evals.injection import CallRecord, RunOutcome, exclusions, figures
 from tercet.evals.stats import Rate
+from tercet.evals.task import read_appended
 
 RunAgent = Literal["benign", "gullible", "model"]
 SCRIPTED = "scripted"
@@ -377,3 +380,45 @@ def write_report(runs: Iterable[InjectionRun], out: Path) -> tuple[str, list[Pat
     written[0].write_text(text, encoding="utf-8")
     written[1].write_text(json_lines(table), encoding="utf-8")
     return text, written
+
+
+RUNS_FILE = "runs.jsonl"
+
+
+class RunsFile:
+    """runs.jsonl: read back to resume, appended to (a line, flushed and fsynced) as each run
+    ends, from any thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def load(self) -> list[InjectionRun]:
+        """Every run recorded; a last line a kill cut short is dropped from the file, so the
+        next append starts a clean line (`EvalInputError` for any other bad line)."""
+        runs = read_appended(self.path, InjectionRun)
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return runs
+        if data and not data.endswith(b"\n"):
+            whole = data.rfind(b"\n") + 1
+            try:
+                InjectionRun.model_validate_json(data[whole:])
+                ending = True  # a whole record that only lacked its newline
+            except ValidationError:
+                ending = False
+            with self.path.open("r+b") as handle:
+                if ending:
+                    handle.seek(len(data))
+                    handle.write(b"\n")
+                else:
+                    handle.truncate(whole)
+        return runs
+
+    def append(self, run: InjectionRun) -> None:
+        line = (run.model_dump_json() + "\n").encode()
+        with self._lock, self.path.open("ab") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
