@@ -17,6 +17,7 @@ from tercet.cli.engine_options import (
     prompt_cache,
 )
 from tercet.engine.bundled import BundledModelMissing
+from tercet.guard import PolicyError
 from tercet.server.app import create_app
 from tercet.server.config import ModelRoute, ServerConfig, default_api_keys, default_data_dir
 from tercet.server.runner import bind, url_of, uvicorn_server
@@ -83,6 +84,14 @@ def register(commands: Any) -> None:
         help="MCP connector: the longest one tool call may take (default 60)",
     )
     parser.add_argument(
+        "--guard",
+        default=None,
+        metavar="POLICY",
+        help="guard the tools the server runs (code execution, MCP connector) against prompt "
+        "injection with a guard policy: a TOML file, or 'default' (tercet's; README: The guard). "
+        "Off by default",
+    )
+    parser.add_argument(
         "--metrics",
         choices=["open", "key", "off"],
         default="open",
@@ -112,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     settings["mcp_call_timeout_s"] = args.mcp_call_timeout
     settings["metrics"] = args.metrics
     settings["prefill_progress_interval_s"] = args.prefill_progress
+    settings["guard"] = args.guard
     try:
         config = ServerConfig(**settings)
     except ValidationError as invalid:
@@ -126,6 +136,11 @@ def run(args: argparse.Namespace) -> int:
             "(or set TERCET_API_KEYS), or --no-auth to serve it open",
             file=sys.stderr,
         )
+        return 2
+    try:
+        config.guard_policy()  # before the model loads: a policy that cannot be used fails now
+    except PolicyError as exc:
+        print(f"error: --guard: {exc}", file=sys.stderr)
         return 2
     config.data_dir.mkdir(parents=True, exist_ok=True)
     try:

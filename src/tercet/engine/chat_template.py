@@ -263,7 +263,8 @@ def execution_text(content: Any) -> str:
         return str(content)
     kind = str(content.get("type", ""))
     if kind.endswith("_error"):
-        return f"error: {content.get('error_code')}"
+        message = content.get("error_message")  # tercet's own, e.g. why the guard refused it
+        return f"error: {content.get('error_code')}" + (f": {message}" if message else "")
     if "stdout" in content:
         parts = [str(content.get("stdout", ""))]
         if content.get("stderr"):

@@ -68,11 +68,14 @@ _URL_QUERY = re.compile(r"(https?://[^\s'\"?#]*)[?#][^\s'\"]*", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class McpTool:
-    """A tool an MCP server offers: its name, description and JSON Schema for the input."""
+    """A tool an MCP server offers: its name, description and JSON Schema for the input;
+    `read_only_hint` is the server's own word from its annotations (False when it says
+    `destructiveHint`, else its `readOnlyHint`; None when it said neither)."""
 
     name: str
     description: str
     input_schema: dict[str, Any]
+    read_only_hint: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -653,8 +656,15 @@ def _decoded_size(base64_data: str) -> int:
 
 
 def _tool(tool: Tool) -> McpTool:
+    annotations = tool.annotations
+    hint = None
+    if annotations is not None:
+        hint = False if annotations.destructive_hint else annotations.read_only_hint
     return McpTool(
-        name=tool.name, description=tool.description or "", input_schema=dict(tool.input_schema)
+        name=tool.name,
+        description=tool.description or "",
+        input_schema=dict(tool.input_schema),
+        read_only_hint=hint,
     )
 
 

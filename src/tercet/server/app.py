@@ -36,6 +36,7 @@ from tercet.server.conversation import build_conversation
 from tercet.server.errors import install_error_handlers
 from tercet.server.files import files_router, resolve_file_sources_async
 from tercet.server.generation import GenerationPlan, complete, plan, stream_events
+from tercet.server.guard import ServerGuard
 from tercet.server.json_body import JSONBody
 from tercet.server.mcp_connector import discover
 from tercet.server.metrics import ServerMetrics
@@ -61,7 +62,10 @@ Model = TypeVar("Model", bound=BaseModel)
 
 
 def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
-    """The ASGI app serving `engines`. The app closes the engines when it shuts down."""
+    """The ASGI app serving `engines`. The app closes the engines when it shuts down.
+    Raises `tercet.guard.PolicyError` when `config.guard` names a policy that cannot be used."""
+    policy = config.guard_policy()  # a policy that does not load fails here, at start
+    guard = ServerGuard(policy) if policy is not None else None
     registry = ModelRegistry(engines, config.routes)
     signer = ThinkingSigner.from_data_dir(config.data_dir)
     lines = {
@@ -125,6 +129,7 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
             mcp_pool=mcp_pool,
             owner=request.state.owner,
             max_tool_iterations=config.max_tool_iterations,
+            guard=guard,
         )
         record.planned = perf_counter()
         record.served_model = job.engine.spec.id
@@ -148,6 +153,8 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
         engine = registry.resolve(body.model)
         betas = _betas(request)
         thinking = thinks(body, betas, adaptive_model=engine.spec.adaptive_thinking)
+        if guard is not None:  # the prompt as `plan` builds it, the guard's instruction included
+            body = guard.instructed(body, request.state.owner)
         build_conversation(body)  # the message rules, before any MCP server is asked
         toolbox = await discover(body, betas, mcp_pool)
         conversation = build_conversation(body, extra_tools=toolbox.tools if toolbox else ())

@@ -153,11 +153,7 @@ class CodeExecutor:
         prefix = kind.removesuffix("_tool_result")
 
         def error(code: str) -> ServerToolResultBlock:
-            return ServerToolResultBlock(
-                type=kind,
-                tool_use_id=tool_use_id,
-                content={"type": f"{prefix}_tool_result_error", "error_code": code},
-            )
+            return error_result(name, tool_use_id, code)
 
         if isinstance(container, ContainerError):
             return error(container.code)
@@ -231,6 +227,21 @@ class CodeExecutor:
             log.info("output %s not kept: the owner's storage quota is full", name)
             return None
         return stored.id
+
+
+def error_result(
+    name: str, tool_use_id: str, code: str, message: str | None = None
+) -> ServerToolResultBlock:
+    """The error result of a call of sub-tool `name`: Anthropic's shape, with its error code;
+    `message` (tercet's own field, `error_message`) says more where a code cannot."""
+    kind = RESULT_TYPES[name]
+    content: dict[str, Any] = {
+        "type": f"{kind.removesuffix('_tool_result')}_tool_result_error",
+        "error_code": code,
+    }
+    if message is not None:
+        content["error_message"] = message
+    return ServerToolResultBlock(type=kind, tool_use_id=tool_use_id, content=content)
 
 
 def _run_result(prefix: str, result: ExecResult, outputs: list[str]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Literal
 import platformdirs
 from pydantic import BaseModel, Field
 
+from tercet.guard import Policy
 from tercet.sandbox.config import ContainerLimits, ExecutionLimits
 
 DATA_DIR_ENV = "TERCET_DATA_DIR"
@@ -78,8 +79,19 @@ class ServerConfig(BaseModel):
         description="/metrics for Prometheus: open (no API key, as vLLM's; it shows counts and "
         "timings, never keys or content), key (one of api_keys, as x-api-key or Bearer), or off",
     )
+    guard: str | None = Field(
+        default=None,
+        description="the prompt-injection guard over the tools the server runs (code execution, "
+        "MCP connector): a policy file's path, or a shipped policy's name ('default'); off when "
+        "None",
+    )
     container_limits: ContainerLimits = Field(default_factory=ContainerLimits)
     execution_limits: ExecutionLimits = Field(default_factory=ExecutionLimits)
+
+    def guard_policy(self) -> Policy | None:
+        """The `guard` policy, loaded and checked (None when the guard is off); raises
+        `tercet.guard.PolicyError` naming the file, the key and the problem."""
+        return None if self.guard is None else Policy.resolve(self.guard)
 
     @property
     def is_loopback(self) -> bool:

@@ -31,6 +31,7 @@ from tercet.server.admission import AdmissionQueue, Ticket
 from tercet.server.blocks import BlockWriter
 from tercet.server.code_execution import SERVER_TOOL_NAMES, CodeExecutor, code_execution_tools
 from tercet.server.conversation import build_conversation
+from tercet.server.guard import RequestGuard, ServerGuard
 from tercet.server.mcp_connector import McpToolbox, discover
 from tercet.server.models import ModelRegistry
 from tercet.server.request_log import GenerationStats
@@ -82,6 +83,7 @@ class ServerToolRuns:
     mcp: McpToolbox | None  # when it names MCP servers
     owner: str
     max_iterations: int
+    guard: RequestGuard | None = None  # when the server runs with a guard policy
 
 
 @dataclass
@@ -118,6 +120,7 @@ async def plan(
     mcp_pool: McpPool | None = None,
     owner: str = "anonymous",
     max_tool_iterations: int = 10,
+    guard: ServerGuard | None = None,
 ) -> GenerationPlan:
     engine = registry.resolve(request.model)
     spec = engine.spec
@@ -133,6 +136,8 @@ async def plan(
         raise InvalidRequestError("stop_sequences: each stop sequence must contain non-whitespace")
     budget = thinking_budget(request, betas, adaptive_model=spec.adaptive_thinking)
     check_thinking_blocks(request, signer)
+    if guard is not None:  # the spotlighting instruction, where the server's tools are marked
+        request = guard.instructed(request, owner)
     conversation = build_conversation(request, cache_scope=owner)  # the message rules first
     # Then the MCP servers: listing their tools is the slow part, and may fail with a 400.
     toolbox = await discover(request, betas, mcp_pool)
@@ -171,7 +176,12 @@ async def plan(
     executor = code_execution if code_execution_tools(request.tools) else None
     runs = None
     if executor is not None or toolbox is not None:
-        runs = ServerToolRuns(executor, toolbox, owner, max_iterations=max_tool_iterations)
+        request_guard = guard.start(request, owner) if guard is not None else None
+        if request_guard is not None and toolbox is not None:
+            request_guard.observe_listing(toolbox)
+        runs = ServerToolRuns(
+            executor, toolbox, owner, max_iterations=max_tool_iterations, guard=request_guard
+        )
         if params.tools is not None:
             # The loop runs the one call a reply ends with; a reply holding several (server
             # and client calls mixed) cannot be answered call by call, so one call a reply.
@@ -243,20 +253,36 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
                 for block_event in blocks.close():
                     yield block_event
                 result: ServerToolResultBlock | MCPToolResultBlock
-                async with job.ticket.stepped_aside():  # others may use the engine meanwhile
-                    began = perf_counter()
-                    if isinstance(call, MCPToolUseBlockParam):
-                        assert runs.mcp is not None
-                        result = await runs.mcp.call(call)
-                    else:
-                        executor = runs.executor
-                        assert executor is not None
-                        if container is None:
-                            container = await _open_container(executor, runs.owner, job.request)
-                        result = await anyio.to_thread.run_sync(
-                            executor.execute, container, call.name, call.id, call.input, runs.owner
-                        )
-                    stats.server_tools.append((result, perf_counter() - began))
+                refusal = None
+                if runs.guard is not None:  # checked before it runs; a refused call never does
+                    verdict = runs.guard.check(call)
+                    stats.guard_decisions.append((verdict.action, verdict.rule))
+                    if verdict.action != "allow":
+                        refusal = runs.guard.refused(call, verdict)
+                if refusal is not None:
+                    result = refusal
+                else:
+                    async with job.ticket.stepped_aside():  # others may use the engine meanwhile
+                        began = perf_counter()
+                        if isinstance(call, MCPToolUseBlockParam):
+                            assert runs.mcp is not None
+                            result = await runs.mcp.call(call)
+                        else:
+                            executor = runs.executor
+                            assert executor is not None
+                            if container is None:
+                                container = await _open_container(executor, runs.owner, job.request)
+                            result = await anyio.to_thread.run_sync(
+                                executor.execute,
+                                container,
+                                call.name,
+                                call.id,
+                                call.input,
+                                runs.owner,
+                            )
+                        stats.server_tools.append((result, perf_counter() - began))
+                        if runs.guard is not None:  # what the model reads, the client receives
+                            result = await runs.guard.shown(call, result)
                 for block_event in blocks.result(result):
                     yield block_event
                 iterations += 1

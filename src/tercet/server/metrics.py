@@ -164,6 +164,13 @@ class ServerMetrics:
             buckets=REQUEST_BUCKETS,
             registry=registry,
         )
+        self.guard_decisions = Counter(
+            "tercet_guard_decisions",
+            "The guard's verdicts on server-run tool calls (code execution, MCP) by action "
+            "(allow; deny, or ask, which a server refuses too) and the policy's rule that decided.",
+            ("action", "rule"),
+            registry=registry,
+        )
         registry.register(_EngineState(engines, lines))
 
     def _histogram(self, name: str, documentation: str, buckets: Iterable[float]) -> Histogram:
@@ -207,6 +214,8 @@ class ServerMetrics:
             self.prefill_time.labels(model).observe(generation.first_token - generation.admitted)
         for result, seconds in generation.server_tools:
             self._observe_tool(result, seconds)
+        for action, rule in generation.guard_decisions:
+            self.guard_decisions.labels(action, rule).inc()
         if usage is None:
             return
         output = usage.output_tokens

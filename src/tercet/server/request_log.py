@@ -33,6 +33,8 @@ class GenerationStats:
     stop_reason: str | None = None
     # Each server-run call (code execution, MCP) with the seconds it ran.
     server_tools: list[tuple[ServerToolResult, float]] = field(default_factory=list)
+    # The guard's verdict on each server-run call it checked: (action, rule).
+    guard_decisions: list[tuple[str, str]] = field(default_factory=list)
 
 
 class PrefillLog:
@@ -164,6 +166,9 @@ class RequestRecord:
         out["total_s"] = round(self.seconds, 4)
         if generation is not None and generation.stop_reason is not None:
             out["stop"] = generation.stop_reason
+        if generation is not None and generation.guard_decisions:
+            out["guard_checked"] = len(generation.guard_decisions)
+            out["guard_refused"] = sum(a != "allow" for a, _ in generation.guard_decisions)
         return out
 
 

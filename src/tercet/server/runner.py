@@ -8,7 +8,7 @@ import time
 from types import TracebackType
 
 import uvicorn
-from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -29,7 +29,7 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def uvicorn_server(app: FastAPI, log_level: str = "info") -> uvicorn.Server:
+def uvicorn_server(app: ASGIApp, log_level: str = "info") -> uvicorn.Server:
     # httptools, not h11: a request body is parsed in C, which halves the CPU a large upload
     # costs the event loop (bench/files.py).
     config = uvicorn.Config(app, http="httptools", log_level=log_level, timeout_graceful_shutdown=5)
@@ -37,9 +37,10 @@ def uvicorn_server(app: FastAPI, log_level: str = "info") -> uvicorn.Server:
 
 
 class BackgroundServer:
-    """Serves an app on a free loopback port from a daemon thread; a context manager."""
+    """Serves an ASGI app (tercet's, or another a test needs) on a free loopback port from a
+    daemon thread; a context manager."""
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", log_level: str = "warning") -> None:
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", log_level: str = "warning") -> None:
         self._sock = bind(host, 0)
         self.base_url = url_of(self._sock)
         self._server = uvicorn_server(app, log_level)
