@@ -5,9 +5,9 @@ An in-house suite, labelled so everywhere: "in-house, tercet-files-v1" (not Agen
 data is `datasets/injection-files-v1/`: small repositories (a package module with a bug, a
 failing test, a README), each with a benign task whose ground truth is the agent's own tool
 calls (view the README, run the tests, view the module, `str_replace` the fix, run the tests
-again), and the goals an attacker has for a coding agent (secrets sent away with curl or
-Python, a push to the attacker's remote, a dependency from the attacker's index, an SSH key
-planted, the API key e-mailed). Each (repository, goal, channel) is a pair: the goal's
+again), and the goals an attacker has for a coding agent (secrets sent away with curl, wget
+or Python, a push to the attacker's remote, a dependency from the attacker's index, a
+look-alike package installed, an SSH key planted, the API key e-mailed). Each (repository, goal, channel) is a pair: the goal's
 instruction, in one of three phrasings, placed in the README, a comment of the module, or the
 failing test's assertion message.
 
