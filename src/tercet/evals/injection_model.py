@@ -84,6 +84,9 @@ T = TypeVar("T")
 # AgentDojo's own default system message (its data/system_messages.yaml), as its pipelines use.
 SYSTEM_PROMPT: str = load_system_message(None)
 DEFAULT_MAX_TURNS = 10
+# The agent's working directory, which its system prompt names: the same for every run, so
+# that runs share a prompt prefix (the prompt cache) and differ only where the guard acts.
+AGENT_CWD = Path(tempfile.gettempdir()) / "tercet-agentdojo"
 DEFAULT_MAX_TOKENS = 512
 
 
@@ -228,7 +231,8 @@ class TercetAgentElement(BasePipelineElement):  # type: ignore[misc]  # AgentDoj
 
     async def _play(self, query: str, tools: list[FunctionTool], run: AgentRun) -> Result:
         s = self.settings
-        scratch = Path(tempfile.mkdtemp(prefix="tercet-agentdojo-"))
+        AGENT_CWD.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="tercet-agentdojo-sessions-"))
         hooks = Hooks()
 
         def ran(call: PostToolUseInput) -> None:  # only calls that ran reach PostToolUse
@@ -238,15 +242,15 @@ class TercetAgentElement(BasePipelineElement):  # type: ignore[misc]  # AgentDoj
         config = AgentConfig(
             model=s.model,
             system_prompt=s.system_prompt,
-            cwd=scratch,
+            cwd=AGENT_CWD,
             load_instructions=False,
             tools=tools,
             # Every call may run as far as permissions go: only the guard (if any) refuses.
-            permissions=Permissions(mode="bypassPermissions", cwd=scratch),
+            permissions=Permissions(mode="bypassPermissions", cwd=AGENT_CWD),
             hooks=hooks,
             budget=Budget(max_turns=s.max_turns),
             max_tokens=s.max_tokens,
-            sessions_dir=scratch / "sessions",
+            sessions_dir=scratch,  # the trajectory is not kept: the record is runs.jsonl
             checkpoints=False,
             compaction=CompactionConfig(enabled=False),  # AgentDojo's tasks are short
             guard=None if s.policy is None else Guard(s.policy),
@@ -347,11 +351,12 @@ def _text(content: str | list[dict[str, Any]]) -> str:
 
 class ModelSession:
     """A model and the event loop it lives on, for a whole measurement (a context manager:
-    leaving it closes the model, then the loop)."""
+    leaving it closes the model, then the loop, and removes `scratch`, the model's files)."""
 
-    def __init__(self, model: Model, model_name: str) -> None:
+    def __init__(self, model: Model, model_name: str, scratch: Path | None = None) -> None:
         self.model = model
         self.model_name = model_name
+        self.scratch = scratch
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="tercet-agentdojo-loop", daemon=True
@@ -372,6 +377,8 @@ class ModelSession:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
             self._loop.close()
+            if self.scratch is not None:
+                shutil.rmtree(self.scratch, ignore_errors=True)
 
     def __enter__(self) -> ModelSession:
         return self
@@ -434,7 +441,7 @@ def _embedded(target: ModelTarget, extra: dict[str, Any]) -> ModelSession:
     # Every worker waits its turn at the one engine: none is turned away (529).
     config = ServerConfig(api_keys=[], data_dir=data_dir, max_queue=1024)
     model = InProcessModel(engine, config=config, extra_body=extra)
-    return ModelSession(model, target.model or engine.spec.id)
+    return ModelSession(model, target.model or engine.spec.id, scratch=data_dir)
 
 
 def run_model(
