@@ -140,8 +140,8 @@ async def test_an_injected_iban_from_a_tool_result_is_denied_and_the_model_told_
     assert result["is_error"] is True
     assert result["content"] == (
         "Permission to use send_money was denied: the guard refused it (data_flow): the "
-        "argument 'recipient' carries the iban 'us13…1212', which came from untrusted content "
-        "(tool 'read_bill') and not from the user"
+        "argument 'recipient' carries the iban 'us13…1212', which came from an instruction "
+        "hidden in untrusted content (tool 'read_bill')"
     )
     # The trajectory records the guard's decision and still loads.
     assert events[-1].trajectory is not None

@@ -129,3 +129,54 @@ def test_the_readmes_example_policy_is_valid() -> None:
     ]
     policy = Policy.from_dict(tomllib.loads(example), "README.md")
     assert policy.spotlight == "datamark" and policy.allow_lists[0].extract == "domain"
+
+
+def test_a_policy_extends_another_key_by_key(tmp_path: Path) -> None:
+    base = tmp_path / "base.toml"
+    base.write_text(
+        '[tools]\nread_only = ["get_*"]\n[data_flow]\naction = "ask"\nmin_length = 6\n',
+        encoding="utf-8",
+    )
+    (tmp_path / "team").mkdir()
+    child = tmp_path / "team" / "child.toml"
+    child.write_text(
+        'extends = "../base.toml"\n[data_flow]\nunflagged_action = "allow"\n', encoding="utf-8"
+    )
+    policy = Policy.load(child)
+    assert policy.read_only_tools == ("get_*",)
+    flow = policy.data_flow
+    assert (flow.action, flow.min_length, flow.unflagged) == ("ask", 6, "allow")
+    assert flow.tiered and policy.where == str(child)
+    # A shipped policy by name.
+    child.write_text('extends = "default"\n[spotlight]\nmode = "delimit"\n', encoding="utf-8")
+    extended = Policy.load(child)
+    assert extended.data_flow == Policy.default().data_flow and extended.spotlight == "delimit"
+
+
+def test_the_shipped_flagged_agentdojo_policy_differs_only_in_unflagged_values() -> None:
+    flagged, plain = Policy.resolve("agentdojo-flagged"), Policy.resolve("agentdojo")
+    assert (flagged.data_flow.unflagged, plain.data_flow.unflagged) == ("allow", "deny")
+    assert flagged.read_only_tools == plain.read_only_tools
+    assert not plain.data_flow.tiered
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('extends = "loop.toml"\n', "extends this file again (a loop)"),
+        ('extends = "missing.toml"\n', "cannot read it"),
+        ("extends = 3\n", "extends: must be a shipped policy's name or a file's path"),
+        ('[data_flow]\nunflagged_action = "off"\n', "data_flow.unflagged_action: must be one of"),
+        (
+            "[data_flow]\nflagged_min_length = 0\n",
+            "data_flow.flagged_min_length: must be at least 1",
+        ),
+    ],
+)
+def test_bad_extends_and_flow_keys_are_clear_errors(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    path = tmp_path / "loop.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(PolicyError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        Policy.load(path)

@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, cast
 
 from tercet.guard.detect import AsyncDetector, Detection, Detector, RulesDetector
 from tercet.guard.policy import Action, Policy, Verdict
@@ -66,6 +66,7 @@ class _Flow:
     value: str
     kind: ValueKind | None
     source: Source
+    flagged: bool  # inside a text a detector flagged
 
 
 class Guard:
@@ -85,6 +86,7 @@ class Guard:
         """A new conversation: forget what was observed."""
         self._trusted = _Seen()
         self._untrusted = _Seen()
+        self._flagged = _Seen()  # untrusted texts a detector flagged as injected instructions
         self._broken: str | None = None  # why observing failed: later calls are denied
         self._tainted = False  # untrusted content has entered the context
 
@@ -105,15 +107,27 @@ class Guard:
         if self._record(content, source):
             return content
         try:
-            found = [[d for det in self.detectors for d in det.detect(t)] for t in _texts(content)]
+            texts = _texts(content)
+            found = [[d for det in self.detectors for d in det.detect(t)] for t in texts]
         except Exception as exc:
             return self._withheld(source, exc)
+        self._flag(texts, found, source)
         return self._shown(content, source, found)
 
     def record(self, content: Any, source: Source) -> None:
         """Record content the model has already been shown (a saved conversation, resumed):
-        followed as `observe` follows it, without detectors or marking."""
-        self._record(content, source)
+        followed as `observe` follows it, without marking. Detectors run only where the
+        policy treats flagged content apart (else nothing reads their answer)."""
+        if self._record(content, source) or not self.policy.data_flow.tiered:
+            return
+        try:
+            texts = _texts(content)
+            self._flag(
+                texts, [[d for det in self.detectors for d in det.detect(t)] for t in texts], source
+            )
+        except Exception as exc:
+            log.exception("guard error while checking content from %s", source)
+            self._broken = f"{type(exc).__name__} while checking content from {source}"
 
     async def aobserve(self, content: Any, source: Source) -> Any:
         """`observe`, awaiting the detectors that wait on I/O (`adetect`, a judge model)."""
@@ -121,7 +135,8 @@ class Guard:
             return content
         found: list[list[Detection]] = []
         try:
-            for text in _texts(content):
+            texts = _texts(content)
+            for text in texts:
                 found.append([])
                 for detector in self.detectors:
                     if isinstance(detector, AsyncDetector):
@@ -130,6 +145,7 @@ class Guard:
                         found[-1] += detector.detect(text)
         except Exception as exc:
             return self._withheld(source, exc)
+        self._flag(texts, found, source)
         return self._shown(content, source, found)
 
     def check_call(
@@ -204,21 +220,35 @@ class Guard:
             if not any(fnmatchcase(name, p) for p in rule.skip_arguments)
             for flow in self._flows(name, value)
         ]
-        if flows:
-            first = flows[0]
+        # The weaker action on unflagged values holds only while no detector has flagged
+        # anything: once an injection is in the context, what it asks for may use values
+        # it did not spell out (the most expensive hotel, read from a listing).
+        unflagged = rule.action if self._flagged.texts else rule.unflagged
+        for flagged, action in ((True, rule.action), (False, unflagged)):
+            found = [flow for flow in flows if flow.flagged == flagged]
+            if not found or action == "allow":
+                continue
+            first = found[0]
             what = first.kind or "value"
-            more = f" (and {len(flows) - 1} more)" if len(flows) > 1 else ""
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            origin = (
+                f"an instruction hidden in untrusted content ({first.source})"
+                if flagged
+                else f"untrusted content ({first.source}) and not from the user"
+            )
             yield Verdict(
-                rule.action,
+                cast(Action, action),
                 f"the argument {first.argument!r} carries the {what} {shorten(first.value)!r}{more}, "
-                f"which came from untrusted content ({first.source}) and not from the user",
+                f"which came from {origin}",
                 "data_flow",
             )
 
     def _flows(self, name: str, value: str) -> Iterator[_Flow]:
         """The candidates of one argument value (the whole, normalised, unless the argument
         is `identifiers_only`; and each identifier of a followed kind in it) that untrusted
-        content holds and trusted content does not."""
+        content holds and trusted content does not; flagged where a text a detector flagged
+        holds it (from `flagged_min_length` characters, so a short id inside an injected
+        instruction counts too)."""
         rule = self.policy.data_flow
         candidates: list[tuple[ValueKind | None, str]] = [
             (kind, found) for kind, found in identifiers(value) if kind in rule.kinds
@@ -229,11 +259,18 @@ class Guard:
         for kind, candidate in candidates:
             kinds.setdefault(candidate, kind)
         for candidate, kind in kinds.items():
-            if len(candidate) < rule.min_length:
+            # A short value (an id such as '13') is followed only inside an injected
+            # instruction, and there even if trusted text holds it: at that length, a
+            # coincidence (a date, a count) is likely.
+            short = len(candidate) < rule.min_length
+            if len(candidate) < rule.flagged_min_length:
                 continue
-            source = self._untrusted.find(candidate)
-            if source is not None and self._trusted.find(candidate) is None:
-                yield _Flow(name, candidate, kind, source)
+            if not short and self._trusted.find(candidate) is not None:
+                continue
+            if (source := self._flagged.find(candidate)) is not None:
+                yield _Flow(name, candidate, kind, source, flagged=True)
+            elif not short and (source := self._untrusted.find(candidate)) is not None:
+                yield _Flow(name, candidate, kind, source, flagged=False)
 
     def _strict(self) -> Iterator[Verdict]:
         strict = self.policy.strict
@@ -261,6 +298,15 @@ class Guard:
             self._broken = f"{type(exc).__name__} on content from {source}"
             self._tainted = True
             return False
+
+    def _flag(
+        self, texts: Sequence[str], found: Sequence[Sequence[Detection]], source: Source
+    ) -> None:
+        """Remember the texts in which a detector found an injected instruction: values in
+        them are followed with the data-flow rule's `action` (and from a shorter length)."""
+        for text, detections in zip(texts, found, strict=True):
+            if detections:
+                self._flagged.add(text, source)
 
     def _withheld(self, source: Source, exc: Exception) -> str:
         log.error("guard error while checking content from %s: %r; it is withheld", source, exc)

@@ -4,6 +4,9 @@ Every table is optional; what a file leaves out keeps the default below. An unkn
 key, or a value of the wrong type, is a `PolicyError` naming the file, the key and the problem
 (a typo must not silently turn a defence off).
 
+    extends = "default" # optional: a shipped policy's name or a file's path; this file's
+                       # tables are merged over it key by key (lists replaced whole)
+
     [trust]            # which sources are trusted when the source itself does not say
     user = true        # also: system, operator (true); tool, mcp, file, url (false)
     trusted_files = [] # globs of files the user wrote, e.g. "docs/*.md"
@@ -14,8 +17,12 @@ key, or a value of the wrong type, is a `PolicyError` naming the file, the key a
     default = "side_effecting"   # a tool nobody classed (fail safe), or "read_only"
 
     [data_flow]        # a side-effecting call carrying a value seen only in untrusted content
-    action = "deny"    # deny | ask | off
-    min_length = 4     # shorter values are never matched
+    action = "deny"    # deny | ask | off: a value of untrusted content a detector flagged as
+                       # an injected instruction (and, by default, of any untrusted content)
+    unflagged_action = "deny"  # deny | ask | allow: a value of untrusted content no detector
+                       # flagged (default: `action`); "allow" trusts the detector's recall
+    min_length = 4     # shorter values are never matched ...
+    flagged_min_length = 2  # ... except in flagged content (an id such as '13')
     skip_tools = []    # tool-name globs the rule does not look at
     skip_arguments = [] # argument-name globs it does not look at
     identifiers_only = [] # argument-name globs whose whole value is not compared, only the
@@ -102,7 +109,25 @@ class DataFlowRule:
     """Side-effecting calls whose argument values were seen in untrusted content only."""
 
     action: FlowAction = "deny"
+    # Values of untrusted content no detector flagged: None follows `action`. A weaker
+    # action here lets a task use data it read (a hotel's name, a colleague's address) while
+    # a value inside an injected instruction is still refused.
+    unflagged_action: Action | None = None
     min_length: int = 4
+    flagged_min_length: int = 2
+
+    @property
+    def unflagged(self) -> Action:
+        """The action on a value of untrusted content that no detector flagged."""
+        if self.unflagged_action is not None:
+            return self.unflagged_action
+        return "allow" if self.action == "off" else self.action
+
+    @property
+    def tiered(self) -> bool:
+        """Whether flagged content is treated apart (so it must be known even for history)."""
+        return self.action != "off" and self.unflagged != self.action
+
     skip_tools: tuple[str, ...] = ()
     skip_arguments: tuple[str, ...] = ()
     identifiers_only: tuple[str, ...] = ()
@@ -172,18 +197,9 @@ class Policy:
 
     @classmethod
     def load(cls, path: Path) -> Policy:
-        """The policy in the TOML file `path`; `PolicyError` if it cannot be read or used."""
-        where = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise PolicyError(where, "", f"cannot read it: {reason}") from None
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise PolicyError(where, "", f"not valid TOML: {exc}") from None
-        return cls.from_dict(data, where)
+        """The policy in the TOML file `path` (with the policy it `extends`, if it names one);
+        `PolicyError` if it cannot be read or used."""
+        return cls.from_dict(_read_toml(Path(path), ()), str(path))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "<policy>") -> Policy:
@@ -198,10 +214,7 @@ class Policy:
     @classmethod
     def resolve(cls, name_or_path: str) -> Policy:
         """A shipped policy by name (a file in policies/, e.g. "default"), or a file's path."""
-        shipped = POLICIES_DIR / f"{name_or_path}.toml"
-        if "/" not in name_or_path and not name_or_path.endswith(".toml") and shipped.is_file():
-            return cls.load(shipped)
-        return cls.load(Path(name_or_path))
+        return cls.load(_policy_file(name_or_path))
 
     def trusts(self, source: Source) -> bool:
         """Whether content from `source` is trusted: the source's own word, else a file the
@@ -222,6 +235,50 @@ class Policy:
         if hint is not None:
             return hint
         return self.unclassed_tools == "read_only"
+
+
+def _policy_file(name_or_path: str, relative_to: Path | None = None) -> Path:
+    """A shipped policy's file by name ("default"), else the path (relative to the file
+    that names it, for `extends`)."""
+    shipped = POLICIES_DIR / f"{name_or_path}.toml"
+    if "/" not in name_or_path and not name_or_path.endswith(".toml") and shipped.is_file():
+        return shipped
+    path = Path(name_or_path).expanduser()
+    return path if relative_to is None or path.is_absolute() else relative_to / path
+
+
+def _read_toml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """A policy file's tables, merged over those of the policy it `extends` (a shipped name or
+    a path): a table key by key, any other value replaced whole."""
+    where = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise PolicyError(where, "", f"cannot read it: {reason}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(where, "", f"not valid TOML: {exc}") from None
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise PolicyError(where, "extends", "must be a shipped policy's name or a file's path")
+    parent = _policy_file(base, path.parent).resolve()
+    if parent in chain or parent == path.resolve():
+        raise PolicyError(where, "extends", f"{base!r} extends this file again (a loop)")
+    return _merged(_read_toml(parent, (*chain, path.resolve())), data)
+
+
+def _merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _path_matches(path: str, pattern: str) -> bool:
@@ -249,7 +306,15 @@ class _Reader:
         tools = self._table(data, "tools")
         self._known(tools, ("read_only", "side_effecting", "default"), "tools")
         flow = self._table(data, "data_flow")
-        flow_keys = ("action", "min_length", "skip_tools", "skip_arguments", "identifiers_only")
+        flow_keys = (
+            "action",
+            "unflagged_action",
+            "min_length",
+            "flagged_min_length",
+            "skip_tools",
+            "skip_arguments",
+            "identifiers_only",
+        )
         self._known(flow, (*flow_keys, "kinds"), "data_flow")
         kinds = self._globs(flow, "kinds", "data_flow", VALUE_KINDS)
         if unknown := [kind for kind in kinds if kind not in VALUE_KINDS]:
@@ -264,8 +329,13 @@ class _Reader:
         spotlight = self._table(data, "spotlight")
         self._known(spotlight, ("mode",), "spotlight")
         min_length = self._get(flow, "min_length", "data_flow", int, 4)
-        if min_length < 1:
-            raise PolicyError(self.where, "data_flow.min_length", "must be at least 1")
+        flagged_min_length = self._get(flow, "flagged_min_length", "data_flow", int, 2)
+        for key, length in (("min_length", min_length), ("flagged_min_length", flagged_min_length)):
+            if length < 1:
+                raise PolicyError(self.where, f"data_flow.{key}", "must be at least 1")
+        flow_action: FlowAction = self._choice(
+            flow, "action", "data_flow", ("deny", "ask", "off"), "deny"
+        )
         return Policy(
             trust={
                 kind: self._get(trust, kind, "trust", bool, DEFAULT_TRUST[kind])
@@ -278,8 +348,14 @@ class _Reader:
                 tools, "default", "tools", ("side_effecting", "read_only"), "side_effecting"
             ),
             data_flow=DataFlowRule(
-                action=self._choice(flow, "action", "data_flow", ("deny", "ask", "off"), "deny"),
+                action=flow_action,
+                unflagged_action=self._choice(
+                    flow, "unflagged_action", "data_flow", ("deny", "ask", "allow"), "deny"
+                )
+                if "unflagged_action" in flow
+                else None,
                 min_length=min_length,
+                flagged_min_length=flagged_min_length,
                 skip_tools=self._globs(flow, "skip_tools", "data_flow"),
                 skip_arguments=self._globs(flow, "skip_arguments", "data_flow"),
                 identifiers_only=self._globs(flow, "identifiers_only", "data_flow"),

@@ -30,6 +30,8 @@ _DOMAIN = re.compile(
     r"(?<![\w@.-])(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,24}(?![\w@-])", re.I
 )
 _PHONE = re.compile(r"(?<![\w.-])\+?\d[\d ().-]{6,18}\d(?![\w-])")
+# A date is not a phone number, though its digits may be as many.
+_DATE = re.compile(r"(?:\d{4}([-/.])\d{1,2}\1\d{1,2}|\d{1,2}([-/.])\d{1,2}\2\d{2,4})(?!\d)")
 _TOKEN = re.compile(r"\b(?=[a-z0-9_-]*\d)(?=[a-z0-9_-]*[a-z])[a-z0-9][a-z0-9_-]{15,}\b", re.I)
 # Names that look like domains but are files or code (`setup.py`, `os.path`): not hosts.
 _NOT_TLDS = frozenset(
@@ -153,6 +155,8 @@ def identifiers(text: str) -> list[tuple[ValueKind, str]]:
     for match in _IBAN.finditer(text):
         found.append(("iban", match.group().replace(" ", "").casefold()))
     for match in _PHONE.finditer(text):
+        if _DATE.match(match.group()):  # a date, maybe with the hour after it
+            continue
         digits = re.sub(r"\D", "", match.group())
         if 8 <= len(digits) <= 15:
             found.append(("phone", ("+" if match.group().startswith("+") else "") + digits))
