@@ -104,7 +104,7 @@ def ask(
     return client.beta.messages.create(
         model=CLAUDE_MODEL,
         max_tokens=300,
-        messages=messages or [{"role": "user", "content": text}],  # type: ignore[typeddict-item]
+        messages=messages or [{"role": "user", "content": text}],  # type: ignore[arg-type]
         mcp_servers=[{"type": "url", "url": mcp_url, "name": "inbox"}],
         tools=[{"type": "mcp_toolset", "mcp_server_name": "inbox"}, *(tools or [])],  # type: ignore[list-item]
         betas=[V2],
@@ -188,7 +188,7 @@ def test_an_mcp_result_the_client_sends_back_stays_untrusted(tmp_path: Path, mcp
     ]
     with scripted_server(tmp_path, replies) as (client, _, _):
         first = ask(client, mcp_url)
-        history = [
+        history: list[dict[str, Any]] = [
             {"role": "user", "content": "What is new in my inbox?"},
             {
                 "role": "assistant",
@@ -202,7 +202,7 @@ def test_an_mcp_result_the_client_sends_back_stays_untrusted(tmp_path: Path, mcp
 
 def test_a_client_tool_result_in_the_history_is_untrusted(tmp_path: Path, mcp_url: str) -> None:
     fetch = {"name": "fetch_page", "input_schema": {"type": "object"}}
-    history = [
+    history: list[dict[str, Any]] = [
         {"role": "user", "content": "Summarise https://news.example/today."},
         {
             "role": "assistant",
@@ -360,3 +360,30 @@ def test_a_bad_policy_stops_the_server_before_it_starts(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert f"--guard: {bad}: data_flow.acton: unknown key" in result.stderr
+
+
+def test_ask_is_a_refusal_on_a_server(tmp_path: Path, mcp_url: str) -> None:
+    policy = tmp_path / "ask.toml"
+    policy.write_text('[data_flow]\naction = "ask"\n')
+    with scripted_server(tmp_path, steal(), guard=str(policy)) as (client, _, _):
+        message = ask(client, mcp_url)
+    refused = message.content[3]
+    assert refused.is_error and "asks for approval (data_flow" in text_of(refused)
+    assert "a server has nobody to ask" in text_of(refused) and SENT == []
+
+
+def test_count_tokens_counts_the_guards_instruction(tmp_path: Path, mcp_url: str) -> None:
+    policy = tmp_path / "spotlight.toml"
+    policy.write_text('[spotlight]\nmode = "base64"\n')
+    replies: list[str | ScriptedCall] = ["Nothing to do."]
+    with scripted_server(tmp_path, replies, guard=str(policy)) as (client, engine, _):
+        message = ask(client, mcp_url)
+        counted = client.beta.messages.count_tokens(
+            model=CLAUDE_MODEL,
+            messages=[{"role": "user", "content": "What is new in my inbox?"}],
+            mcp_servers=[{"type": "url", "url": mcp_url, "name": "inbox"}],
+            tools=[{"type": "mcp_toolset", "mcp_server_name": "inbox"}],
+            betas=[V2],
+        )
+    assert "base64" in (engine.conversations[0].system_text or "")
+    assert counted.input_tokens == message.usage.input_tokens
