@@ -64,7 +64,16 @@ from tercet.guard import Guard, Policy, Source
 
 BENCHMARK_VERSION = "v1.2.2"
 SUITES = ("banking", "slack", "travel", "workspace")
-ATTACKS = ("important_instructions", "tool_knowledge")
+# AgentDojo's attacks that carry the injection task's goal (not its denial-of-service ones),
+# the one its paper leads with first.
+ATTACKS = (
+    "important_instructions",
+    "tool_knowledge",
+    "direct",
+    "ignore_previous",
+    "system_message",
+    "injecagent",
+)
 # The attacks write the victim model's name into their text and find it in the pipeline's name
 # (agentdojo.models.MODEL_NAMES); every claude-3* name reads "Claude". No model is called.
 PIPELINE_NAME = "claude-3-5-sonnet-20241022-tercet-scripted"
