@@ -47,6 +47,7 @@ READ_FIELDS = ("stdout", "stderr", "content")
 # The code the refusal of a code execution call carries: Anthropic's codes have none for a
 # refusal, and this one says the input was the problem (`error_message` says how).
 REFUSED_CODE = "invalid_tool_input"
+REFUSAL = "the guard refused this call"  # how a refused call's result text begins
 
 
 class ServerGuard:
@@ -127,11 +128,11 @@ class RequestGuard:
         """The result of a call the guard did not let run: the tool's error result, saying why."""
         if verdict.action == "ask":
             why = (
-                f"the guard refused this call: its policy asks for approval ({verdict.rule}: "
-                f"{verdict.reason}), and a server has nobody to ask"
+                f"{REFUSAL}: its policy asks for approval ({verdict.rule}: {verdict.reason}), "
+                "and a server has nobody to ask"
             )
         else:
-            why = f"the guard refused this call ({verdict.rule}): {verdict.reason}"
+            why = f"{REFUSAL} ({verdict.rule}): {verdict.reason}"
         if isinstance(call, MCPToolUseBlockParam):
             return MCPToolResultBlock(
                 tool_use_id=call.id, is_error=True, content=[TextBlock(text=why)]
