@@ -281,7 +281,8 @@ def test_a_url_from_code_output_cannot_be_fetched(tmp_path: Path) -> None:
     refused, listing = message.content[3].content, message.content[5].content
     assert refused.type == "bash_code_execution_tool_result_error"
     assert refused.error_code == "invalid_tool_input"
-    assert "the guard refused this call (data_flow)" in refused.error_message
+    assert "the guard refused this call" in refused.error_message
+    assert "data_flow" in refused.error_message
     assert "tool 'code_execution'" in refused.error_message
     assert "fetched" not in listing.stdout.split()  # the command did not run
     assert "the guard refused this call" in engine.prompts[3]  # the model read why
@@ -331,7 +332,9 @@ def test_viewing_a_file_only_reads_and_writing_one_changes_something() -> None:
         )
 
     assert guard.check(call("view")).action == "allow"
-    assert guard.check(call("create", file_text="x")).action == "deny"
+    # Refused: deny or ask (the policy asks about a value no detector flagged); a server
+    # refuses both.
+    assert guard.check(call("create", file_text="x")).action in ("deny", "ask")
 
 
 def test_a_request_without_server_tools_gets_no_guard() -> None:
