@@ -124,6 +124,7 @@ def test_the_element_replaying_ground_truth_completes_the_user_task() -> None:
         ("send_money", True, "none"),
     ]
     assert run.reason == "end_turn" and run.turns == 3
+    assert run.answer == str(suite("banking").user_tasks["user_task_3"].GROUND_TRUTH_OUTPUT)
     assert run.input_tokens > 0 and run.output_tokens > 0
     # The model saw the tools and AgentDojo's system message.
     request = model.requests[0]

@@ -844,8 +844,15 @@ def _register_injection(actions: Any) -> None:
         metavar="PATH|default",
         help="the guard's policy file (default: the shipped policies/agentdojo.toml)",
     )
-    parser.add_argument("--agent", choices=("scripted", "model"), default="model")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR")
+    parser.add_argument(
+        "--agent",
+        choices=("scripted", "model"),
+        default="model",
+        help="scripted: the model-free measurement; model: tercet's agent (default)",
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="runs.jsonl and the report"
+    )
     parser.add_argument(
         "--workers", type=int, default=1, metavar="N", help="runs at once (default 1)"
     )
@@ -917,8 +924,9 @@ def _injection_inputs(args: argparse.Namespace) -> tuple[list[str], Path, str]:
     for name in suites:
         if name not in SUITES:
             raise EvalInputError(f"unknown suite {name!r}; the suites are {', '.join(SUITES)}")
-    if args.attack not in ATTACKS:
-        raise EvalInputError(f"unknown attack {args.attack!r}; AgentDojo's: {', '.join(ATTACKS)}")
+    usable = [name for name in ATTACKS if name != "manual"]  # manual asks on the terminal
+    if args.attack not in usable:
+        raise EvalInputError(f"unknown attack {args.attack!r}; AgentDojo's: {', '.join(usable)}")
     for flag in ("user_tasks", "injection_tasks", "workers", "max_turns", "max_tokens"):
         value = getattr(args, flag)
         if value is not None and value < 1:

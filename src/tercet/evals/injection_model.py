@@ -84,6 +84,7 @@ T = TypeVar("T")
 # AgentDojo's own default system message (its data/system_messages.yaml), as its pipelines use.
 SYSTEM_PROMPT: str = load_system_message(None)
 DEFAULT_MAX_TURNS = 10
+ANSWER_CHARS = 2000  # of the last reply, kept in the record to see what the model did
 # The agent's working directory, which its system prompt names: the same for every run, so
 # that runs share a prompt prefix (the prompt cache) and differ only where the guard acts.
 AGENT_CWD = Path(tempfile.gettempdir()) / "tercet-agentdojo"
@@ -499,6 +500,7 @@ def run_model(
         usage = played.result.usage
         record.input_tokens, record.output_tokens = usage.prompt_tokens, usage.output_tokens
         record.turns, record.reason = played.result.turns, played.result.reason
+        record.answer = played.result.text[:ANSWER_CHARS]
     return record
 
 

@@ -86,6 +86,7 @@ class InjectionRun(BaseModel):
     output_tokens: int = 0
     turns: int = 0
     reason: str = ""  # how the agent's run ended (its Result's reason)
+    answer: str = ""  # the agent's last reply (model runs; its first 2,000 characters)
     error: str | None = None  # an exception in the run
     duration_s: float = 0.0
 
