@@ -141,6 +141,9 @@ async def plan(
     conversation = build_conversation(request, cache_scope=owner)  # the message rules first
     # Then the MCP servers: listing their tools is the slow part, and may fail with a 400.
     toolbox = await discover(request, betas, mcp_pool)
+    request_guard = None
+    if guard is not None:  # what the history holds, recorded off the event loop (CPU-bound)
+        request_guard = await anyio.to_thread.run_sync(guard.start, request, owner, toolbox)
     extra_tools = toolbox.tools if toolbox else ()
     tools = tool_policy(request, thinking=budget is not None, extra_tools=extra_tools)
     if toolbox is not None:
@@ -176,9 +179,6 @@ async def plan(
     executor = code_execution if code_execution_tools(request.tools) else None
     runs = None
     if executor is not None or toolbox is not None:
-        request_guard = guard.start(request, owner) if guard is not None else None
-        if request_guard is not None and toolbox is not None:
-            request_guard.observe_listing(toolbox)
         runs = ServerToolRuns(
             executor, toolbox, owner, max_iterations=max_tool_iterations, guard=request_guard
         )

@@ -59,12 +59,18 @@ class ServerGuard:
         self.policy = policy
         self._secret = secret or secrets.token_bytes(16)
 
-    def start(self, request: PromptParams, owner: str) -> RequestGuard | None:
-        """A fresh guard for `request` (its history recorded), or None when the request
-        offers no tool the server runs (there is nothing to guard)."""
+    def start(
+        self, request: PromptParams, owner: str, toolbox: McpToolbox | None = None
+    ) -> RequestGuard | None:
+        """A fresh guard for `request` (its history recorded, the MCP listings of `toolbox`
+        observed), or None when the request offers no tool the server runs (there is nothing
+        to guard). CPU-bound (a long history takes a fraction of a second): a worker thread's."""
         if not _serves_tools(request):
             return None
-        return RequestGuard(self.policy, request, self.boundary(owner))
+        guard = RequestGuard(self.policy, request, self.boundary(owner))
+        if toolbox is not None:
+            guard.observe_listing(toolbox)
+        return guard
 
     def instructed(self, request: Request, owner: str) -> Request:
         """`request` with the spotlighting instruction at the end of its system prompt, where
