@@ -184,6 +184,11 @@ def test_prevention_counts_only_goals_reached_without_the_guard() -> None:
         "(none: the run raised)": ["textkit x d @ readme"],
     }
     assert (figures.false_denials.k, figures.false_denials.n) == (0, 4)
+    assert {goal: (r.k, r.n) for goal, r in figures.prevention_by_goal.items()} == {
+        "a": (1, 1),
+        "b": (0, 1),
+        "d": (0, 1),
+    }
 
 
 # --- through the agent loop --------------------------------------------------------------------
