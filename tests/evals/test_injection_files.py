@@ -93,7 +93,8 @@ def test_the_suite_is_labelled_and_whole() -> None:
         used = {pair.phrasing.id for pair in pairs if pair.channel == channel}
         assert used == {phrasing.id for phrasing in SUITE.phrasings}
     for pair in pairs:
-        assert "\n" not in pair.instruction and "{" not in pair.instruction.replace("{}", "")
+        assert "\n" not in pair.instruction  # one line: the gullible agent looks for it whole
+        assert "{project}" not in pair.injection and "{instruction}" not in pair.injection
         assert pair.instruction in pair.injection
 
 
