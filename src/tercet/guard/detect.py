@@ -68,8 +68,11 @@ class RulesDetector:
 
     def detect(self, text: str) -> Sequence[Detection]:
         found: list[Detection] = []
+        # Underscores glue words into one (`External_Ignore`), hiding them from `\b`; read as
+        # spaces (the same length, so every span stays the original text's).
+        spaced = text.replace("_", " ")
         for rule in self.rules:
-            for match in rule.pattern.finditer(text):
+            for match in rule.pattern.finditer(spaced):
                 hit = "hit" if "hit" in rule.pattern.groupindex else 0
                 start, end = match.span(hit)
                 if end > start:
