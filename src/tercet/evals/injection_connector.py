@@ -18,7 +18,7 @@ refusal ("the guard refused this call (rule): ..."); the result waits for the ag
 request (counted as the guard's); the tool's own time is not measured here.
 
     .venv/bin/python -m tercet.evals.injection_connector [--suite banking] [--user-tasks N]
-        [--injection-tasks N] [--policy P]
+        [--injection-tasks N] [--policy P] [--workers N]
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import re
 import tempfile
 import threading
 from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
-from contextlib import ExitStack
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -366,6 +367,7 @@ def measure_connector(
     user_tasks: int | None = None,
     injection_tasks: int | None = None,
     attack_name: str = "important_instructions",
+    workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
     runs: list[RunOutcome] | None = None,
 ) -> dict[str, SuiteFigures]:
@@ -382,10 +384,12 @@ def measure_connector(
             part = tuple(users[start : start + _USER_TASKS_PER_UNIT])
             work.append(ConnectorUnit(name, part, injections, attack_name, policy))
     outcomes: list[RunOutcome] = [] if runs is None else runs
-    for done, unit in enumerate(work, 1):
-        outcomes += run_connector_unit(unit)
-        if progress:
-            progress(done, len(work))
+    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
+        done_units = pool.map(run_connector_unit, work) if pool else map(run_connector_unit, work)
+        for done, result in enumerate(done_units, 1):
+            outcomes += result
+            if progress:
+                progress(done, len(work))
     return summarise(suites, outcomes, excluded)
 
 
@@ -399,6 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--policy", type=Path, default=POLICY)
     parser.add_argument("--user-tasks", type=int, help="the first N user tasks of each suite")
     parser.add_argument("--injection-tasks", type=int, help="the first N injection tasks")
+    parser.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     args = parser.parse_args(argv)
     logging.getLogger("tercet.guard").setLevel(logging.ERROR)  # each refusal is logged
     measured = measure_connector(
@@ -406,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         policy=args.policy,
         user_tasks=args.user_tasks,
         injection_tasks=args.injection_tasks,
+        workers=args.workers,
         progress=lambda done, total: print(f"{done}/{total} units", flush=True),
     )
     for figures in measured.values():
