@@ -4,8 +4,9 @@ in-house suite, tercet-files-v1 (not AgentDojo), run through tercet's real agent
 Injections in a repository's README, a code comment and test output; scripted benign and
 gullible agents (tercet.evals.injection_files). Prints per channel (readme, comment,
 test-output) and in total: attacker goals reached without the guard, prevention, task calls
-wrongly denied and utility lost (each k/n with its 95% interval), the calls that got through
-and those denied. Needs the sandbox (bubblewrap): the goals' commands reach for the network.
+wrongly refused and utility lost (each k/n with its 95% interval), the calls that got through
+and those refused (the guard's asks are refused: nobody answers a scripted run; they are
+counted apart). Needs the sandbox (bubblewrap): the goals' commands reach for the network.
 
     .venv/bin/python bench/guard_files.py [--policy default|P.toml] [--strict]
         [--channel readme|comment|test-output ...] [--repo textkit ...] [--goal exfil-curl ...]
