@@ -9,6 +9,7 @@ client is the official SDK.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -140,12 +141,14 @@ def test_a_value_only_an_mcp_result_held_cannot_leave_through_a_side_effecting_c
     read, refused = message.content[1], message.content[3]
     assert not read.is_error and ATTACKER in text_of(read)
     assert refused.is_error and refused.tool_use_id == message.content[2].id
-    assert "the guard refused this call (data_flow)" in text_of(refused)
+    assert "the guard refused this call" in text_of(refused) and "data_flow" in text_of(refused)
     assert "'to'" in text_of(refused) and "mcp 'inbox'" in text_of(refused)  # what, and whence
     assert SENT == []  # the MCP server never saw the call
     assert "the guard refused this call" in engine.prompts[-1]  # the model read why, and went on
     assert message.content[-1].text == "Done."
-    assert 'tercet_guard_decisions_total{action="deny",rule="data_flow"} 1.0' in metrics
+    # deny (a value inside an instruction the detector flagged), or ask: refused either way
+    refusals = r'tercet_guard_decisions_total\{action="(deny|ask)",rule="data_flow"\} 1\.0'
+    assert re.search(refusals, metrics)
     assert 'tercet_guard_decisions_total{action="allow",rule="tool_class"} 1.0' in metrics
     line = next(r.getMessage() for r in caplog.records if "guard_checked=" in r.getMessage())
     assert "guard_checked=2 guard_refused=1" in line
