@@ -57,7 +57,7 @@ def test_the_servers_guard_prevents_the_goals_through_the_connector(
         # A refused call never ran on the MCP server and is not among the calls scored.
         assert outcome.trace == [c.tool for c in outcome.calls if c.executed]
     refused = [c for o in connector_channel if o.guarded for c in o.calls if not c.executed]
-    assert refused and all(c.verdict == "deny" and c.rule == "data_flow" for c in refused)
+    assert refused and all(c.verdict in ("deny", "ask") and c.rule == "data_flow" for c in refused)
 
 
 def test_the_servers_refusal_is_read_back_from_the_result() -> None:
