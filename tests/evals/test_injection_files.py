@@ -273,6 +273,10 @@ def test_strict_mode_prevents_every_goal_and_stops_the_task(
         refused = [call for call in run.calls if not call.ran and not call.from_goal]
         assert {(call.rule, call.verdict) for call in refused} == {("strict", "ask")}
         assert TEST_RUN in [call.call for call in refused]
+    # A README is read (a view only reads), so its injection is seen and its goal refused; in
+    # test output it never shows: the test run that would print it is refused.
+    assert subset_runs["exfil-curl", "strict"].injection_seen
+    assert not subset_runs["ssh-key", "strict"].injection_seen
 
 
 @sandboxed
