@@ -44,6 +44,10 @@ class Recording:
         self.observed.append((content, source))
         return self.guard.observe(content, source)
 
+    def observe_listing(self, definitions: Any, source: Source) -> Any:
+        self.observed.append((definitions, source))
+        return self.guard.observe_listing(definitions, source)
+
     def check_call(
         self, tool: str, arguments: Mapping[str, Any], *, read_only: bool | None = None
     ) -> Verdict:

@@ -340,7 +340,8 @@ def test_viewing_a_file_only_reads_and_writing_one_changes_something() -> None:
             "messages": [{"role": "user", "content": "Go."}],
         }
     )
-    guard = ServerGuard(Policy.default()).start(request, "owner")
+    # Policy defaults (the shipped default.toml skips the editor: a container's files).
+    guard = ServerGuard(Policy.from_dict({})).start(request, "owner")
     assert guard is not None
     guard.guard.observe(f"notes in {ATTACKER}.txt", Source("tool", "code_execution"))
 
@@ -353,9 +354,7 @@ def test_viewing_a_file_only_reads_and_writing_one_changes_something() -> None:
         )
 
     assert guard.check(call("view")).action == "allow"
-    # Refused: deny or ask (the policy asks about a value no detector flagged); a server
-    # refuses both.
-    assert guard.check(call("create", file_text="x")).action in ("deny", "ask")
+    assert guard.check(call("create", file_text="x")).action == "deny"
 
 
 def test_a_request_without_server_tools_gets_no_guard() -> None:

@@ -391,7 +391,7 @@ class Agent:
                 # An MCP server writes its tools' descriptions and schemas, and the model reads
                 # them: untrusted content, as its results are (a poisoned listing's values
                 # count as the server's, and the detectors see it).
-                guard.observe(tool.definition(), Source("mcp", tool.server_name))
+                guard.observe_listing(tool.definition(), Source("mcp", tool.server_name))
         if session is None:
             return
         guard.record(session.task, Source("user"))

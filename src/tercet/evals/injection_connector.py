@@ -265,6 +265,9 @@ class ServerVerdicts:
     def observe(self, content: Any, source: Source) -> Any:
         return content
 
+    def observe_listing(self, definitions: Any, source: Source) -> Any:
+        return definitions  # the server observes its MCP listings itself
+
     def check_call(
         self, tool: str, arguments: Mapping[str, Any], *, read_only: bool | None = None
     ) -> Verdict:

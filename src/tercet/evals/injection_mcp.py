@@ -221,7 +221,7 @@ class McpScriptedAgent(ScriptedAgent):
             return False
         descriptions = self.server.descriptions()
         if self.guard is not None and self.observe_listing:
-            self.guard.observe(descriptions, Source(kind="mcp", name=self.server.name))
+            self.guard.observe_listing(descriptions, Source(kind="mcp", name=self.server.name))
         wanted = [self.listing_injection] if self.listing_injection else []
         return carries_injection(descriptions, wanted)
 

@@ -54,6 +54,7 @@ class Rule:
     name: str
     pattern: re.Pattern[str]
     what: str = ""
+    listings: bool = True  # also read in tool listings (names, descriptions, schemas)
 
 
 class RulesDetector:
@@ -63,8 +64,10 @@ class RulesDetector:
 
     name = "rules"
 
-    def __init__(self, path: Path = RULES_FILE) -> None:
-        self.rules = load_rules(path)
+    def __init__(self, path: Path = RULES_FILE, *, listings: bool = False) -> None:
+        """With `listings`, only the rules that also read tool listings (`listings = true`,
+        the default: the framing of an injection, not an imperative request)."""
+        self.rules = [rule for rule in load_rules(path) if rule.listings or not listings]
 
     def detect(self, text: str) -> Sequence[Detection]:
         found: list[Detection] = []
@@ -98,5 +101,8 @@ def load_rules(path: Path) -> list[Rule]:
             compiled = re.compile(pattern, re.IGNORECASE)
         except re.error as exc:
             raise ValueError(f"{path}: rule {name!r}: bad pattern: {exc}") from None
-        rules.append(Rule(name, compiled, str(entry.get("what", ""))))
+        listings = entry.get("listings", True)
+        if not isinstance(listings, bool):
+            raise ValueError(f"{path}: rule {name!r}: `listings` must be true or false")
+        rules.append(Rule(name, compiled, str(entry.get("what", "")), listings))
     return rules

@@ -77,8 +77,14 @@ class Guard:
     def __init__(self, policy: Policy, *, detector: Detector | None = None) -> None:
         self.policy = policy
         self.detectors: list[Detector] = [RulesDetector()] if policy.detector.rules else []
+        # A tool listing is read without the rules for imperative requests: a description
+        # says what its tool does in the imperative ("Delete a file").
+        self.listing_detectors: list[Detector] = (
+            [RulesDetector(listings=True)] if policy.detector.rules else []
+        )
         if detector is not None:
             self.detectors.append(detector)
+            self.listing_detectors.append(detector)
         self.spotlight = Spotlight(policy.spotlight)
         self.reset()
 
@@ -104,11 +110,20 @@ class Guard:
         """Record content entering the model's context (a str, or a structured value: every
         string and number inside it is recorded); returns what the model should be shown
         (the same, or spotlighted / redacted / dropped per the policy when untrusted)."""
+        return self._observe(content, source, self.detectors)
+
+    def observe_listing(self, definitions: Any, source: Source) -> Any:
+        """`observe` for a tool listing (an MCP server's names, descriptions and schemas):
+        followed as content from `source`, read by the detectors without the rules for
+        imperative requests, which every description is."""
+        return self._observe(definitions, source, self.listing_detectors)
+
+    def _observe(self, content: Any, source: Source, detectors: Sequence[Detector]) -> Any:
         if self._record(content, source):
             return content
         try:
             texts = _texts(content)
-            found = [[d for det in self.detectors for d in det.detect(t)] for t in texts]
+            found = [[d for det in detectors for d in det.detect(t)] for t in texts]
         except Exception as exc:
             return self._withheld(source, exc)
         self._flag(texts, found, source)

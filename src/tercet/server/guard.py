@@ -114,7 +114,7 @@ class RequestGuard:
                 "description": tool.description,
                 "input_schema": tool.input_schema,
             }
-            self.guard.observe(listing, Source("mcp", offer.server.name))
+            self.guard.observe_listing(listing, Source("mcp", offer.server.name))
 
     def check(self, call: ServerCall) -> Verdict:
         """The policy's verdict on `call`, before it runs (never raises: the guard denies on
