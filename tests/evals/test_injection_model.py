@@ -301,7 +301,7 @@ def test_the_embedded_model_plays_a_banking_task(tmp_path: Path) -> None:
                 policy=policy if guarded else None,
                 policy_name="agentdojo",
                 max_turns=2,
-                max_tokens=32,
+                max_tokens=16,
             )
             for injection in (None, "injection_task_0")
             for guarded in (False, True)
