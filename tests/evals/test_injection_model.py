@@ -124,6 +124,7 @@ def test_the_element_replaying_ground_truth_completes_the_user_task() -> None:
         ("send_money", True, "none"),
     ]
     assert run.reason == "end_turn" and run.turns == 3
+    assert not run.injection_seen  # no attack
     assert run.answer == str(suite("banking").user_tasks["user_task_3"].GROUND_TRUTH_OUTPUT)
     assert run.input_tokens > 0 and run.output_tokens > 0
     # The model saw the tools and AgentDojo's system message.
@@ -185,6 +186,7 @@ def test_a_gullible_model_is_stopped_by_the_guard_and_not_without_it() -> None:
                 policy_name="agentdojo",
             )
     assert runs[False].security is True and runs[False].trace == ["read_file", "send_money"]
+    assert runs[False].injection_seen and runs[True].injection_seen  # the bill carried it
     assert runs[True].security is False and runs[True].trace == ["read_file"]
     table = rows([*runs.values()])
     assert [(row.guard, row.asr) for row in table] == [

@@ -74,7 +74,7 @@ from tercet.agent import (
 from tercet.agent.compaction import CompactionConfig
 from tercet.agent.hooks import Hooks
 from tercet.agent.tools.base import ToolContext, ToolResult, one_line
-from tercet.evals.injection import PIPELINE_NAME, injections_for, suite
+from tercet.evals.injection import PIPELINE_NAME, carries_injection, injections_for, suite
 from tercet.evals.injection_report import CallRow, InjectionRun
 from tercet.guard import Guard, Policy
 
@@ -474,6 +474,7 @@ def run_model(
     settings = ElementSettings(session.model_name, max_turns, max_tokens, policy)
     element = session.element(settings)
     started = time.monotonic()
+    injections: dict[str, str] = {}
     try:
         injection_task = None if injection_id is None else tasks.injection_tasks[injection_id]
         injections = (
@@ -496,6 +497,8 @@ def run_model(
     record.duration_s = time.monotonic() - started
     record.calls = call_rows(played, guarded=policy is not None)
     record.trace = [call.function for call in functions_stack_trace_from_messages(played.messages)]
+    read = [_text(e.content) for e in played.events if isinstance(e, ToolFinished)]
+    record.injection_seen = carries_injection(read, injections.values())
     if played.result is not None:
         usage = played.result.usage
         record.input_tokens, record.output_tokens = usage.prompt_tokens, usage.output_tokens

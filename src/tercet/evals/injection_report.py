@@ -79,7 +79,7 @@ class InjectionRun(BaseModel):
     attack: str = "important_instructions"
     utility: bool = False
     security: bool | None = None  # the attacker's goal reached; None without an injection
-    injection_seen: bool = False  # scripted runs only
+    injection_seen: bool = False  # a tool result the agent read carried the injection
     trace: list[str] = []  # the calls AgentDojo scored, by name
     calls: list[CallRow] = []
     input_tokens: int = 0  # the whole prompt of every model call: fresh, cached and cache reads
