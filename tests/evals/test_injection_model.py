@@ -189,9 +189,9 @@ def test_a_gullible_model_is_stopped_by_the_guard_and_not_without_it() -> None:
     assert runs[False].injection_seen and runs[True].injection_seen  # the bill carried it
     assert runs[True].security is False and runs[True].trace == ["read_file"]
     table = rows([*runs.values()])
-    assert [(row.guard, row.asr) for row in table] == [
-        ("none", Rate(1, 1)),
-        ("agentdojo", Rate(0, 1)),
+    assert [(row.guard, row.asr, row.injection_read) for row in table] == [
+        ("none", Rate(1, 1), Rate(1, 1)),
+        ("agentdojo", Rate(0, 1), Rate(1, 1)),
     ]
 
 
@@ -227,6 +227,7 @@ def test_the_table_puts_model_free_and_model_rows_together() -> None:
     assert "| m | none | tool | banking | 1 | 1/1 (21–100%) | 0/1 (0–79%) | 1/1 (21–100%) |" in text
     assert "| – | – | – | – |" in text  # model rows leave the model-free cells blank
     assert "1 runs raised" in text
+    assert "m / none / banking: the injection reached the model" in text
 
 
 def test_cli_scripted_writes_runs_and_the_table_and_resumes(
