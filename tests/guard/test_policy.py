@@ -29,7 +29,9 @@ def test_the_shipped_default_policy_loads_by_name() -> None:
     policy = Policy.resolve("default")
     assert policy == Policy.default()
     assert policy.where == str(POLICIES_DIR / "default.toml")
-    assert "str_replace_based_edit_tool" in policy.data_flow.skip_tools
+    # The editor is followed for the identifiers it writes, not skipped.
+    assert "str_replace_based_edit_tool" not in policy.data_flow.skip_tools
+    assert {"new_str", "file_text"} <= set(policy.data_flow.identifiers_only)
 
 
 def test_trust_follows_kind_source_and_trusted_files() -> None:

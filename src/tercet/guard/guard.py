@@ -265,8 +265,12 @@ class Guard:
         holds it (from `flagged_min_length` characters, so a short id inside an injected
         instruction counts too)."""
         rule = self.policy.data_flow
+        # `kinds` keeps ordinary flows (a commit hash read and passed back) out of the rule;
+        # inside an injected instruction every kind counts (an SSH key is a token).
         candidates: list[tuple[ValueKind | None, str]] = [
-            (kind, found) for kind, found in identifiers(value) if kind in rule.kinds
+            (kind, found)
+            for kind, found in identifiers(value)
+            if kind in rule.kinds or self._flagged.identifiers.get(found) is not None
         ]
         if not any(fnmatchcase(name, pattern) for pattern in rule.identifiers_only):
             candidates.append((None, normalise(value)))
