@@ -20,13 +20,17 @@ from tercet.agent import ToolFinished
 from tercet.agent.scripted import ScriptedModel, ScriptedTurn, tool_use, turn
 from tercet.agent.tools.base import ToolContext
 from tercet.cli.main import main
+from tercet.engine.scripted import ScriptedCall, ScriptedEngine
 from tercet.evals.injection import POLICY, injections_for, suite
 from tercet.evals.injection_model import (
     ElementSettings,
+    ModelPlan,
     ModelSession,
     ModelTarget,
     function_tools,
+    measure_model,
     open_session,
+    planned,
     run_model,
 )
 from tercet.evals.injection_report import (
@@ -38,6 +42,10 @@ from tercet.evals.injection_report import (
 )
 from tercet.evals.stats import Rate
 from tercet.guard import Policy
+from tercet.server.app import create_app
+from tercet.server.config import ServerConfig
+from tercet.server.runner import BackgroundServer
+from tests.conftest import CLAUDE_MODEL
 
 # The attacker's IBAN in banking's injection tasks.
 ATTACKER = "US133000000121212121212"
@@ -133,6 +141,25 @@ def test_the_element_replaying_ground_truth_completes_the_user_task() -> None:
     assert "Emma Johnson" in request.system[0]["text"]
 
 
+def test_the_element_on_a_messages_api_endpoint(tmp_path: Path) -> None:
+    """By base URL: tercet's server on loopback, a scripted engine replaying ground truth
+    through the wire format (tool calls and results as the API carries them)."""
+    task = suite("banking").user_tasks["user_task_3"]
+    calls = task.ground_truth(environment("user_task_3"))
+    engine = ScriptedEngine(
+        [*(ScriptedCall(call.function, dict(call.args)) for call in calls), "Sent the refund."]
+    )
+    config = ServerConfig(data_dir=tmp_path, api_keys=[])
+    with BackgroundServer(create_app(config, [engine])) as server:
+        target = ModelTarget(base_url=server.base_url, model=CLAUDE_MODEL, api_key="any")
+        with open_session(target) as session:
+            run = run_model(session, "banking", "user_task_3")
+    assert run.error is None and run.model == CLAUDE_MODEL
+    assert run.trace == ["get_most_recent_transactions", "send_money"]
+    assert run.utility is True
+    assert "GB29NWBK60161331926819" in engine.prompts[1]  # the tool's result reached the model
+
+
 def test_a_call_the_guard_denies_is_not_in_the_trace_agentdojo_scores() -> None:
     """user_task_0 pays a bill to the IBAN the bill (a file: untrusted) names: the guard's
     data-flow rule refuses the payment, the model reads the refusal, and AgentDojo sees
@@ -193,6 +220,23 @@ def test_a_gullible_model_is_stopped_by_the_guard_and_not_without_it() -> None:
         ("none", Rate(1, 1), Rate(1, 1)),
         ("agentdojo", Rate(0, 1), Rate(1, 1)),
     ]
+
+
+def test_a_plan_runs_each_task_both_ways_and_skips_what_is_done() -> None:
+    """Two workers share the session's model; each run is reported as it ends."""
+    plan = ModelPlan(["banking"], user_tasks=1, injection_tasks=2, policy=Policy.load(POLICY))
+    everything = plan.runs()
+    assert everything[:2] == [
+        ("banking", "user_task_0", None, False),
+        ("banking", "user_task_0", None, True),
+    ]
+    assert len(everything) == 1 * (1 + 2) * 2
+    ended: list[InjectionRun] = []
+    with ModelSession(ScriptedModel(["I cannot."] * 5), "claude-scripted") as session:
+        made = measure_model(session, plan, done=everything[:1], on_run=ended.append, workers=2)
+    assert [planned(run) for run in made] == everything[1:]  # in the plan's order
+    assert sorted(map(planned, ended), key=everything.index) == everything[1:]
+    assert all(run.error is None and run.answer == "I cannot." for run in made)
 
 
 def test_the_table_puts_model_free_and_model_rows_together() -> None:
