@@ -303,6 +303,36 @@ def test_cli_scripted_writes_runs_and_the_table_and_resumes(
     assert len(RunsFile(out / RUNS_FILE).load()) == len(runs)
 
 
+def test_cli_model_on_an_endpoint_writes_both_rows_and_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    engine = ScriptedEngine(["I cannot do that."])  # every reply
+    out = tmp_path / "out"
+    with BackgroundServer(
+        create_app(ServerConfig(data_dir=tmp_path, api_keys=[]), [engine])
+    ) as server:
+        args = [
+            "eval", "injection", "--agent", "model", "--base-url", server.base_url,
+            "--model", CLAUDE_MODEL, "--api-key", "any", "--user-tasks", "1",
+            "--injection-tasks", "1", "--max-turns", "2", "--out", str(out),
+        ]  # fmt: skip
+        assert main(args) == 0
+        printed = capsys.readouterr().out
+        assert len(engine.prompts) == 4  # benign and attacked, without and with the guard
+        assert main(args) == 0  # every run recorded: none runs again
+        assert len(engine.prompts) == 4 and capsys.readouterr().out == printed
+    runs = RunsFile(out / RUNS_FILE).load()
+    assert sorted((r.injection_task or "", r.guarded) for r in runs) == [
+        ("", False),
+        ("", True),
+        ("injection_task_0", False),
+        ("injection_task_0", True),
+    ]
+    assert f"| {CLAUDE_MODEL} | none | tool | banking | 1 | 0/1 (0–79%) |" in printed
+    assert f"| {CLAUDE_MODEL} | agentdojo | tool | banking | 1 | 0/1 (0–79%) |" in printed
+    assert "1.00×" in printed  # the same replies either way: the same tokens
+
+
 def test_cli_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[tools\n")
