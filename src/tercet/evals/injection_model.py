@@ -84,11 +84,11 @@ T = TypeVar("T")
 # AgentDojo's own default system message (its data/system_messages.yaml), as its pipelines use.
 SYSTEM_PROMPT: str = load_system_message(None)
 DEFAULT_MAX_TURNS = 10
+DEFAULT_MAX_TOKENS = 512
 ANSWER_CHARS = 2000  # of the last reply, kept in the record to see what the model did
 # The agent's working directory, which its system prompt names: the same for every run, so
 # that runs share a prompt prefix (the prompt cache) and differ only where the guard acts.
 AGENT_CWD = Path(tempfile.gettempdir()) / "tercet-agentdojo"
-DEFAULT_MAX_TOKENS = 512
 
 
 class FunctionTool:
