@@ -259,3 +259,12 @@ def test_unobserved_the_listing_gives_the_guard_nothing_to_follow(poisoned: Suit
     # Observed, the descriptions are untrusted MCP content, before any call.
     assert recording.observed[1] == (poisoned.descriptions(), Source("mcp", SERVER))
     assert not recording.guard.policy.trusts(Source("mcp", SERVER))
+
+
+def test_the_server_classes_its_tools_by_a_policy_that_extends_another() -> None:
+    from tercet.evals.injection_mcp_server import read_only_tools
+    from tercet.guard.policy import POLICIES_DIR
+
+    plain = read_only_tools(POLICIES_DIR / "agentdojo.toml")
+    assert "get_balance" in plain and "send_money" not in plain
+    assert read_only_tools(POLICIES_DIR / "agentdojo-flagged.toml") == plain

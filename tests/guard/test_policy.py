@@ -149,6 +149,10 @@ def test_a_policy_extends_another_key_by_key(tmp_path: Path) -> None:
     flow = policy.data_flow
     assert (flow.action, flow.min_length, flow.unflagged) == ("ask", 6, "allow")
     assert flow.tiered and policy.where == str(child)
+    # Tables given in code are merged over the file's the same way.
+    overridden = Policy.load(child, {"strict": {"enabled": True}, "data_flow": {"min_length": 8}})
+    assert overridden.strict.enabled and overridden.data_flow.min_length == 8
+    assert overridden.data_flow.unflagged == "allow" and overridden.where.endswith("(overridden)")
     # A shipped policy by name.
     child.write_text('extends = "default"\n[spotlight]\nmode = "delimit"\n', encoding="utf-8")
     extended = Policy.load(child)

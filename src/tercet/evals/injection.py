@@ -29,7 +29,6 @@ from __future__ import annotations
 import re
 import statistics
 import time
-import tomllib
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -440,12 +439,8 @@ def policy_guard(policy: Path, strict: bool = False) -> CallGuard:
     per process: it is reset before each run."""
     guard = _guards.get((policy, strict))
     if guard is None:
-        if strict:
-            data = tomllib.loads(policy.read_text(encoding="utf-8"))
-            data["strict"] = {"enabled": True, "action": "ask"}
-            loaded = Policy.from_dict(data, f"{policy} (strict)")
-        else:
-            loaded = Policy.load(policy)
+        strict_mode = {"strict": {"enabled": True, "action": "ask"}} if strict else None
+        loaded = Policy.load(policy, strict_mode)
         guard = _guards[policy, strict] = Guard(loaded)
     return guard
 

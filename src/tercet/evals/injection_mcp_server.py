@@ -26,7 +26,6 @@ import base64
 import hashlib
 import os
 import pickle
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,8 @@ from mcp_types import (
     Tool,
     ToolAnnotations,
 )
+
+from tercet.guard import Policy
 
 BENCHMARK_VERSION = "v1.2.2"
 POLICY = Path(__file__).resolve().parents[1] / "guard" / "policies" / "agentdojo.toml"
@@ -79,11 +80,16 @@ def loaded(text: str) -> Any:
     return pickle.loads(base64.b64decode(text))  # our own server's answer
 
 
+def read_only_tools(policy: Path) -> set[str]:
+    """The tools `policy` classes read-only (the policy it `extends` followed)."""
+    return set(Policy.load(policy).read_only_tools)
+
+
 def build_server(suite_name: str, policy: Path = POLICY, poison: str | None = None) -> Server:
     """The suite's server; its environment starts as the suite's default, uninjected."""
     suite = get_suite(BENCHMARK_VERSION, suite_name)
     runtime = FunctionsRuntime(suite.tools)
-    read_only = set(tomllib.loads(policy.read_text(encoding="utf-8"))["tools"]["read_only"])
+    read_only = read_only_tools(policy)
     state: dict[str, Any] = {"environment": suite.load_and_inject_default_environment({})}
     tools = [
         Tool(

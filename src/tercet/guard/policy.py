@@ -196,10 +196,14 @@ class Policy:
     where: str = "<policy>"  # where it was read from, for messages
 
     @classmethod
-    def load(cls, path: Path) -> Policy:
-        """The policy in the TOML file `path` (with the policy it `extends`, if it names one);
-        `PolicyError` if it cannot be read or used."""
-        return cls.from_dict(_read_toml(Path(path), ()), str(path))
+    def load(cls, path: Path, override: Mapping[str, Any] | None = None) -> Policy:
+        """The policy in the TOML file `path` (with the policy it `extends`, if it names one,
+        and `override`'s tables merged over it as `extends` merges); `PolicyError` if it
+        cannot be read or used."""
+        data = _read_toml(Path(path), ())
+        if override:
+            data = _merged(data, override)
+        return cls.from_dict(data, str(path) + (" (overridden)" if override else ""))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "<policy>") -> Policy:
