@@ -71,10 +71,12 @@ class _Flow:
 
 class Guard:
     """Applies `policy` to what the model reads and to the calls it makes. `detector` runs
-    on untrusted content besides the rules detector (which the policy may turn off). One
-    guard follows one conversation; `reset` starts the next."""
+    on untrusted content besides the rules detector (which the policy may turn off); `boundary`
+    is the spotlight's code. One guard follows one conversation; `reset` starts the next."""
 
-    def __init__(self, policy: Policy, *, detector: Detector | None = None) -> None:
+    def __init__(
+        self, policy: Policy, *, detector: Detector | None = None, boundary: str | None = None
+    ) -> None:
         self.policy = policy
         self.detectors: list[Detector] = [RulesDetector()] if policy.detector.rules else []
         # A tool listing is read without the rules for imperative requests: a description
@@ -85,7 +87,9 @@ class Guard:
         if detector is not None:
             self.detectors.append(detector)
             self.listing_detectors.append(detector)
-        self.spotlight = Spotlight(policy.spotlight)
+        # The spotlight's code (random unless given: a server keeps one per API key so the
+        # marked prompt stays cacheable).
+        self.spotlight = Spotlight(policy.spotlight, boundary)
         self.reset()
 
     def reset(self) -> None:

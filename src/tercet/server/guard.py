@@ -98,8 +98,7 @@ class RequestGuard:
     when the verdict is not allow, `shown` what a result that ran becomes."""
 
     def __init__(self, policy: Policy, request: PromptParams, boundary: str) -> None:
-        self.guard = Guard(policy)
-        self.guard.spotlight = Spotlight(policy.spotlight, boundary)
+        self.guard = Guard(policy, boundary=boundary)
         self._toolbox: McpToolbox | None = None
         _record_history(self.guard, request)
 
