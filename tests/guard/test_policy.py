@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -123,14 +122,18 @@ def test_a_file_that_does_not_parse_or_cannot_be_read_is_a_policy_error(tmp_path
     assert policy.strict.enabled and policy.spotlight == "datamark" and policy.where == str(good)
 
 
-def test_the_readmes_example_policy_is_valid() -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## The guard") :]
+def test_the_guide_s_example_policy_is_valid(tmp_path: Path) -> None:
+    guide = (Path(__file__).parents[2] / "docs" / "guard.md").read_text(encoding="utf-8")
+    section = guide[guide.index("## Writing a policy") :]
     example = section[
         section.index("```toml\n") + 8 : section.index("```\n", section.index("```toml"))
     ]
-    policy = Policy.from_dict(tomllib.loads(example), "README.md")
-    assert policy.spotlight == "datamark" and policy.allow_lists[0].extract == "domain"
+    path = tmp_path / "guard.toml"
+    path.write_text(example, encoding="utf-8")
+    policy = Policy.load(path)  # it extends the shipped default
+    assert policy.spotlight == "datamark" and policy.data_flow.unflagged == "ask"
+    [domains] = [allow for allow in policy.allow_lists if allow.name == "domains"]
+    assert domains.extract == "domain" and domains.enforced and domains.action == "ask"
 
 
 def test_a_policy_extends_another_key_by_key(tmp_path: Path) -> None:
