@@ -33,6 +33,9 @@ from tercet.guard.values import ValueKind, identifiers, normalise, scalar_text, 
 log = logging.getLogger("tercet.guard")
 REDACTED = "[redacted by the guard: it looked like an instruction to you]"
 _SEVERITY: Mapping[Action, int] = {"allow": 0, "ask": 1, "deny": 2}
+# How far around a detection a value counts as part of the injected instruction (characters;
+# an instruction's sentence and its neighbours: AgentDojo's goals run to about 250).
+FLAGGED_CONTEXT = 200
 
 
 @dataclass
@@ -325,11 +328,15 @@ class Guard:
     def _flag(
         self, texts: Sequence[str], found: Sequence[Sequence[Detection]], source: Source
     ) -> None:
-        """Remember the texts in which a detector found an injected instruction: values in
-        them are followed with the data-flow rule's `action` (and from a shorter length)."""
+        """Remember the stretches of text around what a detector found: values in them are
+        followed with the data-flow rule's `action` (and from a shorter length, and of every
+        kind). Around, not the whole text: a tool's result may be one long text (a listing
+        of files as YAML) whose other entries' ids are no part of the injection; a longer
+        value farther away is still denied, as every untrusted value is once anything was
+        flagged."""
         for text, detections in zip(texts, found, strict=True):
-            if detections:
-                self._flagged.add(text, source)
+            for start, end in _around(text, detections):
+                self._flagged.add(text[start:end], source)
 
     def _withheld(self, source: Source, exc: Exception) -> str:
         log.error("guard error while checking content from %s: %r; it is withheld", source, exc)
@@ -365,6 +372,24 @@ class Guard:
             return _map_texts(content, shown)
         except Exception as exc:
             return self._withheld(source, exc)
+
+
+def _around(text: str, detections: Sequence[Detection]) -> list[tuple[int, int]]:
+    """The stretches of `text` within FLAGGED_CONTEXT characters of a detection, widened to
+    whole words and merged where they meet."""
+    spans: list[tuple[int, int]] = []
+    for d in sorted(detections, key=lambda d: d.start):
+        start = max(0, d.start - FLAGGED_CONTEXT)
+        end = min(len(text), d.end + FLAGGED_CONTEXT)
+        while start > 0 and not text[start - 1].isspace():
+            start -= 1
+        while end < len(text) and not text[end].isspace():
+            end += 1
+        if spans and start <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], end))
+        else:
+            spans.append((start, end))
+    return spans
 
 
 def _recorded(content: Any) -> Iterator[str]:
