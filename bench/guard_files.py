@@ -11,6 +11,7 @@ counted apart). Needs the sandbox (bubblewrap): the goals' commands reach for th
     .venv/bin/python bench/guard_files.py [--policy default|P.toml] [--strict]
         [--channel readme|comment|test-output ...] [--repo textkit ...] [--goal exfil-curl ...]
         [--runs runs.jsonl]   # every run's outcome and calls, one JSON line each
+    .venv/bin/python bench/guard_files.py --quick   # textkit, two goals (one stopped, one not)
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from pathlib import Path
 from tercet.evals.injection_files import CHANNELS, describe_files, measure_files
 from tercet.guard import Policy
 
+QUICK_REPOS = ["textkit"]
+QUICK_GOALS = ["exfil-curl", "ssh-key"]
+
 
 def progress(done: int, total: int) -> None:
     print(f"\r{done}/{total} cases", end="\n" if done == total else "", file=sys.stderr)
@@ -38,7 +42,11 @@ def main() -> int:
     parser.add_argument("--repo", action="append", help="default: every repository")
     parser.add_argument("--goal", action="append", help="default: every goal")
     parser.add_argument("--runs", type=Path, help="write every run's outcome here (JSON lines)")
+    parser.add_argument("--quick", action="store_true", help="textkit; exfil-curl, ssh-key")
     args = parser.parse_args()
+    if args.quick:
+        args.repo = args.repo or QUICK_REPOS
+        args.goal = args.goal or QUICK_GOALS
     # Each denial is logged by the guard; the figures below count and list them.
     logging.getLogger("tercet.guard").setLevel(logging.ERROR)
     measured = measure_files(
