@@ -296,7 +296,7 @@ def run_mcp_unit(unit: McpUnit) -> tuple[list[RunOutcome], Listing | None]:
     poison = poison_text(unit.suite, unit.poisoned, unit.attack) if unit.poisoned else None
     outcomes: list[RunOutcome] = []
     with SuiteServer(unit.suite, policy=unit.policy, poison=poison) as server:
-        detector = RulesDetector()
+        detector = RulesDetector(listings=True)  # as the guard reads a listing
         listing = (
             Listing(
                 unit.suite,
