@@ -255,7 +255,8 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
                 result: ServerToolResultBlock | MCPToolResultBlock
                 refusal = None
                 if runs.guard is not None:  # checked before it runs; a refused call never does
-                    verdict = runs.guard.check(call)
+                    # Off the event loop: the check reads everything the request recorded.
+                    verdict = await anyio.to_thread.run_sync(runs.guard.check, call)
                     stats.guard_decisions.append((verdict.action, verdict.rule))
                     if verdict.action != "allow":
                         refusal = runs.guard.refused(call, verdict)

@@ -18,9 +18,11 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
+import anyio
 from pydantic import BaseModel
 
 from tercet.guard import Guard, Policy, Source, Spotlight, Verdict
+from tercet.guard.detect import AsyncDetector
 from tercet.server.code_execution import code_execution_tools, error_result
 from tercet.server.mcp_connector import McpToolbox
 from tercet.wire.content import (
@@ -152,21 +154,28 @@ class RequestGuard:
             blocks = result.content
             if isinstance(blocks, str):
                 blocks = [TextBlock(text=blocks)]
-            shown = await self.guard.aobserve(
-                [b.text for b in blocks], Source("mcp", call.server_name)
-            )
-            if isinstance(shown, str):  # withheld whole
-                shown = [shown]
-                blocks = [TextBlock(text="")]
-            content = [b.model_copy(update={"text": t}) for b, t in zip(blocks, shown, strict=True)]
+            shown = await self._observe([b.text for b in blocks], Source("mcp", call.server_name))
+            if isinstance(shown, str):  # withheld whole: the notice in place of the content
+                content = [TextBlock(text=shown)]
+            else:
+                content = [
+                    b.model_copy(update={"text": t}) for b, t in zip(blocks, shown, strict=True)
+                ]
             return result.model_copy(update={"content": content})
         read = _read_fields(result.content)
         if not read:  # an error code, or a result with nothing read from the container
             return result
-        observed = await self.guard.aobserve(read, CODE_EXECUTION)
+        observed = await self._observe(read, CODE_EXECUTION)
         if isinstance(observed, str):  # withheld whole: the notice in place of the output
             observed = {name: observed if i == 0 else "" for i, name in enumerate(read)}
         return result.model_copy(update={"content": {**result.content, **observed}})
+
+    async def _observe(self, content: Any, source: Source) -> Any:
+        """`Guard.observe` off the event loop (the detectors read the whole result), or
+        `aobserve` where a detector waits on I/O itself."""
+        if any(isinstance(d, AsyncDetector) for d in self.guard.detectors):
+            return await self.guard.aobserve(content, source)
+        return await anyio.to_thread.run_sync(self.guard.observe, content, source)
 
 
 def _serves_tools(request: PromptParams) -> bool:
