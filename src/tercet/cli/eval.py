@@ -954,8 +954,7 @@ def _injection_scripted(
     from concurrent.futures import ProcessPoolExecutor
     from contextlib import nullcontext
 
-    from tercet.evals.injection import Unit, run_unit, suite
-    from tercet.evals.injection_model import first_tasks
+    from tercet.evals.injection import Unit, first_tasks, run_unit, suite
     from tercet.evals.injection_report import InjectionRun, from_outcome
 
     done = {run.key for run in recorded}

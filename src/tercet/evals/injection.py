@@ -211,7 +211,7 @@ class ScriptedAgent(BasePipelineElement):  # type: ignore[misc]  # AgentDojo's c
         extra_args: Mapping[str, Any] | None = None,
     ) -> tuple[str, Any, Any, list[Any], dict[str, Any]]:
         self.calls, self.injection_seen = [], False
-        self.messages = [*messages, _user_message(query)]
+        self.messages = [*messages, user_message(query)]
         if self.guard is not None:
             self.guard.reset()
             self.guard.observe(query, Source(kind="user"))
@@ -229,7 +229,7 @@ class ScriptedAgent(BasePipelineElement):  # type: ignore[misc]  # AgentDojo's c
             self.injection_seen = True
             if obeyed is not None:
                 self._obey(obeyed, runtime, env, answer)
-        self.messages.append(_assistant_message("\n".join(answer), None))
+        self.messages.append(assistant_message("\n".join(answer), None))
         return query, runtime, self.finish(env), self.messages, dict(extra_args or {})
 
     def _obey(self, obeyed: Any, runtime: Any, env: Any, answer: list[str]) -> None:
@@ -292,7 +292,7 @@ class ScriptedAgent(BasePipelineElement):  # type: ignore[misc]  # AgentDojo's c
                 )
                 return None
         listed = FunctionCall(function=call.function, args=call.args, id=f"call_{len(self.calls)}")
-        self.messages.append(_assistant_message(None, [listed]))
+        self.messages.append(assistant_message(None, [listed]))
         started = time.perf_counter()
         done = self.execute(call, runtime, env)
         tool_seconds = time.perf_counter() - started
@@ -324,11 +324,13 @@ class ScriptedAgent(BasePipelineElement):  # type: ignore[misc]  # AgentDojo's c
         return done.result
 
 
-def _user_message(text: str) -> dict[str, Any]:
+def user_message(text: str) -> dict[str, Any]:
+    """A user message in AgentDojo's format."""
     return {"role": "user", "content": [text_content_block_from_string(text)]}
 
 
-def _assistant_message(text: str | None, calls: list[Any] | None) -> dict[str, Any]:
+def assistant_message(text: str | None, calls: list[Any] | None) -> dict[str, Any]:
+    """An assistant message in AgentDojo's format (`calls`: FunctionCalls, or None)."""
     content = None if text is None else [text_content_block_from_string(text)]
     return {"role": "assistant", "content": content, "tool_calls": calls}
 
@@ -601,9 +603,8 @@ def measure(
     for name in suites:
         tasks = suite(name)
         excluded |= exclusions(name)
-        users = sorted(tasks.user_tasks, key=_number)
-        for user_id in users[:user_tasks] if user_tasks is not None else users:
-            injections = tuple(sorted(tasks.injection_tasks, key=_number))[:injection_tasks]
+        for user_id in first_tasks(tasks.user_tasks, user_tasks):
+            injections = tuple(first_tasks(tasks.injection_tasks, injection_tasks))
             units.append(Unit(name, user_id, injections, attack_name, policy, strict))
     outcomes: list[RunOutcome] = [] if runs is None else runs
     with ProcessPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
@@ -636,9 +637,15 @@ def record(outcome: RunOutcome) -> dict[str, Any]:
     return asdict(outcome)
 
 
-def _number(task_id: str) -> int:
+def task_number(task_id: str) -> int:
+    """A task's number, to order "user_task_10" after "user_task_9" (-1 without one)."""
     found = re.search(r"(\d+)$", task_id)
     return int(found.group(1)) if found else -1
+
+
+def first_tasks(tasks: Iterable[str], count: int | None) -> list[str]:
+    """The first `count` task ids in their numbers' order (all: None)."""
+    return sorted(tasks, key=task_number)[:count]
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -656,7 +663,7 @@ def describe(measured: SuiteFigures) -> list[str]:
     m = measured
     lines = [
         f"{m.suite}: {m.pairs} pairs, {m.excluded_pairs} excluded (injection tasks with an empty "
-        f"ground truth: {', '.join(sorted(m.excluded, key=_number)) or 'none'}), "
+        f"ground truth: {', '.join(sorted(m.excluded, key=task_number)) or 'none'}), "
         f"{m.reached_unguarded.n} counted",
         f"  attacker goals reached, gullible agent, no guard: {m.reached_unguarded}",
         f"  of those, reached with the guard: {m.reached_guarded}",

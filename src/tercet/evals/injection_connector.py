@@ -57,6 +57,7 @@ from tercet.evals.injection import (
     SuiteFigures,
     describe,
     exclusions,
+    first_tasks,
     injections_for,
     run,
     suite,
@@ -381,8 +382,8 @@ def measure_connector(
     for name in suites:
         tasks = suite(name)
         excluded |= exclusions(name)
-        users = sorted(tasks.user_tasks, key=_number)[:user_tasks]
-        injections = tuple(sorted(tasks.injection_tasks, key=_number))[:injection_tasks]
+        users = first_tasks(tasks.user_tasks, user_tasks)
+        injections = tuple(first_tasks(tasks.injection_tasks, injection_tasks))
         for start in range(0, len(users), _USER_TASKS_PER_UNIT):
             part = tuple(users[start : start + _USER_TASKS_PER_UNIT])
             work.append(ConnectorUnit(name, part, injections, attack_name, policy))
@@ -394,10 +395,6 @@ def measure_connector(
             if progress:
                 progress(done, len(work))
     return summarise(suites, outcomes, excluded)
-
-
-def _number(task_id: str) -> int:
-    return int(task_id.rsplit("_", 1)[-1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,11 +56,13 @@ from tercet.evals.injection import (
     SuiteFigures,
     carries_injection,
     exclusions,
+    first_tasks,
     injections_for,
     policy_guard,
     run,
     suite,
     summarise,
+    task_number,
 )
 from tercet.evals.injection_mcp_server import (
     CONTROL_TOOLS,
@@ -285,7 +287,7 @@ class McpMeasurement:
 def poison_text(suite_name: str, injection_id: str, attack_name: str) -> str:
     """The attack's text for an injection task, as it would fill any vector (it names the
     injection task's goal, not the user task)."""
-    first = min(suite(suite_name).user_tasks, key=_number)
+    first = min(suite(suite_name).user_tasks, key=task_number)
     return next(iter(injections_for(suite_name, first, injection_id, attack_name).values()))
 
 
@@ -363,9 +365,8 @@ def units(
     made: list[McpUnit] = []
     for name in suites:
         tasks = suite(name)
-        users = sorted(tasks.user_tasks, key=_number)
-        chosen = tuple(users[:user_tasks] if user_tasks is not None else users)
-        injections = tuple(sorted(tasks.injection_tasks, key=_number))[:injection_tasks]
+        chosen = tuple(first_tasks(tasks.user_tasks, user_tasks))
+        injections = tuple(first_tasks(tasks.injection_tasks, injection_tasks))
         common = {"attack": attack_name, "policy": policy, "strict": strict}
         if channel == "mcp":
             for start in range(0, len(chosen), _USER_TASKS_PER_UNIT):
@@ -452,7 +453,3 @@ def agreement(tool: Sequence[RunOutcome], mcp: Sequence[RunOutcome]) -> tuple[in
     both = [run for run in ours if run in theirs]
     differing = [run for run in both if ours[run] != theirs[run]]
     return len(both) - len(differing), len(both), differing
-
-
-def _number(task_id: str) -> int:
-    return int(task_id.rsplit("_", 1)[-1])

@@ -74,7 +74,15 @@ from tercet.agent import (
 from tercet.agent.compaction import CompactionConfig
 from tercet.agent.hooks import Hooks
 from tercet.agent.tools.base import ToolContext, ToolResult, one_line
-from tercet.evals.injection import PIPELINE_NAME, carries_injection, injections_for, suite
+from tercet.evals.injection import (
+    PIPELINE_NAME,
+    assistant_message,
+    carries_injection,
+    first_tasks,
+    injections_for,
+    suite,
+    user_message,
+)
 from tercet.evals.injection_report import CallRow, InjectionRun
 from tercet.guard import Guard, Policy
 
@@ -277,7 +285,7 @@ def agentdojo_messages(query: str, run: AgentRun) -> list[dict[str, Any]]:
     (it asks the pipeline again, up to 3 times, while there is none)."""
     inputs = {e.tool_use_id: e.input for e in run.events if isinstance(e, ToolCall)}
     results = {e.tool_use_id: e for e in run.events if isinstance(e, ToolFinished)}
-    messages: list[dict[str, Any]] = [_user(query)]
+    messages: list[dict[str, Any]] = [user_message(query)]
     for event in run.events:
         if not isinstance(event, AssistantMessage):
             continue
@@ -287,11 +295,11 @@ def agentdojo_messages(query: str, run: AgentRun) -> list[dict[str, Any]]:
             for b in event.content
             if b.get("type") == "tool_use" and b["id"] in run.executed and b["id"] in results
         ]
-        messages.append(_assistant(text or None, calls))
+        messages.append(assistant_message(text or None, calls or None))
         messages += [_tool(call, results[call.id]) for call in calls]
     last = messages[-1]
     if last["role"] != "assistant":
-        messages.append(_assistant("", []))
+        messages.append(assistant_message("", None))
     elif last["content"] is None:
         last["content"] = [text_content_block_from_string("")]
     return messages
@@ -322,15 +330,6 @@ def call_rows(run: AgentRun, *, guarded: bool) -> list[CallRow]:
             )
         )
     return rows
-
-
-def _user(text: str) -> dict[str, Any]:
-    return {"role": "user", "content": [text_content_block_from_string(text)]}
-
-
-def _assistant(text: str | None, calls: list[Any]) -> dict[str, Any]:
-    content = None if text is None else [text_content_block_from_string(text)]
-    return {"role": "assistant", "content": content, "tool_calls": calls or None}
 
 
 def _tool(call: FunctionCall, finished: ToolFinished) -> dict[str, Any]:
@@ -572,14 +571,3 @@ def measure_model(
 def planned(run: InjectionRun) -> tuple[str, str, str | None, bool]:
     """A recorded run as `ModelPlan.runs` names it."""
     return run.suite, run.user_task, run.injection_task, run.guarded
-
-
-def first_tasks(tasks: Iterable[str], count: int | None) -> list[str]:
-    """The first `count` task ids in their numbers' order (all: None)."""
-    return sorted(tasks, key=_number)[:count]
-
-
-def _number(task_id: str) -> int:
-    """A task's number, to order "user_task_10" after "user_task_9"."""
-    tail = task_id.rsplit("_", 1)[-1]
-    return int(tail) if tail.isdigit() else -1
