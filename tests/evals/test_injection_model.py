@@ -360,6 +360,11 @@ def test_runs_file_drops_a_last_line_cut_short(tmp_path: Path) -> None:
     assert runs.load() == [record]
     runs.append(record)
     assert RunsFile(path).load() == [record, record]
+    # A whole record that only lacked its newline is kept, and the next one starts a line.
+    path.write_text(record.model_dump_json())
+    assert RunsFile(path).load() == [record]
+    RunsFile(path).append(record)
+    assert RunsFile(path).load() == [record, record]
 
 
 def test_the_embedded_model_plays_a_banking_task(tmp_path: Path) -> None:

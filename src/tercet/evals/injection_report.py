@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from tercet.evals.injection import CallRecord, RunOutcome, exclusions, figures
 from tercet.evals.stats import Rate
@@ -409,25 +409,7 @@ class RunsFile:
     def load(self) -> list[InjectionRun]:
         """Every run recorded; a last line a kill cut short is dropped from the file, so the
         next append starts a clean line (`EvalInputError` for any other bad line)."""
-        runs = read_appended(self.path, InjectionRun)
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return runs
-        if data and not data.endswith(b"\n"):
-            whole = data.rfind(b"\n") + 1
-            try:
-                InjectionRun.model_validate_json(data[whole:])
-                ending = True  # a whole record that only lacked its newline
-            except ValidationError:
-                ending = False
-            with self.path.open("r+b") as handle:
-                if ending:
-                    handle.seek(len(data))
-                    handle.write(b"\n")
-                else:
-                    handle.truncate(whole)
-        return runs
+        return read_appended(self.path, InjectionRun, mend=True)
 
     def append(self, run: InjectionRun) -> None:
         line = (run.model_dump_json() + "\n").encode()

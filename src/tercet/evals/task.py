@@ -195,10 +195,12 @@ def write_jsonl(path: Path, records: Iterable[BaseModel]) -> None:
     partial.replace(path)
 
 
-def read_appended(path: Path, model: type[M]) -> list[M]:
+def read_appended(path: Path, model: type[M], *, mend: bool = False) -> list[M]:
     """The records of a file appended to line by line (results, selections, judgements). A
     last line without its newline may have been cut by a kill: it is ignored if it does not
-    parse; any other bad line is an `EvalInputError`; a missing file holds none."""
+    parse; any other bad line is an `EvalInputError`; a missing file holds none. With `mend`,
+    the file is left ready for the next append: that last line is given its newline if it
+    parsed, cut off if not."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -213,10 +215,19 @@ def read_appended(path: Path, model: type[M]) -> list[M]:
         if number == len(lines):  # no newline after it: the write may have been cut
             try:
                 records.append(model.model_validate_json(line))
+                whole = True
             except ValidationError:
+                whole = False
                 logging.getLogger("tercet.evals").warning(
                     "%s: ignoring a truncated last line", path
                 )
+            if mend:
+                with path.open("r+b") as handle:
+                    if whole:
+                        handle.seek(len(data))
+                        handle.write(b"\n")
+                    else:
+                        handle.truncate(len(data) - len(line))
             continue
         records.append(parse_record(model, line, f"{path}:{number}"))
     return records
