@@ -130,7 +130,7 @@ class Guard:
             return content
         try:
             texts = _texts(content)
-            found = [[d for det in detectors for d in det.detect(t)] for t in texts]
+            found = _detected(texts, detectors)
         except Exception as exc:
             return self._withheld(source, exc)
         self._flag(texts, found, source)
@@ -142,11 +142,9 @@ class Guard:
         policy treats flagged content apart (else nothing reads their answer)."""
         if self._record(content, source) or not self.policy.data_flow.tiered:
             return
-        try:
+        try:  # already shown, so not withheld: a failure makes later calls deny instead
             texts = _texts(content)
-            self._flag(
-                texts, [[d for det in self.detectors for d in det.detect(t)] for t in texts], source
-            )
+            self._flag(texts, _detected(texts, self.detectors), source)
         except Exception as exc:
             log.exception("guard error while checking content from %s", source)
             self._broken = f"{type(exc).__name__} while checking content from {source}"
@@ -372,6 +370,11 @@ class Guard:
             return _map_texts(content, shown)
         except Exception as exc:
             return self._withheld(source, exc)
+
+
+def _detected(texts: Sequence[str], detectors: Sequence[Detector]) -> list[list[Detection]]:
+    """Each text's detections, by every detector (synchronously)."""
+    return [[d for detector in detectors for d in detector.detect(text)] for text in texts]
 
 
 def _around(text: str, detections: Sequence[Detection]) -> list[tuple[int, int]]:
