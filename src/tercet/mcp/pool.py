@@ -655,16 +655,21 @@ def _decoded_size(base64_data: str) -> int:
     return len(base64_data) * 3 // 4 - base64_data[-2:].count("=")
 
 
-def _tool(tool: Tool) -> McpTool:
+def read_only_hint(tool: Tool) -> bool | None:
+    """A server's own word on its tool, as listed: False when it says `destructiveHint`,
+    else its `readOnlyHint`; None when it said neither."""
     annotations = tool.annotations
-    hint = None
-    if annotations is not None:
-        hint = False if annotations.destructive_hint else annotations.read_only_hint
+    if annotations is None:
+        return None
+    return False if annotations.destructive_hint else annotations.read_only_hint
+
+
+def _tool(tool: Tool) -> McpTool:
     return McpTool(
         name=tool.name,
         description=tool.description or "",
         input_schema=dict(tool.input_schema),
-        read_only_hint=hint,
+        read_only_hint=read_only_hint(tool),
     )
 
 

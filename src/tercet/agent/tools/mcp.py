@@ -44,7 +44,7 @@ from tercet.agent.tools.mcp_config import (
     load_mcp_config,
 )
 from tercet.agent.tools.mcp_connection import Connection, McpServerError
-from tercet.mcp.pool import render_content
+from tercet.mcp.pool import read_only_hint, render_content
 
 logger = logging.getLogger(__name__)
 
@@ -79,14 +79,8 @@ class McpServerTool:
 
     @property
     def read_only_hint(self) -> bool | None:
-        """The server's own word on the tool, as listed: False when it says `destructiveHint`,
-        else its `readOnlyHint`; None when it said neither."""
-        annotations = self._tool.annotations
-        if annotations is None:
-            return None
-        if annotations.destructive_hint:
-            return False
-        return annotations.read_only_hint
+        """The server's own word on the tool, as listed (`tercet.mcp.pool.read_only_hint`)."""
+        return read_only_hint(self._tool)
 
     def is_read_only(self, input: dict[str, Any]) -> bool:
         """What the server's `readOnlyHint` says; a tool without one may change things."""
