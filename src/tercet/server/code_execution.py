@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import mimetypes
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -252,6 +252,12 @@ def _run_result(prefix: str, result: ExecResult, outputs: list[str]) -> dict[str
         "return_code": result.return_code,
         "content": [{"type": f"{prefix}_output", "file_id": f} for f in outputs],
     }
+
+
+def only_reads(name: str, arguments: Mapping[str, Any]) -> bool:
+    """Whether a code-execution call only reads the container: the text editor's `view`
+    (bash may do anything)."""
+    return name == "text_editor_code_execution" and arguments.get("command") == "view"
 
 
 def _edit(container: Container, arguments: dict[str, Any]) -> dict[str, Any] | str:

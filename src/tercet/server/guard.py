@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from tercet.guard import Guard, Policy, Source, Spotlight, Verdict
 from tercet.guard.detect import AsyncDetector
-from tercet.server.code_execution import code_execution_tools, error_result
+from tercet.server.code_execution import code_execution_tools, error_result, only_reads
 from tercet.server.mcp_connector import McpToolbox
 from tercet.wire.content import (
     MCPToolResultBlock,
@@ -126,10 +126,9 @@ class RequestGuard:
                 return self.guard.check_call(call.name, call.input)
             hint = offer.tool.read_only_hint
             return self.guard.check_call(offer.tool.name, call.input, read_only=hint)
-        read_only = (
-            call.name == "text_editor_code_execution" and call.input.get("command") == "view"
+        return self.guard.check_call(
+            call.name, call.input, read_only=only_reads(call.name, call.input)
         )
-        return self.guard.check_call(call.name, call.input, read_only=read_only)
 
     def refused(self, call: ServerCall, verdict: Verdict) -> ServerResult:
         """The result of a call the guard did not let run: the tool's error result, saying why."""
