@@ -18,7 +18,9 @@ from tercet.cli.engine_options import (
 )
 from tercet.engine.bundled import BundledModelMissing
 from tercet.guard import PolicyError
+from tercet.guard.constitution import ConstitutionError
 from tercet.server.app import create_app
+from tercet.server.classifiers import ClassifierConfigError
 from tercet.server.config import ModelRoute, ServerConfig, default_api_keys, default_data_dir
 from tercet.server.runner import bind, url_of, uvicorn_server
 
@@ -92,6 +94,14 @@ def register(commands: Any) -> None:
         "Off by default",
     )
     parser.add_argument(
+        "--classifiers",
+        default=None,
+        metavar="SETTINGS",
+        help="constitutional classifiers on each request and its streamed answer: a settings "
+        "TOML file, or 'default' (enforce, tercet's constitution, the served model as judge; "
+        "docs/classifiers.md). Off by default",
+    )
+    parser.add_argument(
         "--metrics",
         choices=["open", "key", "off"],
         default="open",
@@ -122,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     settings["metrics"] = args.metrics
     settings["prefill_progress_interval_s"] = args.prefill_progress
     settings["guard"] = args.guard
+    settings["classifiers"] = args.classifiers
     try:
         config = ServerConfig(**settings)
     except ValidationError as invalid:
@@ -142,6 +153,11 @@ def run(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(f"error: --guard: {exc}", file=sys.stderr)
         return 2
+    try:
+        config.classifier_settings()  # the settings and the constitution, before the model
+    except (ClassifierConfigError, ConstitutionError) as exc:
+        print(f"error: --classifiers: {exc}", file=sys.stderr)
+        return 2
     config.data_dir.mkdir(parents=True, exist_ok=True)
     try:
         sock = bind(config.host, config.port)
@@ -154,7 +170,11 @@ def run(args: argparse.Namespace) -> int:
     except (BundledModelMissing, ValueError, OSError) as exc:
         print(f"error: cannot load the model: {exc}", file=sys.stderr)
         return 1
-    app = create_app(config, [engine])
+    try:
+        app = create_app(config, [engine])
+    except ClassifierConfigError as exc:  # the judge's model, known once the engine is
+        print(f"error: --classifiers: {exc}", file=sys.stderr)
+        return 2
     base_url = url_of(sock)
     key_hint = "one of your --api-key values" if config.api_keys else "anything"
     print(

@@ -30,6 +30,7 @@ from tercet.mcp import McpPool, UrlPolicy
 from tercet.sandbox.containers import ContainerManager
 from tercet.sandbox.runtime import default_runtime
 from tercet.server.admission import AdmissionQueue
+from tercet.server.classifiers import ServerClassifiers
 from tercet.server.code_execution import CodeExecutor
 from tercet.server.config import ServerConfig
 from tercet.server.conversation import build_conversation
@@ -54,7 +55,7 @@ from tercet.wire.errors import (
 )
 from tercet.wire.events import ErrorEvent
 from tercet.wire.requests import CountTokensRequest, MessageCreateRequest
-from tercet.wire.responses import MessageTokensCount, ModelInfo, ModelList
+from tercet.wire.responses import Message, MessageTokensCount, ModelInfo, ModelList
 
 log = logging.getLogger("tercet.server")
 T = TypeVar("T")
@@ -72,11 +73,14 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
         model_id: AdmissionQueue(max_active=engine.spec.parallel, max_waiting=config.max_queue)
         for model_id, engine in registry.engines.items()
     }
+    classifiers = _classifiers(config, registry, signer)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         await mcp_pool.aclose()
+        if classifiers is not None:
+            await classifiers.aclose()
         for engine in registry.engines.values():
             await engine.aclose()
         files.close()
@@ -84,6 +88,7 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
     app = FastAPI(title="tercet", version=tercet.__version__, lifespan=lifespan)
     app.state.registry = registry
     app.state.lines = lines
+    app.state.classifiers = classifiers
     metrics = ServerMetrics(registry.engines, lines)
     app.state.metrics = metrics
     install_error_handlers(app)
@@ -130,6 +135,7 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
             owner=request.state.owner,
             max_tool_iterations=config.max_tool_iterations,
             guard=guard,
+            classifiers=classifiers,
         )
         record.planned = perf_counter()
         record.served_model = job.engine.spec.id
@@ -332,6 +338,32 @@ async def _until_disconnected(
             raise group_error.exceptions[0] from None
         raise
     return result[0] if result else None
+
+
+def _classifiers(
+    config: ServerConfig, registry: ModelRegistry, signer: ThinkingSigner
+) -> ServerClassifiers | None:
+    """The safety classifiers `config.classifiers` describes (None when off). A judge on one of
+    this server's models runs in process, in lines of its own: a check never waits behind the
+    request it judges (which holds its model's place meanwhile)."""
+    settings = config.classifier_settings()
+    if settings is None:
+        return None
+    judge_lines = {
+        model_id: AdmissionQueue(max_active=engine.spec.parallel, max_waiting=config.max_queue)
+        for model_id, engine in registry.engines.items()
+    }
+
+    async def create(request: MessageCreateRequest) -> Message:
+        return await complete(await plan(request, registry, judge_lines, signer))
+
+    def served(name: str) -> str:
+        if name == "self":
+            return registry.default.spec.id
+        registry.resolve(name)  # NotFoundError for a name no engine serves
+        return name
+
+    return ServerClassifiers.build(settings, served, create)
 
 
 def _betas(request: Request) -> frozenset[str]:

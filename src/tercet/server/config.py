@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from tercet.guard import Policy
 from tercet.sandbox.config import ContainerLimits, ExecutionLimits
+from tercet.server.classifiers import ClassifierSettings
 
 DATA_DIR_ENV = "TERCET_DATA_DIR"
 API_KEYS_ENV = "TERCET_API_KEYS"
@@ -85,6 +86,11 @@ class ServerConfig(BaseModel):
         "MCP connector): a policy file's path, or a shipped policy's name ('default'); off when "
         "None",
     )
+    classifiers: str | None = Field(
+        default=None,
+        description="the safety classifiers' settings: a TOML file's path, or 'default' (enforce, "
+        "the default constitution, the server's own model as judge); off when None",
+    )
     container_limits: ContainerLimits = Field(default_factory=ContainerLimits)
     execution_limits: ExecutionLimits = Field(default_factory=ExecutionLimits)
 
@@ -92,6 +98,15 @@ class ServerConfig(BaseModel):
         """The `guard` policy, loaded and checked (None when the guard is off); raises
         `tercet.guard.PolicyError` naming the file, the key and the problem."""
         return None if self.guard is None else Policy.resolve(self.guard)
+
+    def classifier_settings(self) -> ClassifierSettings | None:
+        """The `classifiers` settings, read and checked, their constitution too (None when
+        off); raises `ClassifierConfigError` or `ConstitutionError` naming what is wrong."""
+        if self.classifiers is None:
+            return None
+        settings = ClassifierSettings.resolve(self.classifiers)
+        settings.load_constitution()
+        return settings
 
     @property
     def is_loopback(self) -> bool:

@@ -29,6 +29,7 @@ from tercet.mcp import McpPool
 from tercet.sandbox.containers import Container, ContainerError
 from tercet.server.admission import AdmissionQueue, Ticket
 from tercet.server.blocks import BlockWriter
+from tercet.server.classifiers import RequestClassifiers, ServerClassifiers
 from tercet.server.code_execution import SERVER_TOOL_NAMES, CodeExecutor, code_execution_tools
 from tercet.server.conversation import build_conversation
 from tercet.server.guard import RequestGuard, ServerGuard
@@ -56,7 +57,14 @@ from tercet.wire.events import (
     StreamEvent,
 )
 from tercet.wire.requests import MessageCreateRequest, ThinkingAdaptive, ThinkingEnabled
-from tercet.wire.responses import CacheCreation, Message, OutputTokensDetails, StopReason, Usage
+from tercet.wire.responses import (
+    CacheCreation,
+    Message,
+    OutputTokensDetails,
+    RefusalStopDetails,
+    StopReason,
+    Usage,
+)
 
 STOP_REASONS: dict[FinishReason, StopReason] = {
     "end_turn": "end_turn",
@@ -100,6 +108,8 @@ class GenerationPlan:
     tool_runs: ServerToolRuns | None = None  # when the request offers server-run tools
     # Timings and usage for the log line and the metrics, taken at a few points, not per token.
     stats: GenerationStats = field(default_factory=GenerationStats)
+    checks: RequestClassifiers | None = None  # the safety classifiers, where they are on
+    refusal: RefusalStopDetails | None = None  # the input classifier refused: no generation
 
     @property
     def omit_thinking(self) -> bool:
@@ -121,6 +131,7 @@ async def plan(
     owner: str = "anonymous",
     max_tool_iterations: int = 10,
     guard: ServerGuard | None = None,
+    classifiers: ServerClassifiers | None = None,
 ) -> GenerationPlan:
     engine = registry.resolve(request.model)
     spec = engine.spec
@@ -175,6 +186,10 @@ async def plan(
         interleaved_thinking=budget is not None and interleaves(request, betas),
         tools=tools,
     )
+    stats = GenerationStats()
+    # The input classifier, after every 4xx check: a refusal is an answer, not an error.
+    checks = classifiers.start(request, owner, stats) if classifiers is not None else None
+    refusal = await checks.check_input() if checks is not None else None
     ticket = lines[spec.id].join()
     executor = code_execution if code_execution_tools(request.tools) else None
     runs = None
@@ -186,7 +201,9 @@ async def plan(
             # The loop runs the one call a reply ends with; a reply holding several (server
             # and client calls mixed) cannot be answered call by call, so one call a reply.
             params = replace(params, tools=replace(params.tools, parallel=False))
-    return GenerationPlan(request, engine, prompt, params, ticket, signer, conversation, runs)
+    return GenerationPlan(
+        request, engine, prompt, params, ticket, signer, conversation, runs, stats, checks, refusal
+    )
 
 
 async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None]:
@@ -210,6 +227,10 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
             ),
         )
     )
+    if job.refusal is not None:
+        async for refused in _refused(job):
+            yield refused
+        return
     finish: Finish | None = None
     thinking = job.params.thinking_budget is not None
     runs = job.tool_runs
@@ -226,24 +247,42 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
     prompt, params = job.prompt, job.params
     container: Container | ContainerError | None = None
     stop_reason: StopReason | None = None
+    halted: RefusalStopDetails | None = None  # an output check refused the answer
     output_tokens = thinking_tokens = iterations = 0
     stats = job.stats
     first_token: float | None = None
+    watch = job.checks.watch() if job.checks is not None else None
     try:
         async with job.ticket:
             stats.admitted = perf_counter()
             while True:
+                ended: Finish | None = None
+                chunks = 0
                 async with aclosing(job.engine.generate(prompt, params)) as events:
                     async for event in events:
                         if isinstance(event, Finish):
-                            finish = event
-                        else:
-                            if first_token is None:
-                                first_token = stats.first_token = perf_counter()
-                            for block_event in blocks.add(event):
-                                yield block_event
-                if finish is None:
+                            ended = event
+                            continue
+                        if first_token is None:
+                            first_token = stats.first_token = perf_counter()
+                        chunks += 1
+                        for block_event in blocks.add(event):
+                            yield block_event
+                        # The stream waits on a due check: nothing after it is sent unless
+                        # it passes. Closing the generator stops the engine.
+                        if watch is not None and watch.add(event):
+                            halted = await watch.check()
+                            if halted is not None:
+                                break
+                if halted is None and watch is not None and ended is not None:
+                    halted = await watch.check_rest()  # before any tool call runs
+                if halted is not None:
+                    output_tokens += ended.output_tokens if ended else chunks
+                    stop_reason = "refusal"
+                    break
+                if ended is None:
                     raise RuntimeError("the engine ended without saying why")
+                finish = ended
                 output_tokens += finish.output_tokens
                 thinking_tokens += finish.thinking_tokens
                 call = blocks.server_call() if runs and finish.reason == "tool_use" else None
@@ -297,14 +336,17 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
     finally:
         job.ticket.leave()
         stats.ended = perf_counter()
-    assert finish is not None
     for block_event in blocks.finish():
         yield block_event
     details = OutputTokensDetails(thinking_tokens=thinking_tokens) if thinking else None
+    if stop_reason is None:
+        assert finish is not None
+        stop_reason = STOP_REASONS[finish.reason]
     delta = MessageDeltaEvent(
         delta=MessageDelta(
-            stop_reason=stop_reason or STOP_REASONS[finish.reason],
-            stop_sequence=finish.stop_sequence,
+            stop_reason=stop_reason,
+            stop_sequence=finish.stop_sequence if finish and not halted else None,
+            stop_details=halted,
             container=runs.executor.info(container)
             if runs is not None and runs.executor and isinstance(container, Container)
             else None,
@@ -312,7 +354,7 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
         usage=MessageDeltaUsage(
             output_tokens=output_tokens,
             input_tokens=input_tokens
-            if finish.input_tokens is None
+            if finish is None or finish.input_tokens is None
             else finish.input_tokens - cache.read - cache.written,
             cache_read_input_tokens=cache.read,
             cache_creation_input_tokens=cache.written,
@@ -320,6 +362,26 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
         ),
     )
     stats.usage, stats.stop_reason = delta.usage, delta.delta.stop_reason
+    yield delta
+    yield MessageStopEvent()
+
+
+async def _refused(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None]:
+    """The rest of the stream of a request the input classifier refused: no content, no
+    generation (the engine is never asked)."""
+    job.ticket.leave()
+    delta = MessageDeltaEvent(
+        delta=MessageDelta(stop_reason="refusal", stop_details=job.refusal),
+        # The prompt was read (tokenised, judged) but the cache neither read nor written.
+        usage=MessageDeltaUsage(
+            output_tokens=0,
+            input_tokens=job.prompt.total_tokens,
+            cache_read_input_tokens=0,
+            cache_creation_input_tokens=0,
+        ),
+    )
+    job.stats.usage, job.stats.stop_reason = delta.usage, "refusal"
+    job.stats.ended = perf_counter()
     yield delta
     yield MessageStopEvent()
 

@@ -171,6 +171,27 @@ class ServerMetrics:
             ("action", "rule"),
             registry=registry,
         )
+        self.classifier_checks = Counter(
+            "tercet_classifier_checks",
+            "Safety classifier checks by stage (input, output), decision (allow, flag, or error: "
+            "no decision) and mode (monitor, enforce).",
+            ("stage", "decision", "mode"),
+            registry=registry,
+        )
+        self.classifier_tokens = Counter(
+            "tercet_classifier_tokens",
+            "Tokens the safety classifiers' judge read (input) and wrote (output), apart from "
+            "the model's own.",
+            ("stage", "kind"),
+            registry=registry,
+        )
+        self.classifier_seconds = Histogram(
+            "tercet_classifier_seconds",
+            "How long safety classifier checks took (a cached decision: 0).",
+            ("stage",),
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
         registry.register(_EngineState(engines, lines))
 
     def _histogram(self, name: str, documentation: str, buckets: Iterable[float]) -> Histogram:
@@ -186,6 +207,12 @@ class ServerMetrics:
         self.http_requests.labels(record.method, route, str(record.status)).inc()
         self.http_seconds.labels(record.method, route).observe(record.seconds)
         generation, model = record.generation, record.served_model
+        for check in generation.classifier_checks if generation is not None else ():
+            # Before the engine: an input check may refuse a request that never reaches it.
+            self.classifier_checks.labels(check.stage, check.outcome, check.mode).inc()
+            self.classifier_tokens.labels(check.stage, "input").inc(check.input_tokens)
+            self.classifier_tokens.labels(check.stage, "output").inc(check.output_tokens)
+            self.classifier_seconds.labels(check.stage).observe(check.seconds)
         if generation is None or model is None or generation.admitted is None:
             return  # it never reached the engine
         usage = generation.usage

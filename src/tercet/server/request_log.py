@@ -22,6 +22,20 @@ log = logging.getLogger("tercet.server")
 ServerToolResult = ServerToolResultBlock | MCPToolResultBlock
 
 
+@dataclass(frozen=True)
+class ClassifierCheck:
+    """One safety classifier check: its stage (input, output), outcome (allow, flag, error),
+    the mode it ran in, and what it cost (a cached decision costs nothing)."""
+
+    stage: str
+    outcome: str
+    mode: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    seconds: float = 0.0
+    cached: bool = False
+
+
 @dataclass
 class GenerationStats:
     """A planned request's timings (`time.perf_counter` seconds) and usage, as it generates."""
@@ -35,6 +49,8 @@ class GenerationStats:
     server_tools: list[tuple[ServerToolResult, float]] = field(default_factory=list)
     # The guard's verdict on each server-run call it checked: (action, rule).
     guard_decisions: list[tuple[str, str]] = field(default_factory=list)
+    # The safety classifiers' checks on the request and its answer, in order.
+    classifier_checks: list[ClassifierCheck] = field(default_factory=list)
 
 
 class PrefillLog:
@@ -169,6 +185,13 @@ class RequestRecord:
         if generation is not None and generation.guard_decisions:
             out["guard_checked"] = len(generation.guard_decisions)
             out["guard_refused"] = sum(a != "allow" for a, _ in generation.guard_decisions)
+        if generation is not None and generation.classifier_checks:
+            checks = generation.classifier_checks
+            out["classifier_checks"] = len(checks)
+            out["classifier_flagged"] = sum(c.outcome == "flag" for c in checks)
+            out["classifier_errors"] = sum(c.outcome == "error" for c in checks)
+            out["classifier_tokens"] = sum(c.input_tokens + c.output_tokens for c in checks)
+            out["classifier_s"] = round(sum(c.seconds for c in checks), 4)
         return out
 
 

@@ -21,7 +21,13 @@ from tercet.wire.content import (
     ToolUseBlock,
 )
 from tercet.wire.errors import ErrorDetail
-from tercet.wire.responses import Container, Message, OutputTokensDetails, StopReason
+from tercet.wire.responses import (
+    Container,
+    Message,
+    OutputTokensDetails,
+    RefusalStopDetails,
+    StopReason,
+)
 
 
 class TextDelta(ResponseModel):
@@ -74,6 +80,7 @@ class ContentBlockStopEvent(ResponseModel):
 class MessageDelta(ResponseModel):
     stop_reason: StopReason | None = None
     stop_sequence: str | None = None
+    stop_details: RefusalStopDetails | None = None
     container: Container | None = None
 
 
@@ -158,6 +165,7 @@ class MessageAccumulator:
         elif isinstance(event, MessageDeltaEvent):
             message.stop_reason = event.delta.stop_reason
             message.stop_sequence = event.delta.stop_sequence
+            message.stop_details = event.delta.stop_details
             if event.delta.container is not None:
                 message.container = event.delta.container
             usage = message.usage

@@ -20,6 +20,18 @@ StopReason = Literal[
 ]
 
 
+# The refusal categories Anthropic's API names; a refusal outside them has category null.
+RefusalCategory = Literal["cyber", "bio", "frontier_llm", "reasoning_extraction", "general_harms"]
+
+
+class RefusalStopDetails(ResponseModel):
+    """Why a reply stopped with `stop_reason: "refusal"` (a classifier intervened)."""
+
+    type: Literal["refusal"] = "refusal"
+    category: RefusalCategory | None = None
+    explanation: str | None = None
+
+
 class CacheCreation(ResponseModel):
     ephemeral_5m_input_tokens: int = 0
     ephemeral_1h_input_tokens: int = 0
@@ -62,6 +74,7 @@ class Message(ResponseModel):
     content: list[ContentBlock]
     stop_reason: StopReason | None = None
     stop_sequence: str | None = None
+    stop_details: RefusalStopDetails | None = None
     usage: Usage
     container: Container | None = None
 

@@ -1,0 +1,393 @@
+"""Constitutional classifiers in the server (`tercet serve --classifiers SETTINGS`).
+
+Per API key and per route the classifiers are off, monitor (judge and log, never refuse) or
+enforce. With them on, the request's latest user turn is judged before generation starts, and
+the answer every `output_check_every` engine chunks (one a token on the embedded engine) and at
+the end. The stream waits at each check: when one flags, the reply stops there with
+`stop_reason: "refusal"` and `stop_details`, and nothing generated after the check is sent.
+
+The judge is a Messages API model: by default the server's own (called in process, in a line
+of its own, so that a check never waits behind the request it judges), another model the
+server routes, or an upstream server. An operator's in-process classifier can take its place.
+A check that fails or times out refuses in enforce mode unless `on_error = "open"`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import tomllib
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tercet.engine.base import TextChunk, ThinkingChunk, ToolCallDelta, ToolCallStart
+from tercet.guard.classifiers import (
+    AnthropicJudgeModel,
+    CachedClassifier,
+    Classifier,
+    ClassifierError,
+    Decision,
+    Exchange,
+    JudgeClassifier,
+    JudgeReply,
+    Stage,
+    load_factory,
+)
+from tercet.guard.constitution import Constitution
+from tercet.server.request_log import ClassifierCheck, GenerationStats
+from tercet.wire.content import (
+    ContentBlockParam,
+    TextBlockParam,
+    ToolResultBlockParam,
+)
+from tercet.wire.requests import MessageCreateRequest
+from tercet.wire.responses import Message, RefusalStopDetails
+
+log = logging.getLogger("tercet.server")
+
+SHIPPED_SETTINGS = Path(__file__).with_name("classifiers.toml")
+Mode = Literal["off", "monitor", "enforce"]
+EngineEvent = TextChunk | ThinkingChunk | ToolCallStart | ToolCallDelta
+
+
+class ClassifierConfigError(ValueError):
+    """Classifier settings that cannot be used; names the file, the key and the problem."""
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModeSetting(_Settings):
+    mode: Mode
+
+
+class JudgeSettings(_Settings):
+    model: str = Field(
+        default="self",
+        description="'self' (the server's default model), a model name this server serves or "
+        "routes, or with base_url the upstream's model name",
+    )
+    base_url: str | None = Field(default=None, description="an upstream Messages API server")
+    api_key_env: str | None = Field(default=None, description="the upstream key's variable")
+
+
+class ClassifierSettings(_Settings):
+    """The classifiers' settings, as a TOML file (classifiers.toml is the shipped one)."""
+
+    constitution: str = Field(default="default", description="a shipped name or a TOML path")
+    mode: Mode = "enforce"
+    on_error: Literal["closed", "open"] = Field(
+        default="closed", description="what a check that fails or times out does in enforce"
+    )
+    input: bool = True
+    output: bool = True
+    output_check_every: int = Field(default=32, ge=1, description="engine chunks between checks")
+    timeout_s: float = Field(default=30.0, gt=0)
+    max_context_chars: int = Field(default=8000, ge=100)
+    cache_size: int = Field(default=4096, ge=0, description="decisions kept by content hash")
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    in_process: str | None = Field(
+        default=None, description="'module:factory' of an in-process classifier (no judge)"
+    )
+    keys: dict[str, ModeSetting] = Field(
+        default_factory=dict, description="key id (the request log's key=) -> mode"
+    )
+    routes: dict[str, ModeSetting] = Field(
+        default_factory=dict, description="requested model name glob -> mode"
+    )
+    source: Path | None = Field(default=None, exclude=True)
+
+    @classmethod
+    def resolve(cls, name_or_path: str) -> ClassifierSettings:
+        """'default' (the shipped settings: enforce, the default constitution, the server's
+        own model as judge) or a settings file's path."""
+        path = SHIPPED_SETTINGS if name_or_path == "default" else Path(name_or_path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ClassifierConfigError(f"{path}: cannot read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ClassifierConfigError(f"{path}: not valid TOML: {exc}") from None
+        try:
+            settings = cls.model_validate(data)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            key = ".".join(str(p) for p in error["loc"])
+            raise ClassifierConfigError(f"{path}: {key}: {error['msg']}") from None
+        for key_id in settings.keys:
+            if len(key_id) < 8 or any(c not in "0123456789abcdef" for c in key_id):
+                raise ClassifierConfigError(
+                    f"{path}: keys.{key_id}: a key id is 8 or more hex digits, as the request "
+                    "log's key= shows (the start of the key's SHA-256), never the key itself"
+                )
+        settings.source = path
+        return settings
+
+    def load_constitution(self) -> Constitution:
+        """The constitution (a relative path is read from the settings file's folder); raises
+        `ConstitutionError` naming the file, the key and the problem."""
+        name = self.constitution
+        if self.source is not None and ("/" in name or name.endswith(".toml")):
+            path = Path(name)
+            name = str(path if path.is_absolute() else self.source.parent / path)
+        return Constitution.resolve(name)
+
+
+# Sends one Messages API request to a model of this server, in process (see app.py).
+InProcessCreate = Callable[[MessageCreateRequest], Awaitable[Message]]
+
+
+class InProcessJudgeModel:
+    """The judge on a model this server serves, without a socket."""
+
+    def __init__(self, create: InProcessCreate) -> None:
+        self._create = create
+
+    async def create(self, body: dict[str, Any]) -> JudgeReply:
+        message = await self._create(MessageCreateRequest.model_validate(body))
+        usage = message.usage
+        return JudgeReply(
+            [block.model_dump() for block in message.content],
+            usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens,
+            usage.output_tokens,
+        )
+
+
+class ServerClassifiers:
+    """The server's classifiers: one classifier (cached), the settings, and the mode that
+    applies to each key and route."""
+
+    def __init__(
+        self,
+        settings: ClassifierSettings,
+        constitution: Constitution,
+        classifier: Classifier,
+        close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.constitution = constitution
+        self.classifier = CachedClassifier(
+            classifier,
+            scope=constitution.digest,
+            timeout_s=settings.timeout_s,
+            size=settings.cache_size,
+        )
+        self._close = close
+
+    @classmethod
+    def build(
+        cls,
+        settings: ClassifierSettings,
+        served: Callable[[str], str],
+        create: InProcessCreate,
+    ) -> ServerClassifiers:
+        """The classifiers the settings describe. `served(name)` is the served model a name
+        reaches (raises for none); `create` runs a request on this server in process. Raises
+        `ConstitutionError` or `ClassifierConfigError` naming what is wrong."""
+        constitution = settings.load_constitution()
+        if settings.in_process is not None:
+            try:
+                factory = load_factory(settings.in_process)
+            except ValueError as exc:
+                raise ClassifierConfigError(f"{settings.source}: {exc}") from None
+            return cls(settings, constitution, factory(constitution))
+        judge = settings.judge
+        if judge.base_url is not None:
+            key = os.environ.get(judge.api_key_env) if judge.api_key_env else None
+            if judge.api_key_env and key is None:
+                raise ClassifierConfigError(
+                    f"{settings.source}: judge.api_key_env: ${judge.api_key_env} is not set"
+                )
+            upstream = AnthropicJudgeModel(judge.base_url, key, settings.timeout_s)
+            classifier = JudgeClassifier(
+                upstream,
+                constitution,
+                model_name=judge.model,
+                max_chars=settings.max_context_chars,
+            )
+            return cls(settings, constitution, classifier, upstream.aclose)
+        try:
+            model_name = served(judge.model)
+        except Exception as exc:
+            raise ClassifierConfigError(
+                f"{settings.source}: judge.model: {judge.model!r} is not a model this server "
+                f"serves or routes ({exc})"
+            ) from None
+        local = InProcessJudgeModel(create)
+        classifier = JudgeClassifier(
+            local, constitution, model_name=model_name, max_chars=settings.max_context_chars
+        )
+        return cls(settings, constitution, classifier)
+
+    def mode_for(self, owner: str, model: str) -> Mode:
+        """A key's own setting first, then the first route whose glob the model name matches,
+        then the default."""
+        for key_id, setting in self.settings.keys.items():
+            if owner.startswith(key_id):
+                return setting.mode
+        for pattern, setting in self.settings.routes.items():
+            if fnmatch.fnmatchcase(model, pattern):
+                return setting.mode
+        return self.settings.mode
+
+    def start(
+        self, request: MessageCreateRequest, owner: str, stats: GenerationStats
+    ) -> RequestClassifiers | None:
+        """The classifiers for one request, or None where they are off for its key and route."""
+        mode = self.mode_for(owner, request.model)
+        if mode == "off":
+            return None
+        return RequestClassifiers(self, mode, owner, request, stats)
+
+    async def aclose(self) -> None:
+        if self._close is not None:
+            await self._close()
+
+
+class RequestClassifiers:
+    """One request's checks: its input once, its output as it is generated. Each check is
+    recorded in the request's stats (log line, metrics); a flag or failure refuses only in
+    enforce mode."""
+
+    def __init__(
+        self,
+        server: ServerClassifiers,
+        mode: Mode,
+        owner: str,
+        request: MessageCreateRequest,
+        stats: GenerationStats,
+    ) -> None:
+        self.server = server
+        self.mode = mode
+        self.owner = owner
+        self.stats = stats
+        self.model = request.model
+        context, self.prompt = _latest_turn(request)
+        self.context = context
+
+    async def check_input(self) -> RefusalStopDetails | None:
+        if not self.server.settings.input or not self.prompt.strip():
+            return None
+        return await self.judge(Exchange("input", self.prompt, context=self.context))
+
+    def watch(self) -> OutputWatch | None:
+        settings = self.server.settings
+        return OutputWatch(self, settings.output_check_every) if settings.output else None
+
+    async def judge(self, exchange: Exchange) -> RefusalStopDetails | None:
+        """One check, recorded; the refusal it calls for, if any."""
+        try:
+            decision = await self.server.classifier.classify(exchange)
+        except ClassifierError as exc:
+            self._record(exchange.stage, "error", Decision(False))
+            refuse = self.mode == "enforce" and self.server.settings.on_error == "closed"
+            log.warning(
+                "classifier_error stage=%s key=%s model=%s mode=%s refused=%s: %s",
+                exchange.stage,
+                self.owner[:12],
+                self.model,
+                self.mode,
+                refuse,
+                exc,
+            )
+            if not refuse:
+                return None
+            return RefusalStopDetails(
+                explanation=f"The {exchange.stage} classifier could not decide ({exc}); this "
+                "server refuses when it cannot check."
+            )
+        self._record(exchange.stage, "flag" if decision.flagged else "allow", decision)
+        if not decision.flagged:
+            return None
+        log.warning(
+            "classifier_flagged stage=%s key=%s model=%s mode=%s category=%s",
+            exchange.stage,
+            self.owner[:12],
+            self.model,
+            self.mode,
+            decision.category or "-",
+        )
+        if self.mode != "enforce":
+            return None
+        category = self.server.constitution.category(decision.category or "")
+        return RefusalStopDetails(
+            category=category.stop_category if category else None,
+            explanation=decision.explanation,
+        )
+
+    def _record(self, stage: Stage, outcome: str, decision: Decision) -> None:
+        self.stats.classifier_checks.append(
+            ClassifierCheck(
+                stage,
+                outcome,
+                self.mode,
+                decision.input_tokens,
+                decision.output_tokens,
+                decision.seconds,
+                decision.cached,
+            )
+        )
+
+
+class OutputWatch:
+    """The answer as it is generated (thinking, text and tool input alike), judged every
+    `every` chunks and once more at the end of each generation for what is left."""
+
+    def __init__(self, checks: RequestClassifiers, every: int) -> None:
+        self.checks = checks
+        self.every = every
+        self.chunks = 0
+        self._answer: list[str] = []
+        self._checked = 0  # chunks already judged
+
+    def add(self, event: EngineEvent) -> bool:
+        """Take one engine event; True when a check is due."""
+        if isinstance(event, ToolCallStart):
+            self._answer.append(f"\n[calls {event.name}] ")
+            return False
+        self._answer.append(
+            event.text if not isinstance(event, ToolCallDelta) else event.partial_json
+        )
+        self.chunks += 1
+        return self.chunks - self._checked >= self.every
+
+    async def check(self) -> RefusalStopDetails | None:
+        """Judge the answer so far."""
+        self._checked = self.chunks
+        exchange = Exchange("output", self.checks.prompt, answer="".join(self._answer))
+        return await self.checks.judge(exchange)
+
+    async def check_rest(self) -> RefusalStopDetails | None:
+        """At the end of a generation: judge what no check has seen yet, if anything."""
+        return await self.check() if self.chunks > self._checked else None
+
+
+def _latest_turn(request: MessageCreateRequest) -> tuple[str, str]:
+    """The conversation before the latest user turn (as a transcript), and that turn's text."""
+    messages = list(request.messages)
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
+    if last_user is None:
+        return "", ""
+    earlier = [f"{m.role.capitalize()}: {_text_of(m.content)}" for m in messages[:last_user]]
+    return "\n\n".join(earlier), _text_of(messages[last_user].content)
+
+
+def _text_of(content: str | Sequence[ContentBlockParam]) -> str:
+    if isinstance(content, str):
+        return content
+    parts: list[str] = []
+    for block in content:
+        if isinstance(block, TextBlockParam):
+            parts.append(block.text)
+        elif isinstance(block, ToolResultBlockParam):
+            inner = block.content
+            if isinstance(inner, str):
+                parts.append(inner)
+            else:
+                parts.extend(b.text for b in inner if isinstance(b, TextBlockParam))
+    return "\n".join(parts)
