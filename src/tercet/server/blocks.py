@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from tercet.engine.base import TextChunk, ThinkingChunk, ToolCallDelta, ToolCallStart
 from tercet.server.signatures import ThinkingSigner
@@ -40,6 +41,9 @@ class BlockWriter:
     With thinking on, the reply always starts with a thinking block (empty if the model wrote
     none), closed by a `signature_delta`. With `display: "omitted"` its text is not sent, and the
     signature covers the empty text that was.
+
+    A call of one of `hidden_tools` (the server's own, such as `end_conversation`) sends no
+    event at all: the writer keeps it for `hidden_call` instead.
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class BlockWriter:
         server_tool_use_ids: Callable[[], str] = lambda: "",
         mcp_tools: Mapping[str, tuple[str, str]] | None = None,
         mcp_tool_use_ids: Callable[[], str] = lambda: "",
+        hidden_tools: frozenset[str] = frozenset(),
     ) -> None:
         self._signer = signer
         self._tool_use_ids = tool_use_ids
@@ -60,6 +65,10 @@ class BlockWriter:
         # Model-facing name -> (MCP server, the tool's own name), which the client sees.
         self._mcp_tools = mcp_tools or {}
         self._mcp_tool_use_ids = mcp_tool_use_ids
+        self._hidden_tools = hidden_tools
+        # The reply's latest call when it was of a hidden tool: its name and input so far.
+        self._hidden: tuple[str, list[str]] | None = None
+        self._hiding = False  # the call being written is a hidden one
         # What the reply holds so far, as blocks a client would send back (for continuing it
         # after a server tool ran); thinking is not kept.
         self.written: list[ContentBlockParam] = []
@@ -95,6 +104,18 @@ class BlockWriter:
             arguments = None
         last.input = arguments if isinstance(arguments, dict) else {}
         return last
+
+    def hidden_call(self) -> tuple[str, dict[str, Any]] | None:
+        """The hidden tool's call the reply ended with (its last call), as its name and input
+        (`{}` where the input is not a JSON object), if it did."""
+        if self._hidden is None:
+            return None
+        name, pieces = self._hidden
+        try:
+            arguments = json.loads("".join(pieces))
+        except ValueError:
+            arguments = None
+        return name, arguments if isinstance(arguments, dict) else {}
 
     def result(self, block: ServerToolResultBlock | MCPToolResultBlock) -> Iterator[StreamEvent]:
         """A server tool's or MCP tool's result, as one whole block."""
@@ -139,6 +160,11 @@ class BlockWriter:
         yield ContentBlockDeltaEvent(index=self._index, delta=TextDelta(text=text))
 
     def _tool_use(self, name: str) -> Iterator[StreamEvent]:
+        self._hiding = name in self._hidden_tools
+        # The latest call decides: a hidden call followed by another call is not the end.
+        self._hidden = (name, []) if self._hiding else None
+        if self._hiding:
+            return
         self._input = ""
         block: ToolUseBlock | ServerToolUseBlock | MCPToolUseBlock
         if name in self._mcp_tools:
@@ -161,6 +187,10 @@ class BlockWriter:
         yield from self._start_after_thinking("tool_use", block)
 
     def _tool_input(self, partial_json: str) -> Iterator[StreamEvent]:
+        if self._hiding:
+            assert self._hidden is not None
+            self._hidden[1].append(partial_json)
+            return
         self._input += partial_json
         delta = InputJSONDelta(partial_json=partial_json)
         yield ContentBlockDeltaEvent(index=self._index, delta=delta)
