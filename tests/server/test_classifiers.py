@@ -287,6 +287,26 @@ def test_the_judge_is_the_servers_own_model_forced_to_a_verdict(tmp_path: Path) 
     )
 
 
+def test_a_judge_on_the_generating_engine_judges_once_the_generation_has_ended(
+    tmp_path: Path,
+) -> None:
+    """The scripted engine, like the embedded one, runs one generation at a time: the output
+    check waits for the generation's end (its text held back, unsent), then the judge runs."""
+    allow = ScriptedCall("verdict", {"decision": "allow", "category": "none"})
+    block = ScriptedCall("verdict", {"decision": "block", "category": "violent_harm"})
+    answer = " ".join(WORDS[:10])
+    engine = ScriptedEngine([allow, answer, block])  # input check, the answer, output check
+    with serve(engine, settings_file(tmp_path, "output_check_every = 4\n")) as running:
+        events = sse_events(running, {"model": CLAUDE_MODEL, "max_tokens": 50, "messages": USER})
+    assert streamed_text(events).split() == WORDS[:4]
+    delta = next(e for e in events if e["type"] == "message_delta")
+    assert delta["delta"]["stop_reason"] == "refusal"  # type: ignore[index]
+    assert delta["delta"]["stop_details"]["category"] == "general_harms"  # type: ignore[index]
+    assert engine.log == ["finished", "finished", "finished"]  # the answer ran to its end
+    output_check = engine.prompts[-1]
+    assert " ".join(WORDS[:4]) in output_check and WORDS[4] not in output_check.split()
+
+
 def test_an_unreadable_verdict_fails_closed(tmp_path: Path) -> None:
     engine = ScriptedEngine(["I think it is probably fine"])  # text, neither ALLOW nor BLOCK
     with serve(engine, settings_file(tmp_path, "output = false\n")) as running:

@@ -9,10 +9,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import anthropic
+import httpx
 import pytest
 
 from tercet.engine.base import TextChunk, ThinkingChunk, ToolCallDelta, ToolCallStart
+from tercet.engine.scripted import ScriptedCall, ScriptedEngine
+from tercet.server.app import create_app
 from tercet.server.blocks import BlockWriter
+from tercet.server.config import ServerConfig
 from tercet.server.conversation_end import (
     DEFAULT_OFFER,
     END_CONVERSATION,
@@ -24,6 +29,7 @@ from tercet.server.conversation_end import (
     history_hashes,
     user_turns,
 )
+from tercet.server.runner import BackgroundServer
 from tercet.server.signatures import ThinkingSigner
 from tercet.wire.errors import ErrorResponse
 from tercet.wire.events import (
@@ -33,6 +39,7 @@ from tercet.wire.events import (
     StreamEvent,
 )
 from tercet.wire.requests import MessageCreateRequest
+from tests.conftest import CLAUDE_MODEL
 
 OWNER = "a" * 32
 
@@ -445,3 +452,88 @@ def test_without_hidden_tools_the_call_is_an_ordinary_tool_use() -> None:
     events = write(blocks, ToolCallStart(END_CONVERSATION), ToolCallDelta("{}"))
     assert shape(events)[0] == ("start", 0, "tool_use")
     assert blocks.hidden_call() is None
+
+
+# --- through the server (scripted engine) ---------------------------------------------------
+
+
+def _serve(engine: ScriptedEngine, data_dir: Path, **settings: Any) -> BackgroundServer:
+    config = ServerConfig.model_validate(
+        {"api_keys": [], "data_dir": data_dir, "end_conversation": True, **settings}
+    )
+    return BackgroundServer(create_app(config, [engine]))
+
+
+def _wire(messages: list[tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"role": role, "content": text} for role, text in messages]
+
+
+def test_the_model_ends_a_conversation_and_a_resent_one_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ends = ScriptedCall(END_CONVERSATION, {"reason": "insults after two warnings"})
+    engine = ScriptedEngine([ends, "Hello! How can I help?"])
+    messages = _wire(ABUSE)
+    with caplog.at_level(logging.INFO, logger="tercet.server"), _serve(engine, tmp_path) as running:
+        client = anthropic.Anthropic(base_url=running.base_url, api_key="k", max_retries=0)
+        ended = client.messages.create(model=CLAUDE_MODEL, max_tokens=50, messages=messages)
+        # Offered: the tool among the model's tools, the instruction in its system prompt.
+        offered = engine.conversations[-1]
+        assert END_CONVERSATION in [t.name for t in offered.tools]
+        assert "end_conversation" in (offered.system_text or "")
+        assert ended.stop_reason == "refusal"
+        assert ended.content == []  # the call itself is the server's: never shown
+        assert ended.stop_details is not None and ended.stop_details.category is None
+        assert "ended this conversation" in (ended.stop_details.explanation or "")
+        # Sent again as it was, or continued: refused, with the error envelope.
+        for resent in (messages, [*messages, *_wire([("assistant", "ok"), ("user", "sorry")])]):
+            with pytest.raises(anthropic.PermissionDeniedError) as caught:
+                client.messages.create(model=CLAUDE_MODEL, max_tokens=50, messages=resent)
+            assert caught.value.status_code == 403
+            assert "ended" in caught.value.message and "new conversation" in caught.value.message
+        # Streaming is refused the same way, before any event.
+        with (
+            pytest.raises(anthropic.PermissionDeniedError),
+            client.messages.stream(model=CLAUDE_MODEL, max_tokens=50, messages=messages) as stream,
+        ):
+            stream.get_final_message()
+        # Another conversation, and an earlier point of this one, are answered.
+        fresh = client.messages.create(model=CLAUDE_MODEL, max_tokens=50, messages=_wire(ABUSE[:3]))
+        assert fresh.stop_reason == "end_turn"
+    assert len(engine.sampling) == 2  # the refused requests never reached the engine
+    logged = [r.getMessage() for r in caplog.records if "conversation_ended" in r.getMessage()]
+    assert len(logged) == 1 and "insults after two warnings" in logged[0]
+    # A restart remembers it.
+    with _serve(ScriptedEngine(), tmp_path) as running:
+        client = anthropic.Anthropic(base_url=running.base_url, api_key="k", max_retries=0)
+        with pytest.raises(anthropic.PermissionDeniedError):
+            client.messages.create(model=CLAUDE_MODEL, max_tokens=50, messages=messages)
+
+
+def test_the_stream_of_an_ended_conversation_shows_no_tool_call(tmp_path: Path) -> None:
+    engine = ScriptedEngine([ScriptedCall(END_CONVERSATION, {"reason": "abuse"})])
+    body = {"model": CLAUDE_MODEL, "max_tokens": 50, "stream": True, "messages": _wire(ABUSE)}
+    with (
+        _serve(engine, tmp_path) as running,
+        httpx.stream("POST", f"{running.base_url}/v1/messages", json=body) as response,
+    ):
+        events = [
+            json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")
+        ]
+    events = [e for e in events if e["type"] != "ping"]
+    assert [e["type"] for e in events] == ["message_start", "message_delta", "message_stop"]
+    assert events[1]["delta"]["stop_reason"] == "refusal"
+    assert events[1]["delta"]["stop_details"]["type"] == "refusal"
+
+
+def test_not_offered_early_in_a_conversation_or_with_the_option_off(tmp_path: Path) -> None:
+    engine = ScriptedEngine(["fine"])
+    with _serve(engine, tmp_path / "on") as running:
+        client = anthropic.Anthropic(base_url=running.base_url, api_key="k", max_retries=0)
+        client.messages.create(model=CLAUDE_MODEL, max_tokens=5, messages=_wire(ABUSE[:3]))
+    assert not engine.conversations[-1].tools  # two user turns: not yet
+    with _serve(engine, tmp_path / "off", end_conversation=False) as running:
+        client = anthropic.Anthropic(base_url=running.base_url, api_key="k", max_retries=0)
+        client.messages.create(model=CLAUDE_MODEL, max_tokens=5, messages=_wire(ABUSE))
+    assert not engine.conversations[-1].tools
+    assert "end_conversation" not in (engine.conversations[-1].system_text or "")

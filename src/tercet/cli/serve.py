@@ -102,6 +102,12 @@ def register(commands: Any) -> None:
         "docs/classifiers.md). Off by default",
     )
     parser.add_argument(
+        "--end-conversation",
+        action="store_true",
+        help="offer the model an end_conversation tool, for repeated abuse only; a conversation "
+        "it ended is refused (403) when sent again (docs/classifiers.md). Off by default",
+    )
+    parser.add_argument(
         "--metrics",
         choices=["open", "key", "off"],
         default="open",
@@ -133,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     settings["prefill_progress_interval_s"] = args.prefill_progress
     settings["guard"] = args.guard
     settings["classifiers"] = args.classifiers
+    settings["end_conversation"] = args.end_conversation
     try:
         config = ServerConfig(**settings)
     except ValidationError as invalid:

@@ -34,9 +34,10 @@ from tercet.server.classifiers import ServerClassifiers
 from tercet.server.code_execution import CodeExecutor
 from tercet.server.config import ServerConfig
 from tercet.server.conversation import build_conversation
+from tercet.server.conversation_end import EndConversationOffer, EndedConversations
 from tercet.server.errors import install_error_handlers
 from tercet.server.files import files_router, resolve_file_sources_async
-from tercet.server.generation import GenerationPlan, complete, plan, stream_events
+from tercet.server.generation import Ending, GenerationPlan, complete, plan, stream_events
 from tercet.server.guard import ServerGuard
 from tercet.server.json_body import JSONBody
 from tercet.server.mcp_connector import discover
@@ -74,6 +75,10 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
         for model_id, engine in registry.engines.items()
     }
     classifiers = _classifiers(config, registry, signer)
+    offer, ended = None, None
+    if config.end_conversation:  # the offer's data and the record of ended ones, read at start
+        offer = EndConversationOffer.load()
+        ended = EndedConversations(config.data_dir / "conversations" / "ended.jsonl")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -123,7 +128,13 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
         record: RequestRecord = request.state.record
         body = await _read_body(request, MessageCreateRequest, config.max_body_bytes)
         record.model = body.model
-        await resolve_file_sources_async(body, files, request.state.owner)
+        owner = request.state.owner
+        if ended is not None:  # a conversation the model ended stays ended (403)
+            await anyio.to_thread.run_sync(ended.check, body, owner)
+        await resolve_file_sources_async(body, files, owner)
+        ending = None
+        if offer is not None and ended is not None:
+            ending = Ending(offer, ended, owner, record.request_id)
         job = await plan(
             body,
             registry,
@@ -136,6 +147,7 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
             max_tool_iterations=config.max_tool_iterations,
             guard=guard,
             classifiers=classifiers,
+            ending=ending,
         )
         record.planned = perf_counter()
         record.served_model = job.engine.spec.id
@@ -161,9 +173,13 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
         thinking = thinks(body, betas, adaptive_model=engine.spec.adaptive_thinking)
         if guard is not None:  # the prompt as `plan` builds it, the guard's instruction included
             body = guard.instructed(body, request.state.owner)
+        offered = offer if offer is not None and offer.offered(body) else None
+        if offered is not None:  # and the end_conversation tool, where plan offers it
+            body = offered.instructed(body)
         build_conversation(body)  # the message rules, before any MCP server is asked
         toolbox = await discover(body, betas, mcp_pool)
-        conversation = build_conversation(body, extra_tools=toolbox.tools if toolbox else ())
+        extra_tools = [*(toolbox.tools if toolbox else ()), *([offered.tool] if offered else [])]
+        conversation = build_conversation(body, extra_tools=extra_tools)
         if toolbox is not None:  # earlier calls under the names the model reads, as in plan
             conversation = toolbox.renamed_history(conversation)
         # Without breakpoints: counting reads nothing from the cache and refreshes nothing.
@@ -355,13 +371,15 @@ def _classifiers(
     }
 
     async def create(request: MessageCreateRequest) -> Message:
-        return await complete(await plan(request, registry, judge_lines, signer))
+        job = await plan(request, registry, judge_lines, signer)
+        try:
+            return await complete(job)
+        finally:  # a check cut off by its time limit before its stream began leaves the line
+            job.ticket.leave()
 
-    def served(name: str) -> str:
-        if name == "self":
-            return registry.default.spec.id
-        registry.resolve(name)  # NotFoundError for a name no engine serves
-        return name
+    def served(name: str) -> tuple[str, str]:
+        engine = registry.default if name == "self" else registry.resolve(name)  # or 404
+        return (engine.spec.id if name == "self" else name), engine.spec.id
 
     return ServerClassifiers.build(settings, served, create)
 

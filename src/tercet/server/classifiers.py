@@ -18,13 +18,23 @@ import fnmatch
 import logging
 import os
 import tomllib
-from collections.abc import Awaitable, Callable, Sequence
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tercet.engine.base import TextChunk, ThinkingChunk, ToolCallDelta, ToolCallStart
+from tercet.engine.base import (
+    Finish,
+    GenerationEvent,
+    ModelSpec,
+    TextChunk,
+    ThinkingChunk,
+    ToolCallDelta,
+    ToolCallStart,
+)
 from tercet.guard.classifiers import (
     AnthropicJudgeModel,
     CachedClassifier,
@@ -168,8 +178,10 @@ class ServerClassifiers:
         constitution: Constitution,
         classifier: Classifier,
         close: Callable[[], Awaitable[None]] | None = None,
+        judge_engine: str | None = None,
     ) -> None:
         self.settings = settings
+        self.judge_engine = judge_engine  # the served engine the judge runs on, if one is
         self.constitution = constitution
         self.classifier = CachedClassifier(
             classifier,
@@ -183,11 +195,11 @@ class ServerClassifiers:
     def build(
         cls,
         settings: ClassifierSettings,
-        served: Callable[[str], str],
+        served: Callable[[str], tuple[str, str]],
         create: InProcessCreate,
     ) -> ServerClassifiers:
-        """The classifiers the settings describe. `served(name)` is the served model a name
-        reaches (raises for none); `create` runs a request on this server in process. Raises
+        """The classifiers the settings describe. `served(name)` is the model name to ask and the
+        served engine it reaches (raises for none); `create` runs a request on this server in process. Raises
         `ConstitutionError` or `ClassifierConfigError` naming what is wrong."""
         constitution = settings.load_constitution()
         if settings.in_process is not None:
@@ -212,7 +224,7 @@ class ServerClassifiers:
             )
             return cls(settings, constitution, classifier, upstream.aclose)
         try:
-            model_name = served(judge.model)
+            model_name, engine_id = served(judge.model)
         except Exception as exc:
             raise ClassifierConfigError(
                 f"{settings.source}: judge.model: {judge.model!r} is not a model this server "
@@ -222,7 +234,7 @@ class ServerClassifiers:
         classifier = JudgeClassifier(
             local, constitution, model_name=model_name, max_chars=settings.max_context_chars
         )
-        return cls(settings, constitution, classifier)
+        return cls(settings, constitution, classifier, judge_engine=engine_id)
 
     def mode_for(self, owner: str, model: str) -> Mode:
         """A key's own setting first, then the first route whose glob the model name matches,
@@ -275,9 +287,15 @@ class RequestClassifiers:
             return None
         return await self.judge(Exchange("input", self.prompt, context=self.context))
 
-    def watch(self) -> OutputWatch | None:
+    def watch(self, generating: ModelSpec) -> OutputWatch | None:
+        """The output checks of a reply `generating` writes (None where output is not judged).
+        A judge on that same engine, which runs one generation at a time, can only judge once
+        the generation has ended: the watch then waits for its end at the first due check."""
         settings = self.server.settings
-        return OutputWatch(self, settings.output_check_every) if settings.output else None
+        if not settings.output:
+            return None
+        shared = self.server.judge_engine == generating.id and generating.parallel == 1
+        return OutputWatch(self, settings.output_check_every, wait_for_end=shared)
 
     async def judge(self, exchange: Exchange) -> RefusalStopDetails | None:
         """One check, recorded; the refusal it calls for, if any."""
@@ -334,16 +352,53 @@ class RequestClassifiers:
         )
 
 
+@dataclass(frozen=True)
+class Halt:
+    """An output check refused the answer: the stream stops here."""
+
+    details: RefusalStopDetails
+
+
 class OutputWatch:
     """The answer as it is generated (thinking, text and tool input alike), judged every
     `every` chunks and once more at the end of each generation for what is left."""
 
-    def __init__(self, checks: RequestClassifiers, every: int) -> None:
+    def __init__(self, checks: RequestClassifiers, every: int, wait_for_end: bool) -> None:
         self.checks = checks
         self.every = every
+        self.wait_for_end = wait_for_end
         self.chunks = 0
         self._answer: list[str] = []
         self._checked = 0  # chunks already judged
+
+    async def watched(
+        self, events: AsyncGenerator[GenerationEvent, None]
+    ) -> AsyncGenerator[GenerationEvent | Halt, None]:
+        """The engine's events in order, each due check made after the event before it was
+        handled (sent) and before the next is taken; a `Halt` ends them."""
+        held: deque[GenerationEvent] = deque()
+        try:
+            while True:
+                if held:
+                    event = held.popleft()
+                else:
+                    try:
+                        event = await anext(events)
+                    except StopAsyncIteration:
+                        return
+                yield event
+                if isinstance(event, Finish) or not self.add(event):
+                    continue
+                if self.wait_for_end and not held:
+                    # The judge needs the engine this generation holds: the rest of the
+                    # generation waits here, unsent, while it ends.
+                    held.extend([e async for e in events])
+                halt = await self.check()
+                if halt is not None:
+                    yield Halt(halt)
+                    return
+        finally:
+            await events.aclose()
 
     def add(self, event: EngineEvent) -> bool:
         """Take one engine event; True when a check is due."""

@@ -91,6 +91,11 @@ class ServerConfig(BaseModel):
         description="the safety classifiers' settings: a TOML file's path, or 'default' (enforce, "
         "the default constitution, the server's own model as judge); off when None",
     )
+    end_conversation: bool = Field(
+        default=False,
+        description="offer the model an end_conversation tool (after repeated abuse; "
+        "end_conversation.toml); an ended conversation sent again is refused with 403",
+    )
     container_limits: ContainerLimits = Field(default_factory=ContainerLimits)
     execution_limits: ExecutionLimits = Field(default_factory=ExecutionLimits)
 

@@ -29,9 +29,14 @@ from tercet.mcp import McpPool
 from tercet.sandbox.containers import Container, ContainerError
 from tercet.server.admission import AdmissionQueue, Ticket
 from tercet.server.blocks import BlockWriter
-from tercet.server.classifiers import RequestClassifiers, ServerClassifiers
+from tercet.server.classifiers import Halt, RequestClassifiers, ServerClassifiers
 from tercet.server.code_execution import SERVER_TOOL_NAMES, CodeExecutor, code_execution_tools
 from tercet.server.conversation import build_conversation
+from tercet.server.conversation_end import (
+    END_CONVERSATION,
+    EndConversationOffer,
+    EndedConversations,
+)
 from tercet.server.guard import RequestGuard, ServerGuard
 from tercet.server.mcp_connector import McpToolbox, discover
 from tercet.server.models import ModelRegistry
@@ -94,6 +99,17 @@ class ServerToolRuns:
     guard: RequestGuard | None = None  # when the server runs with a guard policy
 
 
+@dataclass(frozen=True)
+class Ending:
+    """The `end_conversation` tool offered to one request's model (`end_conversation` on),
+    and where an ended conversation is recorded."""
+
+    offer: EndConversationOffer
+    store: EndedConversations
+    owner: str
+    request_id: str | None = None
+
+
 @dataclass
 class GenerationPlan:
     """A request that passed every check and holds a place in the engine's line."""
@@ -110,6 +126,7 @@ class GenerationPlan:
     stats: GenerationStats = field(default_factory=GenerationStats)
     checks: RequestClassifiers | None = None  # the safety classifiers, where they are on
     refusal: RefusalStopDetails | None = None  # the input classifier refused: no generation
+    ending: Ending | None = None  # the model may end the conversation
 
     @property
     def omit_thinking(self) -> bool:
@@ -132,6 +149,7 @@ async def plan(
     max_tool_iterations: int = 10,
     guard: ServerGuard | None = None,
     classifiers: ServerClassifiers | None = None,
+    ending: Ending | None = None,
 ) -> GenerationPlan:
     engine = registry.resolve(request.model)
     spec = engine.spec
@@ -149,16 +167,21 @@ async def plan(
     check_thinking_blocks(request, signer)
     if guard is not None:  # the spotlighting instruction, where the server's tools are marked
         request = guard.instructed(request, owner)
+    if ending is not None and not ending.offer.offered(request):
+        ending = None  # too early in the conversation, or the client forces its own tools
+    if ending is not None:
+        request = ending.offer.instructed(request)
     conversation = build_conversation(request, cache_scope=owner)  # the message rules first
     # Then the MCP servers: listing their tools is the slow part, and may fail with a 400.
     toolbox = await discover(request, betas, mcp_pool)
     request_guard = None
     if guard is not None:  # what the history holds, recorded off the event loop (CPU-bound)
         request_guard = await anyio.to_thread.run_sync(guard.start, request, owner, toolbox)
-    extra_tools = toolbox.tools if toolbox else ()
+    extra_tools = [*(toolbox.tools if toolbox else ()), *([ending.offer.tool] if ending else [])]
     tools = tool_policy(request, thinking=budget is not None, extra_tools=extra_tools)
-    if toolbox is not None:
+    if extra_tools:
         conversation = build_conversation(request, cache_scope=owner, extra_tools=extra_tools)
+    if toolbox is not None:
         conversation = toolbox.renamed_history(conversation)
     if budget is not None:
         prefill = conversation.prefill
@@ -202,7 +225,18 @@ async def plan(
             # and client calls mixed) cannot be answered call by call, so one call a reply.
             params = replace(params, tools=replace(params.tools, parallel=False))
     return GenerationPlan(
-        request, engine, prompt, params, ticket, signer, conversation, runs, stats, checks, refusal
+        request,
+        engine,
+        prompt,
+        params,
+        ticket,
+        signer,
+        conversation,
+        runs,
+        stats,
+        checks,
+        refusal,
+        ending,
     )
 
 
@@ -243,23 +277,32 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
         server_tool_use_ids=lambda: new_id("srvtoolu"),
         mcp_tools=runs.mcp.names() if runs and runs.mcp else None,
         mcp_tool_use_ids=lambda: new_id("mcptoolu"),
+        hidden_tools=frozenset({END_CONVERSATION}) if job.ending else frozenset(),
     )
     prompt, params = job.prompt, job.params
     container: Container | ContainerError | None = None
     stop_reason: StopReason | None = None
-    halted: RefusalStopDetails | None = None  # an output check refused the answer
+    # Why the reply ends in a refusal: an output check flagged it, or the model ended the
+    # conversation.
+    halted: RefusalStopDetails | None = None
     output_tokens = thinking_tokens = iterations = 0
     stats = job.stats
     first_token: float | None = None
-    watch = job.checks.watch() if job.checks is not None else None
+    watch = job.checks.watch(job.engine.spec) if job.checks is not None else None
     try:
         async with job.ticket:
             stats.admitted = perf_counter()
             while True:
                 ended: Finish | None = None
                 chunks = 0
-                async with aclosing(job.engine.generate(prompt, params)) as events:
+                generated = job.engine.generate(prompt, params)
+                # With classifiers, the due output checks come between events: nothing after
+                # a check is sent unless it passes. Closing the generator stops the engine.
+                async with aclosing(watch.watched(generated) if watch else generated) as events:
                     async for event in events:
+                        if isinstance(event, Halt):
+                            halted = event.details
+                            break
                         if isinstance(event, Finish):
                             ended = event
                             continue
@@ -268,12 +311,6 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
                         chunks += 1
                         for block_event in blocks.add(event):
                             yield block_event
-                        # The stream waits on a due check: nothing after it is sent unless
-                        # it passes. Closing the generator stops the engine.
-                        if watch is not None and watch.add(event):
-                            halted = await watch.check()
-                            if halted is not None:
-                                break
                 if halted is None and watch is not None and ended is not None:
                     halted = await watch.check_rest()  # before any tool call runs
                 if halted is not None:
@@ -285,6 +322,22 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
                 finish = ended
                 output_tokens += finish.output_tokens
                 thinking_tokens += finish.thinking_tokens
+                hidden = (
+                    blocks.hidden_call() if job.ending and finish.reason == "tool_use" else None
+                )
+                if job.ending is not None and hidden is not None:  # the model ended it
+                    reason = hidden[1].get("reason")
+                    ending = job.ending
+                    await anyio.to_thread.run_sync(  # written and fsynced: off the event loop
+                        ending.store.end,
+                        job.request,
+                        ending.owner,
+                        reason if isinstance(reason, str) else None,
+                        ending.request_id,
+                    )
+                    halted = RefusalStopDetails(explanation=ending.offer.explanation)
+                    stop_reason = "refusal"
+                    break
                 call = blocks.server_call() if runs and finish.reason == "tool_use" else None
                 if runs is None or call is None:
                     break
