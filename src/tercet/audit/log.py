@@ -38,6 +38,7 @@ SECRET_NAMES = frozenset(
 )
 CONTENT_NAMES = frozenset({"prompt", "answer", "tool_input", "tool_output"})
 _LOCK_FILE = ".lock"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _TAIL_BLOCK = 64 * 1024
 
 
@@ -377,8 +378,8 @@ class AuditLog:
         try:
             encoded = text.encode()
         except UnicodeEncodeError:  # a lone surrogate from outside: logged replaced
-            body = json.loads(text.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
-            text = canonical(body)
+            text = _SURROGATE.sub("\ufffd", text)
+            body = json.loads(text)
             encoded = text.encode()
         digest = chain_hash(prev, text)
         line = encoded[:-1] + b',"hash":"' + digest.encode() + b'"}\n'
