@@ -73,6 +73,7 @@ class InjectionRule:
     severity: Severity
     fields: Mapping[str, Literal["all", "framing"]]
     enabled: bool = True
+    low_rules: tuple[str, ...] = ()  # the detector's rules that alone make a finding low
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,10 @@ class ScanRules:
                 read.enabled("secret_in_output"),
             ),
             InjectionRule(
-                read.severity("injection"), dict(injection_fields), read.enabled("injection")
+                read.severity("injection"),
+                dict(injection_fields),
+                read.enabled("injection"),
+                read.strings("injection", "low_rules"),
             ),
             OutcomeRule(read.severity("classifier_flag"), (), read.enabled("classifier_flag")),
             BurstRule(
@@ -613,7 +617,8 @@ class Scanner:
                     where = name + (f" of {record['tool']}" if record.get("tool") else "")
                     shown = f"{where}: {detection.rule}: {snippet!r}"
         if names:
-            finding = self._finding("injection", rule.severity, record, shown)
+            low = all(name in rule.low_rules for name in names)
+            finding = self._finding("injection", "low" if low else rule.severity, record, shown)
             finding.detail = ",".join(names)
             yield finding
 
