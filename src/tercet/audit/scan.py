@@ -294,7 +294,7 @@ def redact(secret: str) -> str:
     characters and the length ("sk-ant-api03-…Qw8A (108 chars)")."""
     if secret.startswith("-----BEGIN"):
         return secret.split("-----")[1].strip() + " block"
-    head = re.match(r"(?:[A-Za-z]{1,8}[-_]){1,3}", secret)
+    head = re.match(r"(?:[A-Za-z][A-Za-z0-9]{0,7}[-_]){1,3}", secret)
     prefix = head.group(0) if head else secret[:4]
     prefix = prefix[: min(len(prefix), len(secret) // 3)]
     return f"{prefix}…{secret[-4:]} ({len(secret)} chars)"
