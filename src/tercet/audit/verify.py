@@ -60,10 +60,10 @@ class VerifyReport:
         if self.segments == 0:
             return f"{self.directory}: no audit segments"
         span = "" if self.first_seq is None else f", seq {self.first_seq}..{self.last_seq}"
-        counts = f"{self.records} records in {self.segments} segments{span}"
+        counts = f"{_count(self.records, 'record')} in {_count(self.segments, 'segment')}{span}"
         if self.ok:
             return f"ok: {counts}"
-        return f"BROKEN: {len(self.problems)} problems; {counts}"
+        return f"BROKEN: {_count(len(self.problems), 'problem')}; {counts}"
 
 
 @dataclass(frozen=True)
@@ -313,6 +313,10 @@ class _Checker:
     @staticmethod
     def where(entry: _Entry) -> str:
         return f"{entry.segment}:{entry.line}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _span(seqs: list[int]) -> str:

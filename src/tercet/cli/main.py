@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from tercet import __version__
-from tercet.cli import chat, code, eval, files, sandbox, serve
+from tercet.cli import audit, chat, code, eval, files, sandbox, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     files.register(commands)
     sandbox.register(commands)
     eval.register(commands)
+    audit.register(commands)
     return parser
 
 
