@@ -3,6 +3,8 @@
 Each container is a directory `<root>/<id>/workspace` (with `outputs/` for files meant to be
 handed back) and, when the server runs as root, a user id of its own, so one container's
 processes can neither read another's files nor count against its process limit.
+A container has no network unless an operator grants it egress (`grant_egress`): then its
+commands reach the destinations of the grant through a proxy of its own (`egress`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from tercet.sandbox import runner
 from tercet.sandbox.config import ContainerLimits, ExecutionLimits
+from tercet.sandbox.egress import EgressEvent, EgressGrant, EgressProxies
 from tercet.sandbox.runner import ExecResult, disk_usage
 
 _ID_ALPHABET = string.ascii_letters + string.digits
@@ -58,7 +61,8 @@ class Container:
 
 
 class ContainerManager:
-    """Creates, finds, runs in and expires containers under `root`."""
+    """Creates, finds, runs in and expires containers under `root`. `on_egress_event` gets
+    each egress connection's event, on the egress proxies' own thread (see `egress`)."""
 
     def __init__(
         self,
@@ -67,6 +71,7 @@ class ContainerManager:
         execution: ExecutionLimits | None = None,
         runtime: Path | None = None,
         clock: Callable[[], float] = time.time,
+        on_egress_event: Callable[[EgressEvent], None] | None = None,
     ) -> None:
         self.root = root
         self.limits = limits or ContainerLimits()
@@ -76,6 +81,7 @@ class ContainerManager:
         self._lock = threading.Lock()
         self._containers: dict[str, Container] = {}
         self._expired: OrderedDict[str, str] = OrderedDict()  # id -> owner, oldest first
+        self._egress = EgressProxies(on_egress_event, clock)  # grants live in memory only
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o711)  # container users may pass through, not list
         self._load()
@@ -139,6 +145,7 @@ class ContainerManager:
             runtime=self.runtime,
             stdin=stdin,
             disk_bytes=self.limits.disk_bytes,
+            egress=self._egress.socket(container.id),
         )
         container.last_used = self._clock()
         self._touch(container)
@@ -157,6 +164,33 @@ class ContainerManager:
             container = self._containers.pop(container_id, None)
             if container is not None:
                 shutil.rmtree(container.directory, ignore_errors=True)
+        self._egress.revoke(container_id, "the container was deleted")
+
+    def grant_egress(self, container_id: str, grant: EgressGrant) -> None:
+        """Let the live container `container_id` (any owner's) reach `grant`'s destinations,
+        from its next command on, replacing (and cutting) any grant it has. `EgressGrantError`
+        for a grant already expired; `ContainerError` for a missing container."""
+        with self._lock:
+            self._expire()
+            container = self._containers.get(container_id) if _valid_id(container_id) else None
+        if container is None:
+            raise ContainerError("unavailable", f"no container {container_id}")
+        if runner.forwarder_python(self.runtime) is None:
+            raise ContainerError("unavailable", "egress needs a Python in the sandbox")
+        uid = container.uid if os.geteuid() == 0 else None  # the sandbox's user connects
+        self._egress.grant(container_id, grant, uid)
+
+    def revoke_egress(self, container_id: str) -> bool:
+        """Take `container_id`'s grant away, cutting its connections; whether it had one."""
+        return self._egress.revoke(container_id)
+
+    def egress_grant(self, container_id: str) -> EgressGrant | None:
+        """The container's live grant, if any."""
+        return self._egress.grant_of(container_id)
+
+    def close(self) -> None:
+        """Revoke every egress grant (stopping the proxies' thread); containers stay."""
+        self._egress.close()
 
     def live(self) -> list[Container]:
         with self._lock:
@@ -168,6 +202,7 @@ class ContainerManager:
         for container in list(self._containers.values()):
             if container.expires_at(self.limits) <= now:
                 del self._containers[container.id]
+                self._egress.revoke(container.id, "the container expired", wait=False)
                 self._expired[container.id] = container.owner
                 if len(self._expired) > REMEMBERED_EXPIRED:
                     self._expired.popitem(last=False)

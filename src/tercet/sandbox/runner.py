@@ -8,7 +8,9 @@ root, the sandbox runs as the container's own unprivileged user, so process limi
 Limits are rlimits, set on the sandbox's first process while bubblewrap holds it (its
 `--block-fd`), before it starts the command, which inherits them; plus a wall clock that kills
 the whole process group (and with it the sandbox's PID namespace). /tmp is a tmpfs of bounded
-size. While the command runs it is watched every 0.1 s: the workspace, a host directory,
+size. A container granted egress also gets its egress proxy's socket and the proxy variables,
+and its command runs behind the in-sandbox forwarder (see `egress`). While the command runs
+it is watched every 0.1 s: the workspace, a host directory,
 against its quota (killed then, not after it has filled the host's disk), and its processes
 together against the memory and process limits (rlimits bound each process alone).
 
@@ -36,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tercet.sandbox import egress as egress_proxy
 from tercet.sandbox.config import ExecutionLimits
 from tercet.sandbox.process_tree import PAGE_BYTES, parent_of, tree_usage, user_tasks
 
@@ -106,11 +109,13 @@ def run(
     runtime: Path | None = None,
     stdin: bytes = b"",
     disk_bytes: int | None = None,
+    egress: Path | None = None,
 ) -> ExecResult:
     """Run `command` with `workspace` mounted at /workspace; never raises for what the command
     does (a timeout is `timed_out`, a signal a negative return code, a workspace grown past
     `disk_bytes` while it ran `over_quota`, too much memory or too many processes at once
-    `over_memory` or `too_many_processes`, said at the end of stderr too)."""
+    `over_memory` or `too_many_processes`, said at the end of stderr too). `egress`: the
+    host path of the container's egress proxy socket, for a container granted egress."""
     as_root = uid is not None and os.geteuid() == 0
     info_read, info_write = os.pipe()  # bubblewrap says here which process is the sandbox
     hold_read, hold_write = os.pipe()  # the sandbox waits on this until its limits are set
@@ -123,6 +128,7 @@ def run(
             runtime=runtime,
             info_fd=info_write,
             block_fd=hold_read,
+            egress=egress,
         )
         started = time.monotonic()
         process = subprocess.Popen(
@@ -324,16 +330,22 @@ def sandbox_argv(
     runtime: Path | None = None,
     info_fd: int | None = None,
     block_fd: int | None = None,
+    egress: Path | None = None,
 ) -> list[str]:
     """bubblewrap's whole command line for `command`, without the rlimits (set on its first
-    process by `run`, which passes the `--info-fd` and `--block-fd` it does that through)."""
+    process by `run`, which passes the `--info-fd` and `--block-fd` it does that through);
+    with `egress` (a proxy's socket), the command behind the in-sandbox forwarder."""
     as_root = uid is not None and os.geteuid() == 0
     argv = [bubblewrap(), *namespace_args(as_root)]
     if info_fd is not None:
         argv += ["--info-fd", str(info_fd)]
     if block_fd is not None:
         argv += ["--block-fd", str(block_fd)]
-    argv += [*mount_args(workspace, runtime, limits), "--"]
+    argv += mount_args(workspace, runtime, limits)
+    if egress is not None:
+        argv += egress_args(egress)
+        command = [*forwarder_command(runtime), *command]
+    argv.append("--")
     if as_root:
         assert uid is not None
         argv += user_switch_args(uid)
@@ -389,6 +401,31 @@ def mount_args(workspace: Path, runtime: Path | None, limits: ExecutionLimits) -
         "--setenv", "OPENBLAS_NUM_THREADS", THREADS_PER_LIBRARY,
         "--setenv", "MKL_NUM_THREADS", THREADS_PER_LIBRARY,
     ]  # fmt: skip
+
+
+def egress_args(proxy_socket: Path) -> list[str]:
+    """A container's egress in its sandbox: the proxy's socket, the forwarder (the `egress`
+    module's own file) and the proxy variables, pointing at the forwarder."""
+    return [
+        *_readable_bind(proxy_socket, Path(egress_proxy.SANDBOX_SOCKET)),
+        *_readable_bind(Path(egress_proxy.__file__), Path(egress_proxy.SANDBOX_FORWARDER)),
+        *(a for name, url in egress_proxy.PROXY_ENV.items() for a in ("--setenv", name, url)),
+    ]
+
+
+def forwarder_command(runtime: Path | None) -> list[str]:
+    """The egress forwarder, started in the sandbox before (and around) the command."""
+    python = forwarder_python(runtime)
+    if python is None:
+        raise SandboxUnavailable("egress needs a Python in the sandbox to run its forwarder")
+    return [python, "-I", "-S", egress_proxy.SANDBOX_FORWARDER, "forward", "--"]
+
+
+def forwarder_python(runtime: Path | None) -> str | None:
+    """The sandbox's Python (the runtime's, else the system's), or None where it has none."""
+    if runtime is not None:
+        return f"{RUNTIME}/bin/python"
+    return "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else None
 
 
 def user_switch_args(uid: int) -> list[str]:
