@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from tercet import __version__
-from tercet.cli import audit, chat, code, eval, files, sandbox, serve
+from tercet.cli import admin, audit, chat, code, eval, files, sandbox, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.register(commands)
     eval.register(commands)
     audit.register(commands)
+    admin.register(commands)
     return parser
 
 
