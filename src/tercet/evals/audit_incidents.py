@@ -16,6 +16,11 @@ misses are listed by name. An incident is found when a finding of its rule names
 records (seq). The offline classifier is `KeywordClassifier`, a toy: it measures the scan's
 plumbing, not a classifier.
 
+The ordinary texts are few (16 prompts, 13 answers, 12 tool outputs), drawn again and again: a
+false-flag rate per record is the rate per distinct text, weighted by how often each is drawn
+(the injection rule's low-severity flags are two texts: a YAML file's `user:` key and an
+e-mail asking to forward an invoice).
+
 `python -m tercet.evals.audit_incidents [--requests N] [--keys K] [--seed S] [--json]`.
 """
 
