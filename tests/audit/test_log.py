@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from tercet.audit import AuditConfig, AuditError, AuditLog, AuditRecord, content_digest, key_id
+from tercet.audit import log as audit_log
 from tercet.audit.log import GENESIS, last_record, reverse_lines, segments
 from tercet.audit.verify import verify
 from tercet.server.app import owner_of
@@ -270,10 +273,36 @@ def test_concurrent_appends_keep_the_chain(tmp_path: Path) -> None:
     assert sum(1 for r in all_records(tmp_path) if r["kind"] == "request") == 1600
 
 
-def test_fsync_always(tmp_path: Path) -> None:
+def test_fsync_always_syncs_each_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd)))
     with open_log(tmp_path, fsync="always") as log:
+        before = len(synced)
         log.append("request")
+        log.append("request")
+        assert len(synced) == before + 2
     assert verify(tmp_path).ok
+
+
+def test_fsync_interval_syncs_off_the_appending_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real = os.fdatasync
+    monkeypatch.setattr(audit_log, "SYNC_INTERVAL_S", 0.01)
+    monkeypatch.setattr(
+        os, "fdatasync", lambda fd: (synced.append(threading.current_thread().name), real(fd))
+    )
+    with open_log(tmp_path) as log:
+        synced.clear()
+        log.append("request")
+        assert synced == []  # not in append
+        for _ in range(200):
+            if synced:
+                break
+            time.sleep(0.01)
+        assert synced == ["audit-fsync"]
 
 
 def test_record_parse_rejects_what_is_not_a_record() -> None:

@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,6 +39,7 @@ CONTENT_NAMES = frozenset({"prompt", "answer", "tool_input", "tool_output"})
 _LOCK_FILE = ".lock"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _TAIL_BLOCK = 64 * 1024
+SYNC_INTERVAL_S = 1.0
 
 
 class AuditError(Exception):
@@ -57,7 +57,9 @@ class AuditConfig(BaseModel):
         default=False, description="prompts, answers and tool I/O as text too, not only digests"
     )
     fsync: Literal["always", "interval"] = Field(
-        default="interval", description="always: each record; interval: at most once a second"
+        default="interval",
+        description="always: each record; interval: at most once a second (a thread does it), "
+        "and on rotation and close; every record is written through to the OS at once",
     )
 
 
@@ -269,9 +271,10 @@ class AuditLog:
         self._size = 0
         self._seq = -1
         self._hash = GENESIS
-        self._last_sync = time.monotonic()
         self._unsynced = False
         self._closed = False
+        self._stop = threading.Event()
+        self._syncer: threading.Thread | None = None
         self.torn: TornLine | None = None
         """The torn line found on open, if any."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -288,6 +291,9 @@ class AuditLog:
         except BaseException:
             self._release()
             raise
+        if config.fsync == "interval":
+            self._syncer = threading.Thread(target=self._sync_loop, name="audit-fsync", daemon=True)
+            self._syncer.start()
 
     @property
     def last_seq(self) -> int:
@@ -359,6 +365,9 @@ class AuditLog:
                 return
             self._closed = True
             self._sync()
+        self._stop.set()
+        if self._syncer is not None:
+            self._syncer.join()
         self._release()
 
     def __enter__(self) -> AuditLog:
@@ -395,14 +404,29 @@ class AuditLog:
         self._size += len(line)
         self._seq, self._hash = record.seq, record.hash
         self._unsynced = True
-        if self.config.fsync == "always" or time.monotonic() - self._last_sync >= 1.0:
+        if self.config.fsync == "always":
             self._sync()
 
     def _sync(self) -> None:
         if self._fd is not None and self._unsynced:
             os.fdatasync(self._fd)
             self._unsynced = False
-        self._last_sync = time.monotonic()
+
+    def _sync_loop(self) -> None:
+        """fsync at most once a second, off the appending threads: a slow disk never holds
+        the lock (the segment's descriptor is duplicated, so a rotation may close it)."""
+        while not self._stop.wait(SYNC_INTERVAL_S):
+            with self._lock:
+                if self._fd is None or not self._unsynced:
+                    continue
+                fd = os.dup(self._fd)
+                self._unsynced = False
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                log.warning("audit: fsync failed: %s", exc)
+            finally:
+                os.close(fd)
 
     def _open_segment(self, segment: Segment, create: bool) -> None:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
