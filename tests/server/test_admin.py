@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,10 @@ import pytest
 from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict
 
-from tercet.server.admin import AdminSettings, admin_router
+from tercet.sandbox.containers import ContainerManager
+from tercet.sandbox.runner import unavailable_reason
+from tercet.sandbox.runtime import default_runtime
+from tercet.server.admin import AdminSettings, admin_router, egress_actions
 from tercet.server.app import RequestIdMiddleware
 from tercet.server.approvals import Action, Outcome
 from tercet.server.errors import install_error_handlers
@@ -345,3 +349,45 @@ def test_operators_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("TERCET_ADMIN_KEYS", "k0123456789abcdef")
     with pytest.raises(ValueError, match="not an operator name"):
         AdminSettings(sensitive_actions=[])
+
+
+@pytest.mark.skipif(
+    unavailable_reason() is not None, reason=f"no sandbox here: {unavailable_reason()}"
+)
+def test_egress_actions_over_real_containers(tmp_path: Path) -> None:
+    containers = ContainerManager(tmp_path / "sandbox", runtime=default_runtime())
+    events: list[dict[str, Any]] = []
+    settings = AdminSettings(operators=OPERATORS)
+    keys = KeyStore.in_data_dir(tmp_path)
+    app = FastAPI()
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware, on_end=lambda record: None)
+    book = settings.book(tmp_path, on_event=events.append)
+    app.include_router(admin_router(settings, keys, book, egress_actions(containers)))
+    try:
+        container = containers.create(owner="someone")
+        grant = {
+            "allow": ["127.0.0.1:9"],
+            "byte_budget": 1000,
+            "window_s": 60,
+            "expires_at": time.time() + 600,
+        }
+        with BackgroundServer(app) as running:
+            state = Admin(running.base_url, tmp_path)
+            path = f"/containers/{container.id}/egress"
+            bad = state.call("POST", path, json={**grant, "allow": ["nowhere"]})
+            assert "allow[0]" in envelope(bad, 400, "invalid_request_error")
+            missing = state.call("POST", "/containers/nope/egress", json=grant)
+            assert "no live container nope" in envelope(missing, 404, "not_found_error")
+            approval_id = state.call("POST", path, json=grant).json()["id"]
+            state.call("POST", f"/approvals/{approval_id}/approve", operator="bob")
+            assert containers.egress_grant(container.id) is None
+            done = state.call("POST", f"/approvals/{approval_id}/approve", operator="carol")
+            assert done.json()["outcome"]["allow"] == ["127.0.0.1:9"]
+            assert containers.egress_grant(container.id) is not None
+            revoked = state.call("DELETE", path, operator="bob")  # not sensitive: at once
+            assert revoked.status_code == 200 and revoked.json()["had_grant"] is True
+            assert containers.egress_grant(container.id) is None
+        assert [e["outcome"] for e in events if e["action"] == "egress.revoke"] == ["executed"]
+    finally:
+        containers.close()

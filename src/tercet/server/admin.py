@@ -9,7 +9,9 @@ gets 401. Every action goes through the `ApprovalBook`: one named in `sensitive_
     POST   /admin/v1/keys                          key.create {name, policy?} (the key, once)
     DELETE /admin/v1/keys/{key_id}                 key.revoke
     PATCH  /admin/v1/keys/{key_id}                 key.policy {classifier_mode}
-    POST   /admin/v1/containers/{id}/egress        egress.grant {the grant}
+    POST   /admin/v1/containers/{id}/egress        egress.grant {allow, byte_budget, window_s,
+                                                   expires_at}
+    DELETE /admin/v1/containers/{id}/egress        egress.revoke
     POST   /admin/v1/actions/{action}              any action {target, parameters}
     GET    /admin/v1/approvals[?state=pending]     approval requests, newest first
     GET    /admin/v1/approvals/{id}
@@ -32,6 +34,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import from_json
 
+from tercet.sandbox.containers import ContainerManager
+from tercet.sandbox.egress import EgressGrant
 from tercet.server.approvals import (
     Action,
     ApprovalBook,
@@ -56,6 +60,7 @@ ADMIN_KEYS_ENV = "TERCET_ADMIN_KEYS"
 MAX_ADMIN_BODY_BYTES = 64 * 1024
 KEY_ACTIONS = ("key.create", "key.revoke", "key.policy")
 EGRESS_GRANT = "egress.grant"
+EGRESS_REVOKE = "egress.revoke"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _HASHED = re.compile(r"sha256:[0-9a-f]{64}")
 _M = TypeVar("_M", bound=BaseModel)
@@ -177,6 +182,40 @@ def key_actions(keys: KeyStore) -> dict[str, Action]:
     }
 
 
+def egress_actions(containers: ContainerManager) -> dict[str, Action]:
+    """egress.grant (the body: `EgressGrant.from_dict`'s fields) and egress.revoke, over
+    `containers`. A grant lives as long as its container, or the server process."""
+
+    def check_grant(container_id: str, grant: dict[str, Any]) -> dict[str, Any]:
+        _live_container(containers, container_id)
+        return EgressGrant.from_dict(grant).to_dict()  # EgressGrantError is a ValueError
+
+    def grant(container_id: str, grant: dict[str, Any]) -> Outcome:
+        _live_container(containers, container_id)  # it may have expired while approvals came
+        parsed = EgressGrant.from_dict(grant)
+        containers.grant_egress(container_id, parsed)
+        return Outcome({"container_id": container_id, **parsed.to_dict()})
+
+    def check_revoke(container_id: str, _: dict[str, Any]) -> dict[str, Any]:
+        _live_container(containers, container_id)
+        return {}
+
+    def revoke(container_id: str, _: dict[str, Any]) -> Outcome:
+        return Outcome(
+            {"container_id": container_id, "had_grant": containers.revoke_egress(container_id)}
+        )
+
+    return {
+        EGRESS_GRANT: Action(run=grant, check=check_grant),
+        EGRESS_REVOKE: Action(run=revoke, check=check_revoke),
+    }
+
+
+def _live_container(containers: ContainerManager, container_id: str) -> None:
+    if not any(c.id == container_id for c in containers.live()):
+        raise LookupError(f"no live container {container_id}")
+
+
 class _CreateKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -258,6 +297,12 @@ def admin_router(
             raise NotFoundError("egress grants are not available on this server")
         body = await _read_json(request)
         return await perform(EGRESS_GRANT, container_id, body, request.state.operator)
+
+    @router.delete("/containers/{container_id}/egress")
+    async def revoke_egress(container_id: str, request: Request) -> Response:
+        if EGRESS_REVOKE not in approvals.actions:
+            raise NotFoundError("egress grants are not available on this server")
+        return await perform(EGRESS_REVOKE, container_id, {}, request.state.operator)
 
     @router.post("/actions/{action}")
     async def act(action: str, request: Request) -> Response:
