@@ -15,7 +15,6 @@ rule needs. A finding never holds a secret, only a redacted form of it.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import tomllib
 from collections import Counter, OrderedDict, deque
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tercet.audit.log import segments
+from tercet.audit.read import RecordFilter, records
 from tercet.guard.classifiers import Classifier, ClassifierError, Exchange
 from tercet.guard.detect import RulesDetector
 
@@ -837,37 +837,21 @@ def parse_since(value: str) -> datetime:
 
 
 def read_records(directory: Path, since: datetime | None = None) -> Iterator[dict[str, Any]]:
-    """The log's records in order, segment after segment, from `since` on; ScanError for a
-    directory without segments or a line that is not a JSON object (file and line named)."""
+    """The log's records in order, segment after segment, from `since` on (the log's own reader:
+    a line that is not a record is skipped, as `tercet audit verify` reports it); ScanError for
+    a directory that holds no log."""
     if not directory.is_dir():
         raise ScanError(f"{directory}: not a directory (give the audit log's, --dir DIR)")
-    found = [segment.path for segment in segments(directory)]
-    if not found:
+    if not segments(directory):
         raise ScanError(f"{directory}: no audit segments ({SEGMENT_GLOB}) there")
-    for segment in found:
-        with segment.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                    if not line.endswith("\n"):
-                        continue  # a torn last line (a crash while writing): not in the chain
-                    raise ScanError(f"{segment}:{number}: not a JSON record: {exc}") from None
-                if not isinstance(record, dict):
-                    raise ScanError(f"{segment}:{number}: not a JSON object")
-                if since is not None:
-                    ts = _parse_ts(record.get("ts"))
-                    if ts is not None and ts < since:
-                        continue
-                yield record
+    for record in records(directory, RecordFilter(since=since)):
+        yield record.to_dict()
 
 
-def batches(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+def batches(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
     """Records in lists of `size` (the last one shorter)."""
     batch: list[dict[str, Any]] = []
-    for record in records:
+    for record in items:
         batch.append(record)
         if len(batch) >= size:
             yield batch
