@@ -202,3 +202,19 @@ def test_missing_directory_and_empty_directory(tmp_path: Path) -> None:
         verify(tmp_path / "nope")
     report = verify(tmp_path)
     assert report.segments == 0 and "no audit segments" in report.summary()
+
+
+def test_segments_in_the_wrong_order_are_a_few_problems_not_a_cascade(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tercet.audit.verify.LOOKAHEAD", 3)  # segments longer than it
+    make_log(tmp_path, 60, max_segment_bytes=2000)
+    found = segments(tmp_path)
+    second, third = found[1].path, found[2].path
+    swap = second.with_name("swap")
+    second.rename(swap)
+    third.rename(second)
+    swap.rename(third)
+    problems = verify(tmp_path).problems
+    assert 1 <= len(problems) <= 3
+    assert (problems[0].segment, problems[0].line) == (second.name, 1)

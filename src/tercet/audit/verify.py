@@ -154,6 +154,16 @@ class _Checker:
             self.ahead.append(item)
         return [i for i in self.ahead if isinstance(i, _Entry)]
 
+    def peek_next(self) -> _Entry | None:
+        for queued in self.ahead:
+            if isinstance(queued, _Entry):
+                return queued
+        for item in self.items:
+            self.ahead.append(item)
+            if isinstance(item, _Entry):
+                return item
+        return None
+
     def run(self) -> None:
         while (item := self.next()) is not None:
             if isinstance(item, Segment):
@@ -200,7 +210,7 @@ class _Checker:
             self.begin(entry)
             return
         expected = anchor.seq + 1
-        if record.seq == expected and anchor.hash in (None, record.prev):
+        if _links(anchor, record):
             self.advance(entry)
             return
         if not entry.intact:  # its seq or prev may be what was edited: take it as in place
@@ -226,6 +236,9 @@ class _Checker:
                 f"out of order: comes after seq {anchor.seq} ({anchor.where}); "
                 "a duplicate or a record moved",
             )
+            following = self.peek_next()
+            if following is None or not _links(anchor, following.record):
+                self.advance(entry)  # a run from elsewhere (a segment renamed?): follow it
 
     def begin(self, entry: _Entry) -> None:
         record = entry.record
@@ -313,6 +326,10 @@ class _Checker:
     @staticmethod
     def where(entry: _Entry) -> str:
         return f"{entry.segment}:{entry.line}"
+
+
+def _links(anchor: _Anchor, record: AuditRecord) -> bool:
+    return record.seq == anchor.seq + 1 and anchor.hash in (None, record.prev)
 
 
 def _count(n: int, noun: str) -> str:
