@@ -118,12 +118,6 @@ class Performed:
     outcome: dict[str, Any] | None = None
     shown_once: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def executed(self) -> bool:
-        return self.outcome is not None and (
-            self.approval is None or self.approval.state == "executed"
-        )
-
 
 EventSink = Callable[[dict[str, Any]], None]
 

@@ -127,8 +127,9 @@ class KeyStore:
         encoded = presented.encode()
         if any(hmac.compare_digest(encoded, key) for key, _ in self._static):
             return owner_of_hash(key_hash(presented))
-        record = self.lookup(presented)
-        return record.owner if record is not None else None
+        with self._lock:  # on every request: no copy of the record
+            record = self._by_hash.get(key_hash(presented))
+            return record.owner if record is not None and not record.revoked else None
 
     def lookup(self, presented: str) -> KeyRecord | None:
         """The live record of a key made here, else None (unknown or revoked)."""
