@@ -442,7 +442,8 @@ class ScanReport:
         """A few lines for a person: what was read, what was found, the worst keys."""
         by_severity: Counter[str] = Counter(f.severity for f in self.findings)
         lines = [
-            f"scanned {self.records} records in {self.batches} batches"
+            f"scanned {self.records} records in {self.batches} "
+            + ("batch" if self.batches == 1 else "batches")
             + (f" (seq {self.first_seq}–{self.last_seq})" if self.first_seq is not None else "")
             + f"; {self.content_records} with logged content"
             + ("" if self.content_records else " (content logging off: content rules idle)"),
