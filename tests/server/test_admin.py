@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from tercet.sandbox.containers import ContainerManager
 from tercet.sandbox.runner import unavailable_reason
 from tercet.sandbox.runtime import default_runtime
-from tercet.server.admin import AdminSettings, admin_router, egress_actions
+from tercet.server.admin import AdminConfigError, AdminSettings, admin_router, egress_actions
 from tercet.server.app import RequestIdMiddleware
 from tercet.server.approvals import Action, Outcome
 from tercet.server.errors import install_error_handlers
@@ -391,3 +391,27 @@ def test_egress_actions_over_real_containers(tmp_path: Path) -> None:
         assert [e["outcome"] for e in events if e["action"] == "egress.revoke"] == ["executed"]
     finally:
         containers.close()
+
+
+def test_settings_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERCET_ADMIN_KEYS", "eve=e0123456789abcdef")
+    path = tmp_path / "admin.toml"
+    digest = "sha256:" + hashlib.sha256(b"admin-alice-0123456789").hexdigest()
+    path.write_text(
+        f'approvals_required = 1\nsensitive_actions = ["egress.grant"]\n'
+        f'[operators]\nalice = "{digest}"\nbob = "admin-bob-0123456789abc"\n'
+    )
+    settings = AdminSettings.from_toml(path)
+    assert settings.operators.keys() == {"alice", "bob"}  # not the environment's
+    assert settings.operator_for("admin-alice-0123456789") == "alice"
+    path.write_text('approvals_required = 2\n[operators]\nalice = "admin-alice-0123456789"\n')
+    with pytest.raises(AdminConfigError, match=r"admin\.toml: sensitive_actions need 3"):
+        AdminSettings.from_toml(path)
+    path.write_text("approvals_required = 'two'\n")
+    with pytest.raises(AdminConfigError, match=r"admin\.toml: approvals_required: "):
+        AdminSettings.from_toml(path)
+    path.write_text("[operators\n")
+    with pytest.raises(AdminConfigError, match="not valid TOML"):
+        AdminSettings.from_toml(path)
+    with pytest.raises(AdminConfigError, match="cannot read"):
+        AdminSettings.from_toml(tmp_path / "missing.toml")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hmac
 import os
 import re
+import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, cast, get_args
@@ -64,6 +65,10 @@ EGRESS_REVOKE = "egress.revoke"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _HASHED = re.compile(r"sha256:[0-9a-f]{64}")
 _M = TypeVar("_M", bound=BaseModel)
+
+
+class AdminConfigError(ValueError):
+    """Admin settings that cannot be used; the message names the file, key and problem."""
 
 
 def default_operators() -> dict[str, str]:
@@ -137,6 +142,25 @@ class AdminSettings(BaseModel):
             if hmac.compare_digest(digest, self._digest(key).encode()):
                 found = name
         return found
+
+    @classmethod
+    def from_toml(cls, path: Path) -> AdminSettings:
+        """Settings from a TOML file (`[operators]` name = "sha256:<hex>" or key, and the other
+        fields at the top); AdminConfigError names the file, the key and the problem."""
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise AdminConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise AdminConfigError(f"{path}: not valid TOML: {exc}") from None
+        data.setdefault("operators", {})  # a file names its operators; the environment does not
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            key = ".".join(str(p) for p in error["loc"])
+            message = str(error["msg"]).removeprefix("Value error, ")
+            raise AdminConfigError(f"{path}: {key + ': ' if key else ''}{message}") from None
 
     def book(self, data_dir: Path, on_event: EventSink | None = None) -> ApprovalBook:
         """The approval book these settings call for, kept in `data_dir`."""
