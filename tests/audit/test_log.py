@@ -148,7 +148,7 @@ def test_reopening_resumes_the_chain(tmp_path: Path) -> None:
         log.append("request", n=1)
         last = log.append("request", n=2)
     with open_log(tmp_path) as log:
-        assert (log.last_seq, log.last_hash) == (last.seq, last.hash)
+        assert log.head() == (log.last_seq, log.last_hash) == (last.seq, last.hash)
         again = log.append("request", n=3)
     assert again.seq == last.seq + 1 and again.prev == last.hash
     assert len(segments(tmp_path)) == 1

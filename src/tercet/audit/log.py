@@ -305,6 +305,11 @@ class AuditLog:
         """The last record's hash: publish it elsewhere to detect a truncated tail."""
         return self._hash
 
+    def head(self) -> tuple[int, str]:
+        """(seq, hash) of the last record, read together (for an admin API or an anchor)."""
+        with self._lock:
+            return self._seq, self._hash
+
     @property
     def segment(self) -> Path | None:
         """The segment being written."""
