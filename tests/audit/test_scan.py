@@ -266,6 +266,16 @@ def test_egress_refused_or_cut_is_found_and_allowed_is_not(log: Log, outcome: st
     assert finding.seqs == [seq] and "203.0.113.7:443" in finding.reason
 
 
+def test_an_operators_refused_action_is_found_and_an_approved_one_is_not(log: Log) -> None:
+    fields = {"action": "egress.grant", "target": "c1", "approval_id": "apr_1"}
+    log.append("operator", "op:alice", outcome="requested", reason=None, **fields)
+    seq = log.append("operator", "op:alice", outcome="refused", reason="self_approval", **fields)
+    log.append("operator", "op:bob", outcome="approved", reason=None, **fields)
+    finding = only(log.scan(), "operator_refused")
+    assert (finding.seqs, finding.actor, finding.detail) == ([seq], "op:alice", "self_approval")
+    assert finding.reason == "egress.grant on c1 refused (approval apr_1): self_approval"
+
+
 class FlagsWord:
     """A classifier that flags 'nerve agent' and fails on 'boom'."""
 

@@ -3,7 +3,8 @@ records after the fact, in batches, and a report of the flagged keys, conversati
 
 The rules are data (scan_rules.toml): API keys and private keys in logged outputs, injected
 instructions in logged content (the guard's `RulesDetector`), classifier flags already in the
-log, bursts of refusals or of guard denials from one key, egress refused or cut. An optional
+log, bursts of refusals or of guard denials from one key, egress refused or cut, operators'
+actions refused (self-approval, replay, expiry). An optional
 in-process constitutional classifier (`tercet.guard.classifiers.Classifier`) judges the logged
 prompts and answers again. The content rules read only what the operator chose to log: without
 content logging the log holds digests, and the report says how many records had content.
@@ -106,6 +107,7 @@ class ScanRules:
     guard_denial_burst: BurstRule
     egress_blocked: OutcomeRule
     offline_classifier: OutcomeRule
+    operator_refused: OutcomeRule
     source: str = "<memory>"
 
     @classmethod
@@ -127,6 +129,7 @@ class ScanRules:
             "guard_denial_burst",
             "egress_blocked",
             "offline_classifier",
+            "operator_refused",
         }
         for key in data:
             if key not in known:
@@ -186,6 +189,11 @@ class ScanRules:
             ),
             OutcomeRule(
                 read.severity("offline_classifier"), (), read.enabled("offline_classifier")
+            ),
+            OutcomeRule(
+                read.severity("operator_refused"),
+                read.strings("operator_refused", "outcomes"),
+                read.enabled("operator_refused"),
             ),
             source,
         )
@@ -575,6 +583,8 @@ class Scanner:
             yield from self._denial(record)
         elif kind == "egress":
             yield from self._egress(record)
+        elif kind == "operator":
+            yield from self._operator(record)
 
     def _secrets(self, record: Record) -> Iterator[Finding]:
         rule = self.rules.secret_in_output
@@ -685,6 +695,25 @@ class Scanner:
                 f"{record.get('destination')} {outcome} ({up} bytes up, {down} down)",
             )
             finding.detail = f"{outcome}:{record.get('container')}"
+            yield finding
+
+    def _operator(self, record: Record) -> Iterator[Finding]:
+        rule = self.rules.operator_refused
+        if not rule.enabled:
+            return
+        self.report.checked["operator_refused"] += 1
+        outcome = record.get("outcome")
+        if outcome in rule.values:
+            approval = record.get("approval_id")
+            finding = self._finding(
+                "operator_refused",
+                rule.severity,
+                record,
+                f"{record.get('action')} on {record.get('target')} {outcome}"
+                + (f" (approval {approval})" if approval else "")
+                + (f": {record['reason']}" if record.get("reason") else ""),
+            )
+            finding.detail = _str(record.get("reason"))
             yield finding
 
     async def _classify(self, exchanges: list[tuple[Record, Exchange]]) -> list[Finding]:

@@ -2,7 +2,8 @@
 
 Reads the log a batch of records at a time and runs the scan rules over it (API keys and private
 keys in logged outputs, injected instructions in logged content, classifier flags, bursts of
-refusals or guard denials per key, egress refused or cut; src/tercet/audit/scan_rules.toml),
+refusals or guard denials per key, egress refused or cut, operators' actions refused;
+src/tercet/audit/scan_rules.toml),
 optionally a constitutional classifier over logged prompts and answers. Writes a JSON report of
 the flagged keys, conversations and requests (to --out, or to stdout) and prints a summary.
 Exit status: 0 when the report is written, findings or not; 2 for bad input.
