@@ -59,11 +59,10 @@ from tercet.wire.errors import (
 
 ADMIN_KEYS_ENV = "TERCET_ADMIN_KEYS"
 MAX_ADMIN_BODY_BYTES = 64 * 1024
-KEY_ACTIONS = ("key.create", "key.revoke", "key.policy")
 EGRESS_GRANT = "egress.grant"
 EGRESS_REVOKE = "egress.revoke"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_HASHED = re.compile(r"sha256:[0-9a-f]{64}")
+_HASHED = re.compile(r"sha256:[0-9a-fA-F]{64}")
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -117,7 +116,7 @@ class AdminSettings(BaseModel):
                 )
             if len(key) < 16 and not _HASHED.fullmatch(key):
                 raise ValueError(f"operators.{name}: an admin key has 16 characters or more")
-        digests = [self._digest(key) for key in self.operators.values()]
+        digests = [self.digest_of(key) for key in self.operators.values()]
         if len(set(digests)) != len(digests):
             raise ValueError("operators: two operators share an admin key; each needs its own")
         needed = self.approvals_required + 1
@@ -131,15 +130,16 @@ class AdminSettings(BaseModel):
         return self
 
     @staticmethod
-    def _digest(key: str) -> str:
-        return key[len("sha256:") :] if _HASHED.fullmatch(key) else key_hash(key)
+    def digest_of(key: str) -> str:
+        """The SHA-256 (hex) of an admin key as configured: given as a hash, or hashed here."""
+        return key[len("sha256:") :].lower() if _HASHED.fullmatch(key) else key_hash(key)
 
     def operator_for(self, presented: str) -> str | None:
         """The operator whose admin key this is (compared in constant time), else None."""
         digest = key_hash(presented).encode()
         found = None
         for name, key in self.operators.items():
-            if hmac.compare_digest(digest, self._digest(key).encode()):
+            if hmac.compare_digest(digest, self.digest_of(key).encode()):
                 found = name
         return found
 
@@ -281,7 +281,7 @@ def admin_router(
         )
     static = keys.static_hashes()
     for name, key in settings.operators.items():
-        if settings._digest(key) in static:
+        if settings.digest_of(key) in static:
             raise ValueError(f"operators.{name}: an admin key must not also be an API key")
 
     operator = _operator_dependency(settings, keys, approvals)
