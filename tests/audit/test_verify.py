@@ -218,3 +218,19 @@ def test_segments_in_the_wrong_order_are_a_few_problems_not_a_cascade(
     problems = verify(tmp_path).problems
     assert 1 <= len(problems) <= 3
     assert (problems[0].segment, problems[0].line) == (second.name, 1)
+
+
+def test_a_segment_removed_beyond_the_pruned_ones_is_a_problem(tmp_path: Path) -> None:
+    now = [datetime(2026, 12, 1, tzinfo=UTC)]
+    config = AuditConfig(directory=tmp_path, retention_days=2)
+    with AuditLog(config, clock=lambda: now[0]) as log:
+        for _ in range(6):
+            log.append("request")
+            now[0] += timedelta(days=1)
+        log.append("request")
+    assert verify(tmp_path).ok
+    oldest = segments(tmp_path)[0]
+    oldest.path.unlink()
+    (problem,) = verify(tmp_path).problems
+    assert "the log starts here" in problem.message
+    assert problem.segment == segments(tmp_path)[0].name
