@@ -239,7 +239,15 @@ def test_a_long_burst_is_one_finding_and_bursts_apart_are_two(log: Log) -> None:
         log.at(60 + i).request(stop_reason="refusal")
     found = [f for f in log.scan().findings if f.rule == "refusal_burst"]
     assert [f.count for f in found] == [12, 5]
-    assert len(found[0].request_ids) == 12
+    assert len(found[0].request_ids) == len(found[0].seqs) == 12
+
+
+def test_a_very_long_burst_keeps_its_count_and_a_bounded_list(log: Log) -> None:
+    for i in range(150):
+        log.at(i / 10).request(stop_reason="refusal")
+    finding = only(log.scan(), "refusal_burst")
+    assert finding.count == 150
+    assert len(finding.seqs) == len(finding.request_ids) == 100
 
 
 def test_a_burst_of_guard_denials_is_found_and_fewer_are_not(log: Log) -> None:

@@ -38,8 +38,9 @@ SEVERITIES = ("low", "medium", "high")
 Severity = Literal["low", "medium", "high"]
 Record = Mapping[str, Any]
 
-# How many request ids a finding keeps (a burst may run long), and how many recent requests are
-# remembered to name the conversation of a tool call logged after its request.
+# How many seqs and request ids a finding keeps (a burst may run long; `count` has them all),
+# and how many recent requests are remembered to name the conversation of a tool call logged
+# after its request.
 MAX_LISTED = 100
 RECENT_REQUESTS = 50_000
 SNIPPET_CHARS = 80
@@ -339,7 +340,7 @@ class _BurstWatch:
         events = self.events.setdefault(actor, deque(maxlen=self.rule.count))
         running = self.running.get(actor)
         if request_id is not None and any(e.request_id == request_id for e in events):
-            if running is not None and seq not in running.seqs:
+            if running is not None and len(running.seqs) < MAX_LISTED:
                 running.seqs.append(seq)  # another record of a request already counted
             return None
         time = _parse_ts(ts)
@@ -351,7 +352,8 @@ class _BurstWatch:
             self.running.pop(actor, None)
             return None
         if running is not None:
-            running.seqs.append(seq)
+            if len(running.seqs) < MAX_LISTED:
+                running.seqs.append(seq)
             if request_id is not None and len(running.request_ids) < MAX_LISTED:
                 running.request_ids.append(request_id)
             running.count += 1
