@@ -28,7 +28,7 @@ from typing import Any, Literal
 from tercet.audit.log import segments
 from tercet.audit.read import RecordFilter, records
 from tercet.guard.classifiers import Classifier, ClassifierError, Exchange
-from tercet.guard.detect import RulesDetector
+from tercet.guard.detect import Detection, RulesDetector
 
 SCAN_RULES_FILE = Path(__file__).with_name("scan_rules.toml")
 SEGMENT_GLOB = "audit-*.jsonl"
@@ -618,20 +618,24 @@ class Scanner:
             return
         self.report.checked["injection"] += 1
         names: list[str] = []
-        shown = ""
+        shown: tuple[str, Detection] | None = None  # the first that is not low, else the first
         for name, text, mode in texts:
             for detection in self._detectors[mode].detect(text):
                 if detection.rule not in names:
                     names.append(detection.rule)
-                if not shown:
-                    snippet = _redact_secrets(self.rules.secret_in_output, detection.text)
-                    if len(snippet) > SNIPPET_CHARS:
-                        snippet = snippet[:SNIPPET_CHARS] + "…"
-                    where = name + (f" of {record['tool']}" if record.get("tool") else "")
-                    shown = f"{where}: {detection.rule}: {snippet!r}"
-        if names:
+                if shown is None or (
+                    shown[1].rule in rule.low_rules and detection.rule not in rule.low_rules
+                ):
+                    shown = name, detection
+        if shown is not None:
+            field_name, detection = shown
+            snippet = _redact_secrets(self.rules.secret_in_output, detection.text)
+            if len(snippet) > SNIPPET_CHARS:
+                snippet = snippet[:SNIPPET_CHARS] + "…"
+            where = field_name + (f" of {record['tool']}" if record.get("tool") else "")
+            reason = f"{where}: {detection.rule}: {snippet!r}"
             low = all(name in rule.low_rules for name in names)
-            finding = self._finding("injection", "low" if low else rule.severity, record, shown)
+            finding = self._finding("injection", "low" if low else rule.severity, record, reason)
             finding.detail = ",".join(names)
             yield finding
 
