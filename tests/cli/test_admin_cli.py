@@ -71,6 +71,8 @@ def test_a_grant_approved_by_two_others(admin: Admin, capsys: pytest.CaptureFixt
     assert code == 1 and "is executed" in err
     code, out, _ = tercet(admin, capsys, "approvals", "show", approval_id)
     assert json.loads(out)["approvals"][1]["operator"] == "carol"
+    code, out, _ = tercet(admin, capsys, "egress", "revoke", "cntr_1")
+    assert code == 0 and json.loads(out) == {"revoked": "cntr_1"}
 
 
 def test_reject_with_a_reason(admin: Admin, capsys: pytest.CaptureFixture[str]) -> None:

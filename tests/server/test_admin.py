@@ -94,8 +94,11 @@ def build_app(settings: AdminSettings, data_dir: Path, admin: Admin) -> FastAPI:
         return {"owner": request.state.owner}
 
     app.include_router(api)
-    egress = Action(run=grant, check=check)
-    app.include_router(admin_router(settings, keys, book, {"egress.grant": egress}))
+    egress = {
+        "egress.grant": Action(run=grant, check=check),
+        "egress.revoke": Action(run=lambda container_id, _: Outcome({"revoked": container_id})),
+    }
+    app.include_router(admin_router(settings, keys, book, egress))
     return app
 
 

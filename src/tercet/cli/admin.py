@@ -78,8 +78,11 @@ def register(commands: Any) -> None:
         "--grant",
         required=True,
         metavar="JSON",
-        help="the grant as a JSON object (destinations, byte budget, window), or @FILE",
+        help='the grant as a JSON object, or @FILE: {"allow": ["host:port", ...], '
+        '"byte_budget": bytes, "window_s": seconds, "expires_at": unix time}',
     )
+    take = egress.add_parser("revoke", help="take a container's egress away (at once)")
+    take.add_argument("container_id")
 
     approvals = topics.add_parser("approvals", help="approval requests").add_subparsers(
         dest="action", required=True, metavar="ACTION"
@@ -135,7 +138,10 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]
             {"classifier_mode": _mode(args.classifier_mode)},
         )
     if args.topic == "egress":
-        return "POST", f"/containers/{_segment(args.container_id)}/egress", _grant(args.grant)
+        path = f"/containers/{_segment(args.container_id)}/egress"
+        if args.action == "revoke":
+            return "DELETE", path, None
+        return "POST", path, _grant(args.grant)
     if args.action == "list":
         return "GET", "/approvals" + (f"?state={args.state}" if args.state else ""), None
     approval = _segment(args.approval_id)
