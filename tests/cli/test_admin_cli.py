@@ -19,7 +19,7 @@ from tests.server.test_admin import OPERATORS, Admin, build_app
 @pytest.fixture
 def admin(tmp_path: Path) -> Iterator[Admin]:
     state = Admin("", tmp_path)
-    app = build_app(AdminSettings(operators=OPERATORS), tmp_path, state)
+    app = build_app(AdminSettings(operators=OPERATORS, approvals_required=2), tmp_path, state)
     with BackgroundServer(app) as running:
         state.base_url = running.base_url
         yield state

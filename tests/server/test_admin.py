@@ -104,7 +104,8 @@ def build_app(settings: AdminSettings, data_dir: Path, admin: Admin) -> FastAPI:
 
 @pytest.fixture
 def admin(tmp_path: Path) -> Iterator[Admin]:
-    settings = AdminSettings(operators=OPERATORS)
+    """Three operators, two approvals beside the requester's (stricter than the default)."""
+    settings = AdminSettings(operators=OPERATORS, approvals_required=2)
     state = Admin("", tmp_path)
     with BackgroundServer(build_app(settings, tmp_path, state)) as running:
         state.base_url = running.base_url
@@ -155,6 +156,33 @@ def test_a_grant_waits_for_two_other_operators_and_runs_on_the_second(admin: Adm
         ("approved", "op:carol", None),
         ("executed", "op:carol", None),
         ("refused", "op:carol", "not_pending"),
+    ]
+
+
+def test_by_default_a_sensitive_action_takes_the_requester_and_one_other_operator(
+    tmp_path: Path,
+) -> None:
+    """Two-party authorisation: the request is one operator's, the approval another's."""
+    state = Admin("", tmp_path)
+    with BackgroundServer(build_app(AdminSettings(operators=OPERATORS), tmp_path, state)) as up:
+        state.base_url = up.base_url
+        grant = {"allow": ["127.0.0.1:9000"], "bytes": 1000}
+        request = state.call("POST", "/containers/cntr_1/egress", json=grant).json()
+        assert request["state"] == "pending" and not state.grants
+        own = state.call("POST", f"/approvals/{request['id']}/approve")
+        assert "another operator must approve" in envelope(own, 403, "permission_error")
+        assert not state.grants
+        approved = state.call("POST", f"/approvals/{request['id']}/approve", operator="bob")
+        assert approved.status_code == 200 and approved.json()["state"] == "executed"
+        assert state.grants == [("cntr_1", grant)]
+        replay = state.call("POST", f"/approvals/{request['id']}/approve", operator="carol")
+        assert "is executed" in envelope(replay, 400, "invalid_request_error")
+    assert [(e["outcome"], e["actor"]) for e in state.events] == [
+        ("requested", "op:alice"),
+        ("refused", "op:alice"),
+        ("approved", "op:bob"),
+        ("executed", "op:bob"),
+        ("refused", "op:carol"),
     ]
 
 
@@ -289,7 +317,9 @@ def test_a_policy_for_a_revoked_key_is_refused_then_and_at_approval(admin: Admin
 
 
 def test_a_sensitive_key_creation_shows_the_key_to_the_last_approver_only(tmp_path: Path) -> None:
-    settings = AdminSettings(operators=OPERATORS, sensitive_actions=["key.create"])
+    settings = AdminSettings(
+        operators=OPERATORS, sensitive_actions=["key.create"], approvals_required=2
+    )
     state = Admin("", tmp_path)
     with BackgroundServer(build_app(settings, tmp_path, state)) as running:
         state.base_url = running.base_url
@@ -317,7 +347,11 @@ def test_without_operators_the_admin_api_is_off(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("settings", "expected"),
     [
-        ({"operators": {"alice": "k" * 20, "bob": "j" * 20}}, "need 3 operators"),
+        ({"operators": {"alice": "k" * 20}}, "need 2 operators"),
+        (
+            {"operators": {"alice": "k" * 20, "bob": "j" * 20}, "approvals_required": 2},
+            "need 3 operators",
+        ),
         ({"operators": {"al ice": "k" * 20}, "sensitive_actions": []}, "not an operator name"),
         ({"operators": {"alice": "short"}, "sensitive_actions": []}, "16 characters"),
         ({"operators": {"a": "k" * 20, "b": "k" * 20}, "sensitive_actions": []}, "share"),
@@ -360,7 +394,7 @@ def test_operators_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
 def test_egress_actions_over_real_containers(tmp_path: Path) -> None:
     containers = ContainerManager(tmp_path / "sandbox", runtime=default_runtime())
     events: list[dict[str, Any]] = []
-    settings = AdminSettings(operators=OPERATORS)
+    settings = AdminSettings(operators=OPERATORS, approvals_required=2)
     keys = KeyStore.in_data_dir(tmp_path)
     app = FastAPI()
     install_error_handlers(app)

@@ -19,6 +19,7 @@ from tercet.cli.engine_options import (
 from tercet.engine.bundled import BundledModelMissing
 from tercet.guard import PolicyError
 from tercet.guard.constitution import ConstitutionError
+from tercet.server.admin import AdminConfigError, AdminSettings
 from tercet.server.app import create_app
 from tercet.server.classifiers import ClassifierConfigError
 from tercet.server.config import ModelRoute, ServerConfig, default_api_keys, default_data_dir
@@ -108,6 +109,35 @@ def register(commands: Any) -> None:
         "it ended is refused (403) when sent again (docs/classifiers.md). Off by default",
     )
     parser.add_argument(
+        "--audit",
+        action="store_true",
+        help="keep the hash-chained audit log in <data-dir>/audit: every request, server-run "
+        "tool call, classifier and guard decision, operator action and egress connection "
+        "(`tercet audit verify|tail|search|scan`). Off by default",
+    )
+    parser.add_argument(
+        "--audit-content",
+        action="store_true",
+        help="with --audit, log prompts, answers and tool inputs and outputs as text (by "
+        "default only their SHA-256)",
+    )
+    parser.add_argument(
+        "--audit-retention-days",
+        type=int,
+        default=90,
+        metavar="DAYS",
+        help="with --audit, delete segments older than this (0 keeps all; default 90)",
+    )
+    parser.add_argument(
+        "--admin",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the admin API's operators and approval rules (TOML: [operators] name = admin key "
+        "or 'sha256:<hex>', sensitive_actions, approvals_required, approval_ttl_s); default: "
+        "operators from $TERCET_ADMIN_KEYS (name=key,...), the admin API off without any",
+    )
+    parser.add_argument(
         "--metrics",
         choices=["open", "key", "off"],
         default="open",
@@ -140,6 +170,15 @@ def run(args: argparse.Namespace) -> int:
     settings["guard"] = args.guard
     settings["classifiers"] = args.classifiers
     settings["end_conversation"] = args.end_conversation
+    settings["audit"] = args.audit
+    settings["audit_content"] = args.audit_content
+    settings["audit_retention_days"] = args.audit_retention_days
+    if args.admin is not None:
+        try:
+            settings["admin"] = AdminSettings.from_toml(args.admin)
+        except AdminConfigError as exc:
+            print(f"error: --admin: {exc}", file=sys.stderr)
+            return 2
     try:
         config = ServerConfig(**settings)
     except ValidationError as invalid:

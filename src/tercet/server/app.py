@@ -6,7 +6,6 @@ Paths match with or without `?beta=true` (the SDK's beta namespace and Claude Co
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -24,22 +23,30 @@ from pydantic_core import from_json
 from starlette.types import Receive, Scope, Send
 
 import tercet
+from tercet.audit import AuditConfig, AuditLog
 from tercet.engine.base import Engine
 from tercet.files.store import LocalFileStore
 from tercet.mcp import McpPool, UrlPolicy
 from tercet.sandbox.containers import ContainerManager
 from tercet.sandbox.runtime import default_runtime
+from tercet.server.admin import admin_router, egress_actions
 from tercet.server.admission import AdmissionQueue
+from tercet.server.audit import ServerAudit
 from tercet.server.classifiers import ServerClassifiers
 from tercet.server.code_execution import CodeExecutor
 from tercet.server.config import ServerConfig
-from tercet.server.conversation import build_conversation
-from tercet.server.conversation_end import EndConversationOffer, EndedConversations
+from tercet.server.conversation import build_conversation, latest_turn
+from tercet.server.conversation_end import (
+    EndConversationOffer,
+    EndedConversations,
+    history_hashes,
+)
 from tercet.server.errors import install_error_handlers
 from tercet.server.files import files_router, resolve_file_sources_async
 from tercet.server.generation import Ending, GenerationPlan, complete, plan, stream_events
 from tercet.server.guard import ServerGuard
 from tercet.server.json_body import JSONBody
+from tercet.server.keys import KeyStore
 from tercet.server.mcp_connector import discover
 from tercet.server.metrics import ServerMetrics
 from tercet.server.models import ModelRegistry
@@ -67,6 +74,7 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
     """The ASGI app serving `engines`. The app closes the engines when it shuts down.
     Raises `tercet.guard.PolicyError` when `config.guard` names a policy that cannot be used."""
     policy = config.guard_policy()  # a policy that does not load fails here, at start
+    audit = _audit(config)
     guard = ServerGuard(policy) if policy is not None else None
     registry = ModelRegistry(engines, config.routes)
     signer = ThinkingSigner.from_data_dir(config.data_dir)
@@ -75,6 +83,9 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
         for model_id, engine in registry.engines.items()
     }
     classifiers = _classifiers(config, registry, signer)
+    keys = KeyStore.in_data_dir(config.data_dir, config.api_keys)
+    if classifiers is not None:  # a key's mode set through the admin API comes first
+        classifiers.key_modes = keys.classifier_mode_for
     offer, ended = None, None
     if config.end_conversation:  # the offer's data and the record of ended ones, read at start
         offer = EndConversationOffer.load()
@@ -86,6 +97,9 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
         await mcp_pool.aclose()
         if classifiers is not None:
             await classifiers.aclose()
+        containers.close()
+        if audit is not None:
+            audit.log.close()
         for engine in registry.engines.values():
             await engine.aclose()
         files.close()
@@ -97,13 +111,16 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
     metrics = ServerMetrics(registry.engines, lines)
     app.state.metrics = metrics
     install_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware, on_end=metrics.observe)
+    app.add_middleware(
+        RequestIdMiddleware,
+        on_end=metrics.observe if audit is None else _both(metrics.observe, audit.request_ended),
+    )
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def root() -> dict[str, str]:
         return {"service": "tercet", "version": tercet.__version__}
 
-    authenticate = _authenticator(config)
+    authenticate = _authenticator(keys)
     api = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
     files = LocalFileStore(config.data_dir / "files")
     containers = ContainerManager(
@@ -111,6 +128,7 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
         config.container_limits,
         config.execution_limits,
         runtime=default_runtime(),
+        on_egress_event=None if audit is None else _egress_recorder(audit),
     )
     code_execution = CodeExecutor(containers, files, config.file_quota_bytes)
     mcp_pool = McpPool(
@@ -129,6 +147,10 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
         body = await _read_body(request, MessageCreateRequest, config.max_body_bytes)
         record.model = body.model
         owner = request.state.owner
+        if audit is not None:  # the turn it judges by and the conversation it belongs to
+            record.prompt_text = latest_turn(body)[1]
+            chain = history_hashes(body.messages, owner)
+            record.conversation = chain[-1][:16] if chain else None
         if ended is not None:  # a conversation the model ended stays ended (403)
             await anyio.to_thread.run_sync(ended.check, body, owner)
         await resolve_file_sources_async(body, files, owner)
@@ -210,7 +232,12 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
             """Prometheus' text format (tercet's own; not part of Anthropic's API)."""
             return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/stats", dependencies=[Depends(_authenticator(config))])
+    book = config.admin.book(
+        config.data_dir, on_event=None if audit is None else _operator_recorder(audit)
+    )
+    app.include_router(admin_router(config.admin, keys, book, egress_actions(containers)))
+
+    @app.get("/stats", dependencies=[Depends(authenticate)])
     async def stats() -> dict[str, Any]:
         """Operator counters per served model (tercet's own; not part of Anthropic's API)."""
         return {
@@ -266,6 +293,7 @@ class RequestIdMiddleware:
                 # A stream that fails or is left later says so over this (its error's status, 499).
                 record.status = message["status"]
             elif message["type"] == "http.response.body":
+                record.bytes_out += len(message.get("body", b""))
                 if record.status is not None and record.status >= 400:
                     record.error_type = record.error_type or _error_type(message.get("body"))
                 if not message.get("more_body", False):
@@ -390,8 +418,9 @@ def _betas(request: Request) -> frozenset[str]:
     return frozenset(b.strip() for header in headers for b in header.split(",") if b.strip())
 
 
-def _authenticator(config: ServerConfig) -> Callable[[Request], None]:
-    keys = [k.encode() for k in config.api_keys]
+def _authenticator(keys: KeyStore) -> Callable[[Request], None]:
+    """API keys: the configured ones and those the admin API made (not revoked). A server
+    that never had a key is open."""
 
     def authenticate(request: Request) -> None:
         presented = request.headers.get("x-api-key")
@@ -401,14 +430,50 @@ def _authenticator(config: ServerConfig) -> Callable[[Request], None]:
         # What a request may see of stored files (its workspace): one per key. An open
         # server still keeps the keys clients present apart, as namespaces.
         request.state.owner = owner_of(presented)
-        if not keys:
+        if keys.open:
             return
         if presented is None:
             raise AuthenticationError("x-api-key header is required")
-        if not any(hmac.compare_digest(presented.encode(), key) for key in keys):
+        if keys.authenticates(presented) is None:
             raise AuthenticationError("invalid x-api-key")
 
     return authenticate
+
+
+def _audit(config: ServerConfig) -> ServerAudit | None:
+    if not config.audit:
+        return None
+    settings = AuditConfig(
+        directory=config.data_dir / "audit",
+        log_content=config.audit_content,
+        retention_days=config.audit_retention_days,
+    )
+    return ServerAudit(AuditLog(settings))
+
+
+def _both(
+    first: Callable[[RequestRecord], None], second: Callable[[RequestRecord], None]
+) -> Callable[[RequestRecord], None]:
+    def both(record: RequestRecord) -> None:
+        first(record)
+        second(record)
+
+    return both
+
+
+def _operator_recorder(audit: ServerAudit) -> Callable[[dict[str, Any]], None]:
+    def record(event: dict[str, Any]) -> None:
+        fields = dict(event)
+        audit.event("operator", fields.pop("actor", None), fields)
+
+    return record
+
+
+def _egress_recorder(audit: ServerAudit) -> Callable[[dict[str, object]], None]:
+    def record(event: dict[str, object]) -> None:
+        audit.event("egress", "server", dict(event))
+
+    return record
 
 
 def owner_of(api_key: str | None) -> str:
@@ -429,6 +494,9 @@ async def _read_body(request: Request, model: type[Model], limit: int) -> Model:
         body += chunk
         if len(body) > limit:
             raise too_large
+    record = getattr(request.state, "record", None)
+    if record is not None:
+        record.bytes_in = len(body)
     try:
         # Strict, as Anthropic's parser is: a lone surrogate (which no later `.encode()`
         # survives), NaN, or nesting deeper than 200 levels (where `json` recurses past the

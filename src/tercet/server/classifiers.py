@@ -19,7 +19,7 @@ import logging
 import os
 import tomllib
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -48,12 +48,8 @@ from tercet.guard.classifiers import (
     load_factory,
 )
 from tercet.guard.constitution import Constitution
+from tercet.server.conversation import latest_turn
 from tercet.server.request_log import ClassifierCheck, GenerationStats
-from tercet.wire.content import (
-    ContentBlockParam,
-    TextBlockParam,
-    ToolResultBlockParam,
-)
 from tercet.wire.requests import MessageCreateRequest
 from tercet.wire.responses import Message, RefusalStopDetails
 
@@ -190,6 +186,8 @@ class ServerClassifiers:
             size=settings.cache_size,
         )
         self._close = close
+        # A key's own mode set through the admin API (None: these settings decide).
+        self.key_modes: Callable[[str], Mode | None] = lambda _owner: None
 
     @classmethod
     def build(
@@ -237,8 +235,11 @@ class ServerClassifiers:
         return cls(settings, constitution, classifier, judge_engine=engine_id)
 
     def mode_for(self, owner: str, model: str) -> Mode:
-        """A key's own setting first, then the first route whose glob the model name matches,
-        then the default."""
+        """A key's mode set through the admin API first, then its setting here, then the first
+        route whose glob the model name matches, then the default."""
+        chosen = self.key_modes(owner)
+        if chosen is not None:
+            return chosen
         for key_id, setting in self.settings.keys.items():
             if owner.startswith(key_id):
                 return setting.mode
@@ -279,7 +280,7 @@ class RequestClassifiers:
         self.owner = owner
         self.stats = stats
         self.model = request.model
-        context, self.prompt = _latest_turn(request)
+        context, self.prompt = latest_turn(request)
         self.context = context
 
     async def check_input(self) -> RefusalStopDetails | None:
@@ -348,6 +349,7 @@ class RequestClassifiers:
                 decision.output_tokens,
                 decision.seconds,
                 decision.cached,
+                decision.category,
             )
         )
 
@@ -420,29 +422,3 @@ class OutputWatch:
     async def check_rest(self) -> RefusalStopDetails | None:
         """At the end of a generation: judge what no check has seen yet, if anything."""
         return await self.check() if self.chunks > self._checked else None
-
-
-def _latest_turn(request: MessageCreateRequest) -> tuple[str, str]:
-    """The conversation before the latest user turn (as a transcript), and that turn's text."""
-    messages = list(request.messages)
-    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
-    if last_user is None:
-        return "", ""
-    earlier = [f"{m.role.capitalize()}: {_text_of(m.content)}" for m in messages[:last_user]]
-    return "\n\n".join(earlier), _text_of(messages[last_user].content)
-
-
-def _text_of(content: str | Sequence[ContentBlockParam]) -> str:
-    if isinstance(content, str):
-        return content
-    parts: list[str] = []
-    for block in content:
-        if isinstance(block, TextBlockParam):
-            parts.append(block.text)
-        elif isinstance(block, ToolResultBlockParam):
-            inner = block.content
-            if isinstance(inner, str):
-                parts.append(inner)
-            else:
-                parts.extend(b.text for b in inner if isinstance(b, TextBlockParam))
-    return "\n".join(parts)

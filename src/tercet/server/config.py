@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from tercet.guard import Policy
 from tercet.sandbox.config import ContainerLimits, ExecutionLimits
+from tercet.server.admin import AdminSettings
 from tercet.server.classifiers import ClassifierSettings
 
 DATA_DIR_ENV = "TERCET_DATA_DIR"
@@ -95,6 +96,22 @@ class ServerConfig(BaseModel):
         default=False,
         description="offer the model an end_conversation tool (after repeated abuse; "
         "end_conversation.toml); an ended conversation sent again is refused with 403",
+    )
+    audit: bool = Field(
+        default=False,
+        description="append every request, server-run tool call, classifier and guard "
+        "decision, operator action and egress connection to the hash-chained audit log in "
+        "<data_dir>/audit (`tercet audit verify|tail|search|scan`)",
+    )
+    audit_content: bool = Field(
+        default=False,
+        description="log the latest user turn, answers and tool inputs and outputs as text; "
+        "by default only their SHA-256 digests",
+    )
+    audit_retention_days: int = Field(default=90, ge=0, description="0 keeps every segment")
+    admin: AdminSettings = Field(
+        default_factory=AdminSettings,
+        description="operators (admin keys) and the actions that wait for their approvals",
     )
     container_limits: ContainerLimits = Field(default_factory=ContainerLimits)
     execution_limits: ExecutionLimits = Field(default_factory=ExecutionLimits)

@@ -132,3 +132,30 @@ def _system_blocks(request: PromptParams) -> list[TextBlockParam]:
     if blocks and blocks[0].text.startswith(ATTRIBUTION_PREFIX):
         blocks = blocks[1:]
     return blocks
+
+
+def latest_turn(request: PromptParams) -> tuple[str, str]:
+    """The conversation before the latest user turn (as a transcript), and that turn's text
+    (its text blocks and tool results): what the classifiers judge and the audit log keeps."""
+    messages = list(request.messages)
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
+    if last_user is None:
+        return "", ""
+    earlier = [f"{m.role.capitalize()}: {_text_of(m.content)}" for m in messages[:last_user]]
+    return "\n\n".join(earlier), _text_of(messages[last_user].content)
+
+
+def _text_of(content: str | Sequence[ContentBlockParam]) -> str:
+    if isinstance(content, str):
+        return content
+    parts: list[str] = []
+    for block in content:
+        if isinstance(block, TextBlockParam):
+            parts.append(block.text)
+        elif isinstance(block, ToolResultBlockParam):
+            inner = block.content
+            if isinstance(inner, str):
+                parts.append(inner)
+            else:
+                parts.extend(b.text for b in inner if isinstance(b, TextBlockParam))
+    return "\n".join(parts)

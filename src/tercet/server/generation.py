@@ -40,7 +40,7 @@ from tercet.server.conversation_end import (
 from tercet.server.guard import RequestGuard, ServerGuard
 from tercet.server.mcp_connector import McpToolbox, discover
 from tercet.server.models import ModelRegistry
-from tercet.server.request_log import GenerationStats
+from tercet.server.request_log import GenerationStats, ToolCallRecord
 from tercet.server.signatures import ThinkingSigner
 from tercet.server.thinking import check_thinking_blocks, interleaves, thinking_budget
 from tercet.server.tools import tool_policy
@@ -50,6 +50,7 @@ from tercet.wire.content import (
     MCPToolResultBlock,
     MCPToolUseBlockParam,
     ServerToolResultBlock,
+    TextBlockParam,
 )
 from tercet.wire.errors import InvalidRequestError, PromptTooLongError
 from tercet.wire.events import (
@@ -328,12 +329,14 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
                 if job.ending is not None and hidden is not None:  # the model ended it
                     reason = hidden[1].get("reason")
                     ending = job.ending
-                    await anyio.to_thread.run_sync(  # written and fsynced: off the event loop
-                        ending.store.end,
-                        job.request,
-                        ending.owner,
-                        reason if isinstance(reason, str) else None,
-                        ending.request_id,
+                    stats.ended_conversation = (
+                        await anyio.to_thread.run_sync(  # fsynced: off the loop
+                            ending.store.end,
+                            job.request,
+                            ending.owner,
+                            reason if isinstance(reason, str) else None,
+                            ending.request_id,
+                        )
                     )
                     halted = RefusalStopDetails(explanation=ending.offer.explanation)
                     stop_reason = "refusal"
@@ -354,6 +357,7 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
                         refusal = runs.guard.refused(call, verdict)
                 if refusal is not None:
                     result = refusal
+                    stats.tool_calls.append(ToolCallRecord(call, refusal, 0.0, refused=True))
                 else:
                     async with job.ticket.stepped_aside():  # others may use the engine meanwhile
                         began = perf_counter()
@@ -373,7 +377,9 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
                                 call.input,
                                 runs.owner,
                             )
-                        stats.server_tools.append((result, perf_counter() - began))
+                        ran = perf_counter() - began
+                        stats.server_tools.append((result, ran))
+                        stats.tool_calls.append(ToolCallRecord(call, result, ran))
                         if runs.guard is not None:  # what the model reads, the client receives
                             result = await runs.guard.shown(call, result)
                 for block_event in blocks.result(result):
@@ -391,6 +397,7 @@ async def stream_events(job: GenerationPlan) -> AsyncGenerator[StreamEvent, None
         stats.ended = perf_counter()
     for block_event in blocks.finish():
         yield block_event
+    stats.answer = "".join(b.text for b in blocks.written if isinstance(b, TextBlockParam))
     details = OutputTokensDetails(thinking_tokens=thinking_tokens) if thinking else None
     if stop_reason is None:
         assert finish is not None

@@ -14,7 +14,12 @@ from time import perf_counter
 from typing import Any
 
 from tercet.engine.base import PreparedPrompt
-from tercet.wire.content import MCPToolResultBlock, ServerToolResultBlock
+from tercet.wire.content import (
+    MCPToolResultBlock,
+    MCPToolUseBlockParam,
+    ServerToolResultBlock,
+    ServerToolUseBlockParam,
+)
 from tercet.wire.events import MessageDeltaUsage
 
 log = logging.getLogger("tercet.server")
@@ -34,6 +39,18 @@ class ClassifierCheck:
     output_tokens: int = 0
     seconds: float = 0.0
     cached: bool = False
+    category: str | None = None  # the constitution's category, when flagged
+
+
+@dataclass(frozen=True)
+class ToolCallRecord:
+    """A server-run call (code execution, MCP) as the audit log keeps it: the call, its
+    result (a refused call's is the refusal), the seconds it ran."""
+
+    call: ServerToolUseBlockParam | MCPToolUseBlockParam
+    result: ServerToolResult
+    seconds: float
+    refused: bool = False
 
 
 @dataclass
@@ -51,6 +68,10 @@ class GenerationStats:
     guard_decisions: list[tuple[str, str]] = field(default_factory=list)
     # The safety classifiers' checks on the request and its answer, in order.
     classifier_checks: list[ClassifierCheck] = field(default_factory=list)
+    # Every server-run call, refused ones too (for the audit log).
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    answer: str | None = None  # the reply's text, at its end (for the audit log)
+    ended_conversation: str | None = None  # the history hash, when the model ended it
 
 
 class PrefillLog:
@@ -114,6 +135,12 @@ class RequestRecord:
     prompt: PreparedPrompt | None = None
     generation: GenerationStats | None = None
     prefill: PrefillLog | None = None
+    # For the audit log: the body's size, what was sent, and (with the log on) the latest
+    # user turn's text and the conversation's history hash.
+    bytes_in: int | None = None
+    bytes_out: int = 0
+    prompt_text: str | None = None
+    conversation: str | None = None
 
     @property
     def seconds(self) -> float:
