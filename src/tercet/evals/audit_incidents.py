@@ -224,8 +224,8 @@ class _Traffic:
             outcome = "refused" if guard in ("deny", "ask") else rng.choice(("ok", "ok", "error"))
             tool_fields: dict[str, Any] = {
                 "tool_input": tool[1],
-                "input_digest": _digest(tool[1]),
-                "output_digest": _digest(tool[2]),
+                "tool_input_digest": _digest(tool[1]),
+                "tool_output_digest": _digest(tool[2]),
             }
             if outcome != "refused":
                 tool_fields[tool_field] = tool[2]
