@@ -303,6 +303,40 @@ def test_the_proxy_tunnels_to_an_allowed_destination_and_counts_both_ways(
     assert isinstance(event["seconds"], float) and event["seconds"] >= 0
 
 
+def test_a_server_that_speaks_first_is_heard_and_half_closes_pass(
+    proxies: EgressProxies, clock: Clock, events: Events
+) -> None:
+    """Regression: bytes an upstream sent before the relay was joined were dropped where
+    asyncio (3.11.2) reads despite a pause in connection_made."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def greet_then_echo() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"220 hello\r\n")  # before any byte of the client's
+            heard = b""
+            while chunk := conn.recv(4096):  # to the client's EOF, passed on
+                heard += chunk
+            conn.sendall(heard.upper())
+
+    greeter = threading.Thread(target=greet_then_echo, daemon=True)
+    greeter.start()
+    try:
+        path = proxies.grant("c1", grant(clock, f"127.0.0.1:{port}"))
+        client, head = connect(path, f"127.0.0.1:{port}")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        client.sendall(b"quit")
+        client.shutdown(socket.SHUT_WR)
+        assert head.partition(b"\r\n\r\n")[2] + read_all(client) == b"220 hello\r\nQUIT"
+        client.close()
+        greeter.join(WAIT_SECONDS)
+    finally:
+        server.close()
+    (event,) = events.wait(1)
+    assert (event["outcome"], event["bytes_up"], event["bytes_down"]) == ("allowed", 4, 15)
+
+
 def test_a_listed_name_that_resolves_to_loopback_needs_an_ip_entry(
     proxies: EgressProxies, clock: Clock, events: Events, site: Site
 ) -> None:

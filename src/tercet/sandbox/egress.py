@@ -299,6 +299,7 @@ class _End(asyncio.Protocol):
         self.relay = relay
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        self.pending = bytearray()  # received before the relay was joined
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -341,36 +342,59 @@ class _End(asyncio.Protocol):
 
 class _Relay:
     """Two sockets joined, the client's and the upstream's: what one receives is written to
-    the other (`passing` may hold some back), with flow control and half-closes passed on."""
+    the other (`passing` may hold some back), with flow control and half-closes passed on.
+    Until `join`, what arrives is kept (a server may speak first) and its end paused."""
 
     def __init__(self) -> None:
         self.client = _End(self)
         self.upstream = _End(self)
         self.joined = False  # upstream connected: bytes flow
-        self._eofs: set[_End] = set()
+        self._eofs: list[_End] = []
 
     def other(self, end: _End) -> _End:
         return self.upstream if end is self.client else self.client
 
     def made(self, end: _End) -> None:
         if not self.joined:
-            end.pause()  # until both are there (a server may speak first)
+            # Not enough alone: the asyncio of some 3.11 releases (3.11.2's) starts reading
+            # after a pause made here, hence `pending`.
+            end.pause()
+
+    def join(self) -> None:
+        """Both ends are there: what waited passes, then bytes flow."""
+        self.joined = True
+        for end in (self.client, self.upstream):
+            if end.pending:
+                waiting, end.pending = bytes(end.pending), bytearray()
+                self.received(end, waiting)
+        for end in list(self._eofs):
+            self._pass_eof(end)
+        self.client.resume()
+        self.upstream.resume()
 
     def received(self, end: _End, data: bytes) -> None:
         if self.joined:
             self.other(end).write(self.passing(end is self.client, data))
+        else:
+            end.pending += data
+            end.pause()
 
     def passing(self, up: bool, data: bytes) -> bytes:
         return data
 
     def eof(self, end: _End) -> bool:
-        self._eofs.add(end)
+        if end not in self._eofs:
+            self._eofs.append(end)
+            if self.joined:
+                self._pass_eof(end)
+        return True  # the other direction may still run
+
+    def _pass_eof(self, end: _End) -> None:
         other = self.other(end)
-        if len(self._eofs) == 2 or not self.joined:
+        if len(self._eofs) == 2:
             self.close()
         elif other.transport is not None and other.transport.can_write_eof():
             other.transport.write_eof()
-        return True  # the other direction may still run
 
     def lost(self, end: _End) -> None:
         self.other(end).close()
@@ -443,7 +467,7 @@ class _ProxyConnection(_Relay):
             super().received(end, data)
             return
         if self._task is not None:  # paused meanwhile; a last read may still come
-            self._head += data
+            self.client.pending += data
             return
         self._head += data
         end_of_head = self._head.find(b"\r\n\r\n")
@@ -541,18 +565,10 @@ class _ProxyConnection(_Relay):
             return
         if self._timer is not None:
             self._timer.cancel()
-        self.joined = True
         if request.tunnel:
             self.client.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        else:
-            self.received(self.client, request.head)
-        if rest:
-            self.received(self.client, rest)
-        if self._head:  # read after the pause took effect
-            more, self._head = bytes(self._head), bytearray()
-            self.received(self.client, more)
-        self.client.resume()
-        self.upstream.resume()
+        self.client.pending[:0] = request.head + rest  # before what came after the head
+        self.join()
 
     async def _addresses(self, request: _Request) -> list[IPAddress]:
         """The addresses the grant lets this request reach, in the resolver's order."""
@@ -885,12 +901,10 @@ class _Forward(_Relay):
         except OSError:
             self.close()
             return
-        self.joined = True
         if self.client.lost:  # it left meanwhile
             self.close()
             return
-        self.client.resume()
-        self.upstream.resume()
+        self.join()
 
 
 async def _serve_and_run(listener: socket.socket, command: Sequence[str]) -> int:
