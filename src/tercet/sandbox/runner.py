@@ -8,11 +8,11 @@ root, the sandbox runs as the container's own unprivileged user, so process limi
 Limits are rlimits, set on the sandbox's first process while bubblewrap holds it (its
 `--block-fd`), before it starts the command, which inherits them; plus a wall clock that kills
 the whole process group (and with it the sandbox's PID namespace). /tmp is a tmpfs of bounded
-size. A container granted egress also gets its egress proxy's socket and the proxy variables,
-and its command runs behind the in-sandbox forwarder (see `egress`). While the command runs
-it is watched every 0.1 s: the workspace, a host directory,
+size. While the command runs it is watched every 0.1 s: the workspace, a host directory,
 against its quota (killed then, not after it has filled the host's disk), and its processes
 together against the memory and process limits (rlimits bound each process alone).
+A container granted egress also gets its egress proxy's socket and the proxy variables, and
+its command runs behind the in-sandbox forwarder (see `egress`); others get neither.
 
 An execution pays for bubblewrap and little else: no process runs before or inside the
 sandbox but bubblewrap and (as root) `setpriv`, the limits being set from here while
