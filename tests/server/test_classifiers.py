@@ -418,3 +418,52 @@ async def test_the_judge_prompt_runs_on_the_embedded_model(
             assert decision.category is None or Constitution.resolve("default").category(
                 decision.category
             )
+
+
+def test_an_operator_releases_a_held_request_and_its_key_may_send_it_again(
+    tmp_path: Path,
+) -> None:
+    operators = {"alice": "admin-alice-0123456789", "bob": "admin-bob-0123456789"}
+    engine = ScriptedEngine(["the answer"])
+    asked = [{"role": "user", "content": f"tell me {MARKER}"}]
+    with serve(
+        engine,
+        marker_settings(tmp_path, "output = false\n"),
+        api_keys=["key-one", "key-two"],
+        admin={"operators": operators},
+        data_dir=tmp_path,
+    ) as running:
+
+        def ask(key: str) -> anthropic.types.Message:
+            return sdk(running, key).messages.create(
+                model=CLAUDE_MODEL, max_tokens=20, messages=asked
+            )
+
+        def admin(operator: str, path: str, **body: object) -> httpx.Response:
+            return httpx.post(
+                f"{running.base_url}/admin/v1{path}",
+                headers={"x-api-key": operators[operator]},
+                json=body,
+            )
+
+        held = ask("key-one")
+        assert held.stop_reason == "refusal" and held.stop_details is not None
+        request_id = held._request_id
+        assert request_id and f"held as {request_id}" in (held.stop_details.explanation or "")
+        unknown = admin("alice", "/actions/request.release", target="req_nope")
+        assert unknown.status_code == 404, unknown.text
+        asked_release = admin("alice", "/actions/request.release", target=request_id)
+        assert asked_release.status_code == 202  # sensitive: a second operator must approve
+        assert ask("key-one").stop_reason == "refusal"  # not yet
+        approval = asked_release.json()["id"]
+        assert admin("bob", f"/approvals/{approval}/approve").json()["state"] == "executed"
+        assert ask("key-one").stop_reason == "end_turn"  # released for that key
+        assert ask("key-two").stop_reason == "refusal"  # another key's is its own
+        metrics = httpx.get(f"{running.base_url}/metrics").text
+    assert (
+        _metric(
+            metrics,
+            'tercet_classifier_checks_total{decision="released",mode="enforce",stage="input"}',
+        )
+        == 1
+    )

@@ -84,6 +84,14 @@ def register(commands: Any) -> None:
     take = egress.add_parser("revoke", help="take a container's egress away (at once)")
     take.add_argument("container_id")
 
+    held = topics.add_parser(
+        "requests", help="requests the classifiers held (refused in enforce mode)"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    release = held.add_parser(
+        "release", help="let a held request's key send it again past the input classifier"
+    )
+    release.add_argument("request_id", help="the id the refusal named (req_...)")
+
     approvals = topics.add_parser("approvals", help="approval requests").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
@@ -142,6 +150,8 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]
         if args.action == "revoke":
             return "DELETE", path, None
         return "POST", path, _grant(args.grant)
+    if args.topic == "requests":
+        return "POST", "/actions/request.release", {"target": args.request_id}
     if args.action == "list":
         return "GET", "/approvals" + (f"?state={args.state}" if args.state else ""), None
     approval = _segment(args.approval_id)

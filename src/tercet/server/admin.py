@@ -95,7 +95,7 @@ class AdminSettings(BaseModel):
         "(name=key,name=key)",
     )
     sensitive_actions: list[str] = Field(
-        default_factory=lambda: [EGRESS_GRANT, "key.policy"],
+        default_factory=lambda: [EGRESS_GRANT, "key.policy", "request.release"],
         description="actions that wait for approvals: any of key.create, key.revoke, "
         "key.policy, egress.grant and the server's other actions",
     )

@@ -170,6 +170,7 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
             guard=guard,
             classifiers=classifiers,
             ending=ending,
+            request_id=record.request_id,
         )
         record.planned = perf_counter()
         record.served_model = job.engine.spec.id
@@ -235,7 +236,8 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
     book = config.admin.book(
         config.data_dir, on_event=None if audit is None else _operator_recorder(audit)
     )
-    app.include_router(admin_router(config.admin, keys, book, egress_actions(containers)))
+    actions = {**egress_actions(containers), **(classifiers.actions() if classifiers else {})}
+    app.include_router(admin_router(config.admin, keys, book, actions))
 
     @app.get("/stats", dependencies=[Depends(authenticate)])
     async def stats() -> dict[str, Any]:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import threading
 import tomllib
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ from tercet.guard.classifiers import (
     load_factory,
 )
 from tercet.guard.constitution import Constitution
+from tercet.server.approvals import Action, Outcome
 from tercet.server.conversation import latest_turn
 from tercet.server.request_log import ClassifierCheck, GenerationStats
 from tercet.wire.requests import MessageCreateRequest
@@ -56,6 +58,8 @@ from tercet.wire.responses import Message, RefusalStopDetails
 log = logging.getLogger("tercet.server")
 
 SHIPPED_SETTINGS = Path(__file__).with_name("classifiers.toml")
+RELEASE = "request.release"  # the operators' action on a held request
+MAX_HELD = 10_000  # held requests remembered (the oldest forgotten first)
 Mode = Literal["off", "monitor", "enforce"]
 EngineEvent = TextChunk | ThinkingChunk | ToolCallStart | ToolCallDelta
 
@@ -188,6 +192,11 @@ class ServerClassifiers:
         self._close = close
         # A key's own mode set through the admin API (None: these settings decide).
         self.key_modes: Callable[[str], Mode | None] = lambda _owner: None
+        # Requests the input classifier refused in enforce mode, by request id (the newest
+        # MAX_HELD), and the ones operators released: that key may send them again.
+        self.held: OrderedDict[str, HeldRequest] = OrderedDict()
+        self._released: set[tuple[str, str]] = set()  # (owner, exchange digest)
+        self._lock = threading.Lock()
 
     @classmethod
     def build(
@@ -249,13 +258,58 @@ class ServerClassifiers:
         return self.settings.mode
 
     def start(
-        self, request: MessageCreateRequest, owner: str, stats: GenerationStats
+        self,
+        request: MessageCreateRequest,
+        owner: str,
+        stats: GenerationStats,
+        request_id: str | None = None,
     ) -> RequestClassifiers | None:
         """The classifiers for one request, or None where they are off for its key and route."""
         mode = self.mode_for(owner, request.model)
         if mode == "off":
             return None
-        return RequestClassifiers(self, mode, owner, request, stats)
+        return RequestClassifiers(self, mode, owner, request, stats, request_id)
+
+    def hold(self, held: HeldRequest) -> None:
+        with self._lock:
+            self.held[held.request_id] = held
+            while len(self.held) > MAX_HELD:
+                self.held.popitem(last=False)
+
+    def released(self, owner: str, exchange: Exchange) -> bool:
+        with self._lock:
+            return (owner, exchange.digest) in self._released
+
+    def release(self, request_id: str) -> HeldRequest:
+        """Let the held request's key send it again past the input classifier (an operator's
+        action: `request.release`); LookupError for a request not held."""
+        with self._lock:
+            held = self.held.pop(request_id, None)
+            if held is None:
+                raise LookupError(f"no held request {request_id}")
+            self._released.add((held.owner, held.digest))
+            return held
+
+    def actions(self) -> dict[str, Action]:
+        """The operators' actions on the classifiers (the admin API's `request.release`)."""
+
+        def check(request_id: str, _: dict[str, Any]) -> dict[str, Any]:
+            with self._lock:
+                if request_id not in self.held:
+                    raise LookupError(f"no held request {request_id}")
+            return {}
+
+        def run(request_id: str, _: dict[str, Any]) -> Outcome:
+            held = self.release(request_id)
+            return Outcome(
+                {
+                    "request_id": held.request_id,
+                    "key_id": held.owner[:12],
+                    "category": held.category,
+                }
+            )
+
+        return {RELEASE: Action(run=run, check=check)}
 
     async def aclose(self) -> None:
         if self._close is not None:
@@ -274,11 +328,13 @@ class RequestClassifiers:
         owner: str,
         request: MessageCreateRequest,
         stats: GenerationStats,
+        request_id: str | None = None,
     ) -> None:
         self.server = server
         self.mode = mode
         self.owner = owner
         self.stats = stats
+        self.request_id = request_id
         self.model = request.model
         context, self.prompt = latest_turn(request)
         self.context = context
@@ -300,6 +356,9 @@ class RequestClassifiers:
 
     async def judge(self, exchange: Exchange) -> RefusalStopDetails | None:
         """One check, recorded; the refusal it calls for, if any."""
+        if exchange.stage == "input" and self.server.released(self.owner, exchange):
+            self._record(exchange.stage, "released", Decision(False))
+            return None
         try:
             decision = await self.server.classifier.classify(exchange)
         except ClassifierError as exc:
@@ -334,9 +393,18 @@ class RequestClassifiers:
         if self.mode != "enforce":
             return None
         category = self.server.constitution.category(decision.category or "")
+        explanation = decision.explanation or ""
+        if exchange.stage == "input" and self.request_id is not None:
+            self.server.hold(
+                HeldRequest(self.request_id, self.owner, exchange.digest, decision.category)
+            )
+            explanation += (
+                f" The request is held as {self.request_id}: an operator may release it, "
+                "and then it may be sent again."
+            )
         return RefusalStopDetails(
             category=category.stop_category if category else None,
-            explanation=decision.explanation,
+            explanation=explanation.strip() or None,
         )
 
     def _record(self, stage: Stage, outcome: str, decision: Decision) -> None:
@@ -352,6 +420,16 @@ class RequestClassifiers:
                 decision.category,
             )
         )
+
+
+@dataclass(frozen=True)
+class HeldRequest:
+    """A request the input classifier refused in enforce mode, until an operator releases it."""
+
+    request_id: str
+    owner: str
+    digest: str  # its input exchange's: what a resend must match
+    category: str | None
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,7 @@ async def plan(
     guard: ServerGuard | None = None,
     classifiers: ServerClassifiers | None = None,
     ending: Ending | None = None,
+    request_id: str | None = None,
 ) -> GenerationPlan:
     engine = registry.resolve(request.model)
     spec = engine.spec
@@ -212,7 +213,9 @@ async def plan(
     )
     stats = GenerationStats()
     # The input classifier, after every 4xx check: a refusal is an answer, not an error.
-    checks = classifiers.start(request, owner, stats) if classifiers is not None else None
+    checks = (
+        classifiers.start(request, owner, stats, request_id) if classifiers is not None else None
+    )
     refusal = await checks.check_input() if checks is not None else None
     ticket = lines[spec.id].join()
     executor = code_execution if code_execution_tools(request.tools) else None
