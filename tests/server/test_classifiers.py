@@ -97,7 +97,9 @@ def test_input_flag_refuses_before_generation(tmp_path: Path) -> None:
         assert message.stop_details is not None
         assert message.stop_details.type == "refusal"
         assert message.stop_details.category == "bio"  # the default constitution's first
-        assert message.stop_details.explanation == "input holds the marker"
+        explanation = message.stop_details.explanation or ""
+        assert explanation.startswith("input holds the marker")
+        assert f"held as {message._request_id}" in explanation
         assert message.usage.output_tokens == 0 and message.usage.input_tokens > 0
         with client.messages.stream(model=CLAUDE_MODEL, max_tokens=50, messages=asked) as stream:
             kinds = [event.type for event in stream]
