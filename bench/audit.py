@@ -1,5 +1,13 @@
 """Audit and egress (issue 21), measured side by side in one run, a section each.
 
+audit: the server's request throughput with the audit log on against off. Three servers in
+this process, the same but for the log: off, `--audit` (digests), and `--audit
+--audit-content` (text too). Their engine is scripted (a fixed reply, no model), so the
+server's own work is all there is to slow down: the worst case for the log's share. Each round
+sends `--requests` sequential Messages requests (keep-alive, non-streaming) to each server in a
+shuffled order; medians of `--runs` rounds. The result lines: `request throughput with the
+audit log vs without: <ratio>x` (the target: at least 0.95x), and with content logging.
+
 egress: the egress proxy's throughput against a direct loopback copy of the same bytes. A
 source on 127.0.0.1 sends (down) or takes (up) `--mib` MiB; one client script reads or writes
 them, timed from its connect to the last byte (its interpreter's start not counted):
@@ -27,12 +35,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
+import httpx
+
+from tercet.audit.verify import verify
+from tercet.engine.base import Engine
+from tercet.engine.bundled import bundled_model_path
+from tercet.engine.llama import LlamaCppEngine
+from tercet.engine.scripted import ScriptedEngine
 from tercet.sandbox import runner
 from tercet.sandbox.containers import Container, ContainerManager
 from tercet.sandbox.egress import SANDBOX_PORT, EgressGrant, EgressProxies
 from tercet.sandbox.runtime import default_runtime
+from tercet.server.app import create_app
+from tercet.server.config import ServerConfig
+from tercet.server.runner import BackgroundServer
 
 MIB = 2**20
 # The source: says its port, then per connection reads "down N" or "up N" and sends N bytes,
@@ -194,18 +213,107 @@ def _report(mode: str, size: int, seconds: dict[str, list[float]]) -> None:
             print(f"  {label} vs direct ({mode}): {rates[label] / direct:.2f}x")
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {"egress": egress_section}
+def audit_section(args: argparse.Namespace) -> None:
+    """Request throughput with the audit log on against off (see the module)."""
+    variants: dict[str, dict[str, bool]] = {
+        "off": {},
+        "audit": {"audit": True},
+        "audit+content": {"audit": True, "audit_content": True},
+    }
+    print("scripted engine (no model: the worst case for the log's share)")
+    rates = _audited_throughput(variants, ScriptedEngine, args.requests, args.runs)
+    print(
+        f"  request throughput with the audit log vs without: {rates['audit'] / rates['off']:.3f}x"
+    )
+    print(
+        "  request throughput with the audit log and content vs without: "
+        f"{rates['audit+content'] / rates['off']:.3f}x"
+    )
+    print("embedded model (SmolLM2-135M, max_tokens 8)")
+    path = bundled_model_path()
+    rates = _audited_throughput(
+        {"off": {}, "audit": {"audit": True}},
+        lambda: LlamaCppEngine(path, default_temperature=0.0),
+        args.model_requests,
+        1,
+    )
+    print(
+        "  request throughput with the audit log vs without (embedded model): "
+        f"{rates['audit'] / rates['off']:.3f}x"
+    )
+
+
+def _audited_throughput(
+    variants: dict[str, dict[str, bool]],
+    engine: Callable[[], Engine],
+    requests: int,
+    runs: int,
+) -> dict[str, float]:
+    """Requests per second (1 / median latency) of one server per variant, sending `requests`
+    a round for `runs` rounds, request by request, the servers in a new shuffled order each
+    time: a change in the machine's load falls on all of them alike. Each log is verified."""
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 8,
+        "temperature": 0.0,
+        "messages": [{"role": "user", "content": "Say hello to the audit log, please."}],
+    }
+    headers = {"x-api-key": "bench-key-0123456789"}
+    latencies: dict[str, list[float]] = {label: [] for label in variants}
+    with tempfile.TemporaryDirectory() as scratch, ExitStack() as stack:
+        clients: dict[str, httpx.Client] = {}
+        for label, settings in variants.items():
+            config = ServerConfig.model_validate(
+                {"api_keys": [headers["x-api-key"]], "data_dir": Path(scratch) / label, **settings}
+            )
+            server = stack.enter_context(BackgroundServer(create_app(config, [engine()])))
+            clients[label] = stack.enter_context(
+                httpx.Client(base_url=server.base_url, headers=headers, timeout=120)
+            )
+        order = list(variants)
+        for round_ in range(runs + 1):  # the first round warms up, uncounted
+            for _ in range(requests):
+                random.shuffle(order)
+                for label in order:
+                    started = time.perf_counter()
+                    clients[label].post("/v1/messages", json=body).raise_for_status()
+                    if round_:
+                        latencies[label].append(time.perf_counter() - started)
+        stack.close()  # the servers stop: each log is whole on disk
+        total = requests * (runs + 1)
+        for label, settings in variants.items():
+            if settings.get("audit"):
+                report = verify(Path(scratch) / label / "audit")
+                written = report.records - report.segments  # each segment opens with a record
+                assert report.ok and written == total, (report.summary(), written, total)
+    rates = {label: 1 / statistics.median(values) for label, values in latencies.items()}
+    print(f"  {requests * runs} requests to each server, one at a time, interleaved")
+    for label, rate in rates.items():
+        p95 = statistics.quantiles(latencies[label], n=20)[-1] * 1000
+        print(f"  {label:16}{rate:>8.1f} requests/s (1 / median latency), p95 {p95:.2f} ms")
+    print(f"  (each log verified: {total} request records, the chain intact)")
+    return rates
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "audit": audit_section,
+    "egress": egress_section,
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--mib", type=int, default=256, help="MiB per egress transfer")
+    parser.add_argument("--requests", type=int, default=200, help="requests per audit round")
+    parser.add_argument(
+        "--model-requests", type=int, default=40, help="requests to the embedded model servers"
+    )
     parser.add_argument("--section", choices=sorted(SECTIONS), action="append")
     parser.add_argument("--quick", action="store_true", help="the smallest run: the script works")
     args = parser.parse_args()
     if args.quick:
-        args.runs, args.mib = 2, 4
+        args.runs, args.mib, args.requests, args.model_requests = 2, 4, 20, 3
     for name in args.section or list(SECTIONS):
         print(f"== {name}")
         SECTIONS[name](args)
