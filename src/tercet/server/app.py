@@ -99,7 +99,7 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
             await classifiers.aclose()
         containers.close()
         if audit is not None:
-            audit.log.close()
+            audit.close()
         for engine in registry.engines.values():
             await engine.aclose()
         files.close()

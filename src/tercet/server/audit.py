@@ -8,9 +8,10 @@ classifier check and guard decision it made, and `conversation_ended` where the 
 Operator actions and egress connections come through `event`. Keys appear only as key ids;
 an MCP call's token is never in a record (only the call's name, input digest and outcome).
 
-Records are appended on the event loop as the request ends (some 25 µs: one write to the page
-cache; the log fsyncs on a thread of its own). A writer thread was tried: under the GIL it
-only moved the same work into the next request's way (bench/audit.py measured it slower).
+Records are appended on the event loop as the request ends: their JSON, hash and one write to
+the page cache (the log fsyncs on a thread of its own). Handing them to a writer thread was
+tried twice, all of the work and then only the write: under the GIL each thread hand-off cost
+more than it saved (bench/audit.py measured both slower).
 """
 
 from __future__ import annotations
