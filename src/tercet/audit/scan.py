@@ -45,6 +45,18 @@ MAX_LISTED = 100
 RECENT_REQUESTS = 50_000
 SNIPPET_CHARS = 80
 
+# Every rule, in the order reports list them.
+RULES = (
+    "secret_in_output",
+    "injection",
+    "classifier_flag",
+    "refusal_burst",
+    "guard_denial_burst",
+    "egress_blocked",
+    "offline_classifier",
+    "operator_refused",
+)
+
 
 class ScanError(ValueError):
     """Bad input to a scan: a rules file, a log directory, a record that is not JSON. The
@@ -122,16 +134,7 @@ class ScanRules:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "<memory>") -> ScanRules:
-        known = {
-            "secret_in_output",
-            "injection",
-            "classifier_flag",
-            "refusal_burst",
-            "guard_denial_burst",
-            "egress_blocked",
-            "offline_classifier",
-            "operator_refused",
-        }
+        known = set(RULES)
         for key in data:
             if key not in known:
                 raise ScanError(f"{source}: {key}: not a rule (known: {', '.join(sorted(known))})")

@@ -41,23 +41,13 @@ from pathlib import Path
 from typing import Any
 
 from tercet.audit.log import AuditConfig, AuditLog, key_id
-from tercet.audit.scan import SEVERITIES, ScanReport, ScanRules, scan_log
+from tercet.audit.scan import RULES, SEVERITIES, ScanReport, ScanRules, scan_log
 from tercet.evals.stats import format_rate
 from tercet.guard.classifiers import Decision, Exchange
 from tercet.guard.constitution import Constitution
 
 SUITE = "synthetic, audit-incidents-v1"
 START = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
-RULES = (
-    "secret_in_output",
-    "injection",
-    "classifier_flag",
-    "refusal_burst",
-    "guard_denial_burst",
-    "egress_blocked",
-    "offline_classifier",
-    "operator_refused",
-)
 
 UNITS = {
     "refusal_burst": "keys",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TypeVar
 
 from tercet.cache.breakpoints import find_breakpoints
 from tercet.engine.base import Conversation, Turn
@@ -159,3 +160,20 @@ def _text_of(content: str | Sequence[ContentBlockParam]) -> str:
             else:
                 parts.extend(b.text for b in inner if isinstance(b, TextBlockParam))
     return "\n".join(parts)
+
+
+PromptRequest = TypeVar("PromptRequest", bound=PromptParams)
+
+
+def with_system_text(request: PromptRequest, text: str) -> PromptRequest:
+    """`request` with `text` as one more text block at the end of its system prompt (a
+    server-side instruction: the spotlight's, end_conversation's)."""
+    system = request.system
+    if system is None:
+        blocks: list[TextBlockParam] = []
+    elif isinstance(system, str):
+        blocks = [TextBlockParam(type="text", text=system)]
+    else:
+        blocks = list(system)
+    blocks.append(TextBlockParam(type="text", text=text))
+    return request.model_copy(update={"system": blocks})

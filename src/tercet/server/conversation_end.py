@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from tercet.wire.content import TextBlockParam, ToolResultBlockParam
+from tercet.server.conversation import with_system_text
+from tercet.wire.content import ToolResultBlockParam
 from tercet.wire.errors import PermissionDeniedError
 from tercet.wire.requests import (
     CustomToolParam,
@@ -143,15 +144,7 @@ class EndConversationOffer:
 
     def instructed(self, request: Request) -> Request:
         """`request` with the instruction at the end of its system prompt (as a text block)."""
-        system = request.system
-        if system is None:
-            blocks: list[TextBlockParam] = []
-        elif isinstance(system, str):
-            blocks = [TextBlockParam(type="text", text=system)]
-        else:
-            blocks = list(system)
-        blocks.append(TextBlockParam(type="text", text=self.instruction))
-        return request.model_copy(update={"system": blocks})
+        return with_system_text(request, self.instruction)
 
 
 def user_turns(messages: list[MessageParam]) -> int:

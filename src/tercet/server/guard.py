@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from tercet.guard import Guard, Policy, Source, Spotlight, Verdict
 from tercet.guard.detect import AsyncDetector
 from tercet.server.code_execution import code_execution_tools, error_result, only_reads
+from tercet.server.conversation import with_system_text
 from tercet.server.mcp_connector import McpToolbox
 from tercet.wire.content import (
     MCPToolResultBlock,
@@ -80,15 +81,7 @@ class ServerGuard:
         if self.policy.spotlight == "off" or not _serves_tools(request):
             return request
         instruction = Spotlight(self.policy.spotlight, self.boundary(owner)).system_instruction()
-        system = request.system
-        if system is None:
-            blocks: list[TextBlockParam] = []
-        elif isinstance(system, str):
-            blocks = [TextBlockParam(type="text", text=system)]
-        else:
-            blocks = list(system)
-        blocks.append(TextBlockParam(type="text", text=instruction))
-        return request.model_copy(update={"system": blocks})
+        return with_system_text(request, instruction)
 
     def boundary(self, owner: str) -> str:
         """The spotlight boundary of `owner`'s requests (see app.owner_of)."""
