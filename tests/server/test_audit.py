@@ -136,6 +136,10 @@ def test_requests_tool_calls_decisions_and_operator_actions_reach_the_log(
     assert ("input", "allow", "monitor") in stages and ("output", "allow", "monitor") in stages
     operator = [(r["action"], r["outcome"], r["actor"]) for r in log if r["kind"] == "operator"]
     assert ("key.create", "executed", "op:alice") in operator
+    admin_request = next(
+        r for r in log if r["kind"] == "request" and r["route"] == "/admin/v1/keys"
+    )
+    assert admin_request["actor"] == "op:alice" and admin_request["status"] == 201
     failed = [r for r in log if r["kind"] == "request" and r["status"] == 401]
     assert failed and failed[0]["error_type"] == "authentication_error"
     assert all(r["request_id"] == request["request_id"] for r in log if r["kind"] == "guard")

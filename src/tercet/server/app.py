@@ -282,6 +282,7 @@ class RequestIdMiddleware:
             record.ended = perf_counter()
             record.route = getattr(scope.get("route"), "path", None)
             record.owner = state.get("owner")  # set by the key check, even one that failed
+            record.operator = state.get("operator")  # an admin request's operator
             try:
                 self.on_end(record)
                 if record.route == MESSAGES_ROUTE:

@@ -49,7 +49,10 @@ class ServerAudit:
         self.log.close()
 
     def _request_records(self, record: RequestRecord) -> None:
-        actor = None if record.owner is None else record.owner[:12]
+        if record.operator is not None:
+            actor: str | None = f"op:{record.operator}"
+        else:
+            actor = None if record.owner is None else record.owner[:12]
         generation = record.generation
         usage = generation.usage if generation is not None else None
         fields: dict[str, Any] = {

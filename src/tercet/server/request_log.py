@@ -129,6 +129,7 @@ class RequestRecord:
     ended: float | None = None
     # A Messages request, once its body is read and planned:
     owner: str | None = None  # the API key's hash (see app.owner_of), never the key
+    operator: str | None = None  # the operator's name, for a request to the admin API
     model: str | None = None  # as requested
     served_model: str | None = None  # the engine that served it
     planned: float | None = None  # it passed every check and joined the engine's line
