@@ -193,10 +193,13 @@ def test_a_classifier_that_fails_or_times_out_fails_closed_in_enforce(
         serve(engine, settings) as running,
     ):
         message = sdk(running).messages.create(model=CLAUDE_MODEL, max_tokens=100, messages=USER)
+        metrics = httpx.get(f"{running.base_url}/metrics").text
     assert message.stop_reason == "refusal" and message.content == []
     assert message.stop_details is not None and message.stop_details.category is None
     assert "could not decide" in (message.stop_details.explanation or "")
     assert engine.log == []
+    if factory == "slow":  # a check that timed out counts its time
+        assert _metric_value(metrics, 'tercet_classifier_seconds_sum{stage="input"}') >= 0.5
     assert any("classifier_error" in r.getMessage() for r in caplog.records)
 
 
@@ -259,10 +262,7 @@ def test_modes_per_key_and_per_route(tmp_path: Path) -> None:
 
 
 def _metric(exposition: str, series: str) -> int:
-    for line in exposition.splitlines():
-        if line.startswith(series + " "):
-            return int(float(line.split()[-1]))
-    return 0
+    return int(_metric_value(exposition, series))
 
 
 def test_the_judge_is_the_servers_own_model_forced_to_a_verdict(tmp_path: Path) -> None:
@@ -469,3 +469,10 @@ def test_an_operator_releases_a_held_request_and_its_key_may_send_it_again(
         )
         == 1
     )
+
+
+def _metric_value(exposition: str, series: str) -> float:
+    for line in exposition.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0

@@ -23,6 +23,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from time import perf_counter
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -359,10 +360,11 @@ class RequestClassifiers:
         if exchange.stage == "input" and self.server.released(self.owner, exchange):
             self._record(exchange.stage, "released", Decision(False))
             return None
+        began = perf_counter()
         try:
             decision = await self.server.classifier.classify(exchange)
-        except ClassifierError as exc:
-            self._record(exchange.stage, "error", Decision(False))
+        except ClassifierError as exc:  # what it cost until it failed (a timeout: the limit)
+            self._record(exchange.stage, "error", Decision(False, seconds=perf_counter() - began))
             refuse = self.mode == "enforce" and self.server.settings.on_error == "closed"
             log.warning(
                 "classifier_error stage=%s key=%s model=%s mode=%s refused=%s: %s",
