@@ -290,16 +290,22 @@ class RequestIdMiddleware:
             except Exception:  # accounting must never cost a client its answer
                 log.exception("recording the end of %s failed", request_id)
 
+        started_status: list[int | None] = [None]  # the status the response began with
+
         async def send_with_id(message: Any) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", []).append((b"request-id", request_id.encode()))
                 # A stream that fails or is left later says so over this (its error's status, 499).
-                record.status = message["status"]
+                record.status = started_status[0] = message["status"]
             elif message["type"] == "http.response.body":
                 record.bytes_out += len(message.get("body", b""))
                 if record.status is not None and record.status >= 400:
                     record.error_type = record.error_type or _error_type(message.get("body"))
-                if not message.get("more_body", False):
+                # A stream that fails sends its error event as its last frame: record the end
+                # before the client can read it (and look for the log line), not after the
+                # closing empty chunk.
+                failed_mid_stream = record.status != started_status[0]
+                if failed_mid_stream or not message.get("more_body", False):
                     end()
             await send(message)
 
