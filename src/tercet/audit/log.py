@@ -74,9 +74,15 @@ def key_id(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()[:12]
 
 
+# One encoder for every record: json.dumps with options builds a new one each call.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+)
+
+
 def canonical(obj: Mapping[str, Any]) -> str:
     """The JSON a record's hash covers: sorted keys, no spaces, UTF-8 text as is."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _CANONICAL.encode(obj)
 
 
 def chain_hash(prev: str, canonical_json: str) -> str:
@@ -86,7 +92,17 @@ def chain_hash(prev: str, canonical_json: str) -> str:
 
 def format_ts(moment: datetime) -> str:
     """`2026-12-07T05:55:01.123456Z` (UTC)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat rather than strftime: this runs for every record, and is several times faster.
+    utc = _as_utc(moment).replace(tzinfo=None)
+    return utc.isoformat(timespec="microseconds") + "Z"
+
+
+_ZERO = timedelta(0)
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """`moment` in UTC (a naive one is local time, as `astimezone` reads it)."""
+    return moment if moment.utcoffset() == _ZERO else moment.astimezone(UTC)
 
 
 def parse_ts(text: str) -> datetime:
@@ -395,10 +411,10 @@ class AuditLog:
             text = _SURROGATE.sub("\ufffd", text)
             body = json.loads(text)
             encoded = text.encode()
+            fields = {k: v for k, v in body.items() if k not in RESERVED}
         digest = chain_hash(prev, text)
         line = encoded[:-1] + b',"hash":"' + digest.encode() + b'"}\n'
-        record_fields = {k: v for k, v in body.items() if k not in RESERVED}
-        return AuditRecord(seq, ts, kind, actor, prev, digest, record_fields), line
+        return AuditRecord(seq, ts, kind, actor, prev, digest, fields), line
 
     def _write(self, record: AuditRecord, line: bytes) -> None:
         assert self._fd is not None
@@ -549,7 +565,8 @@ class AuditLog:
 
 
 def _day(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y%m%d")
+    utc = _as_utc(moment)
+    return f"{utc.year:04d}{utc.month:02d}{utc.day:02d}"
 
 
 def _fsync_dir(directory: Path) -> None:
