@@ -1,8 +1,9 @@
 """Audit and egress (issue 21), measured side by side in one run, a section each.
 
-audit: the server's request throughput with the audit log on against off. Three servers in
-this process, the same but for the log: off, `--audit` (digests), and `--audit
---audit-content` (text too). Their engine is scripted (a fixed reply, no model), so the
+audit: the server's request throughput with the audit log on against off. Four servers in
+this process, the same but for the log: off, `--audit` (digests), `--audit --audit-content`
+(text too), and a second server without the log, a control: how far apart the bench puts two
+servers alike is its noise. Their engine is scripted (a fixed reply, no model), so the
 server's own work is all there is to slow down: the worst case for the log's share. Each round
 sends `--requests` sequential Messages requests (keep-alive, non-streaming) to each server in a
 shuffled order; medians of `--runs` rounds. The result lines: `request throughput with the
@@ -219,11 +220,16 @@ def audit_section(args: argparse.Namespace) -> None:
         "off": {},
         "audit": {"audit": True},
         "audit+content": {"audit": True, "audit_content": True},
+        "off (control)": {},
     }
     print("scripted engine (no model: the worst case for the log's share)")
     rates = _audited_throughput(variants, ScriptedEngine, args.requests, args.runs)
     print(
         f"  request throughput with the audit log vs without: {rates['audit'] / rates['off']:.3f}x"
+    )
+    print(  # two servers alike: how far apart this bench puts them is its noise
+        "  control, a second server without the log vs the first: "
+        f"{rates['off (control)'] / rates['off']:.3f}x"
     )
     print(
         "  request throughput with the audit log and content vs without: "

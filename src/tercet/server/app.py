@@ -35,7 +35,7 @@ from tercet.server.audit import ServerAudit
 from tercet.server.classifiers import ServerClassifiers
 from tercet.server.code_execution import CodeExecutor
 from tercet.server.config import ServerConfig
-from tercet.server.conversation import build_conversation, latest_turn
+from tercet.server.conversation import build_conversation, latest_user_text
 from tercet.server.conversation_end import (
     EndConversationOffer,
     EndedConversations,
@@ -148,7 +148,7 @@ def create_app(config: ServerConfig, engines: Sequence[Engine]) -> FastAPI:
         record.model = body.model
         owner = request.state.owner
         if audit is not None:  # the turn it judges by and the conversation it belongs to
-            record.prompt_text = latest_turn(body)[1]
+            record.prompt_text = latest_user_text(body)
             chain = history_hashes(body.messages, owner)
             record.conversation = chain[-1][:16] if chain else None
         if ended is not None:  # a conversation the model ended stays ended (403)

@@ -138,12 +138,22 @@ def _system_blocks(request: PromptParams) -> list[TextBlockParam]:
 def latest_turn(request: PromptParams) -> tuple[str, str]:
     """The conversation before the latest user turn (as a transcript), and that turn's text
     (its text blocks and tool results): what the classifiers judge and the audit log keeps."""
-    messages = list(request.messages)
-    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
+    messages = request.messages
+    last_user = _last_user_index(messages)
     if last_user is None:
         return "", ""
     earlier = [f"{m.role.capitalize()}: {_text_of(m.content)}" for m in messages[:last_user]]
     return "\n\n".join(earlier), _text_of(messages[last_user].content)
+
+
+def latest_user_text(request: PromptParams) -> str:
+    """`latest_turn`'s second half alone (the audit log's, on every request: no transcript)."""
+    last_user = _last_user_index(request.messages)
+    return "" if last_user is None else _text_of(request.messages[last_user].content)
+
+
+def _last_user_index(messages: Sequence[MessageParam]) -> int | None:
+    return next((i for i in range(len(messages) - 1, -1, -1) if messages[i].role == "user"), None)
 
 
 def _text_of(content: str | Sequence[ContentBlockParam]) -> str:
