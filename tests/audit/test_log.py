@@ -8,14 +8,22 @@ import json
 import os
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from tercet.audit import AuditConfig, AuditError, AuditLog, AuditRecord, content_digest, key_id
 from tercet.audit import log as audit_log
-from tercet.audit.log import GENESIS, last_record, reverse_lines, segments
+from tercet.audit.log import (
+    GENESIS,
+    _day,
+    format_ts,
+    last_record,
+    parse_ts,
+    reverse_lines,
+    segments,
+)
 from tercet.audit.verify import verify
 from tercet.server.app import owner_of
 
@@ -309,3 +317,13 @@ def test_record_parse_rejects_what_is_not_a_record() -> None:
     for line in [b"", b"[1]", b'{"seq": -1}', b'{"seq": true, "ts": "x"}', b"\xff"]:
         with pytest.raises(ValueError):
             AuditRecord.parse(line)
+
+
+def test_timestamps_and_days_are_utc_whatever_the_clock_zone() -> None:
+    east = timezone(timedelta(hours=5, minutes=30))
+    moment = datetime(2026, 12, 8, 2, 15, 0, 7, tzinfo=east)  # the 7th, 20:45, in UTC
+    assert format_ts(moment) == "2026-12-07T20:45:00.000007Z"
+    assert _day(moment) == "20261207"
+    assert format_ts(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05.000000Z"
+    assert _day(datetime(2026, 1, 2, tzinfo=UTC)) == "20260102"
+    assert parse_ts(format_ts(moment)) == moment

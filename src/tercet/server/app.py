@@ -290,13 +290,14 @@ class RequestIdMiddleware:
             except Exception:  # accounting must never cost a client its answer
                 log.exception("recording the end of %s failed", request_id)
 
-        started_status: list[int | None] = [None]  # the status the response began with
+        started_status: int | None = None  # the status the response began with
 
         async def send_with_id(message: Any) -> None:
+            nonlocal started_status
             if message["type"] == "http.response.start":
                 message.setdefault("headers", []).append((b"request-id", request_id.encode()))
                 # A stream that fails or is left later says so over this (its error's status, 499).
-                record.status = started_status[0] = message["status"]
+                record.status = started_status = message["status"]
             elif message["type"] == "http.response.body":
                 record.bytes_out += len(message.get("body", b""))
                 if record.status is not None and record.status >= 400:
@@ -304,7 +305,7 @@ class RequestIdMiddleware:
                 # A stream that fails sends its error event as its last frame: record the end
                 # before the client can read it (and look for the log line), not after the
                 # closing empty chunk.
-                failed_mid_stream = record.status != started_status[0]
+                failed_mid_stream = record.status != started_status
                 if failed_mid_stream or not message.get("more_body", False):
                     end()
             await send(message)

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from tercet.audit.log import canonical
 from tercet.server.conversation import with_system_text
 from tercet.wire.content import ToolResultBlockParam
 from tercet.wire.errors import PermissionDeniedError
@@ -171,17 +172,13 @@ def history_hashes(messages: list[MessageParam], owner: str) -> list[str]:
     return hashes
 
 
-# Reused: json.dumps with options builds an encoder per call (this runs per message per request).
-_CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
-
 def _canonical(message: MessageParam) -> bytes:
     content = message.content
     if isinstance(content, str):
         blocks: list[dict[str, Any]] = [{"type": "text", "text": content}]
     else:
         blocks = [_plain(b) for b in content if b.type not in UNHASHED_BLOCKS]
-    return _CANONICAL.encode({"role": message.role, "content": blocks}).encode()
+    return canonical({"role": message.role, "content": blocks}).encode()
 
 
 def _plain(block: BaseModel) -> dict[str, Any]:
